@@ -1,0 +1,13 @@
+//! nodeimage: bakes immutable Kubernetes node images from a profile.
+//!
+//! Data flow: `profile` → `fetch` (pinned artifacts into a content-addressed cache)
+//! → `rootfs` (Debian base + payload + overlays + firstboot) → `disk` (erofs root,
+//! FAT ESP and NODECONFIG, GPT) → outputs and `manifest`.
+
+pub mod cluster;
+pub mod disk;
+pub mod fetch;
+pub mod oci;
+pub mod profile;
+pub mod rootfs;
+pub mod tools;

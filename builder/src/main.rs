@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("nodeimage: not wired yet");
+    std::process::exit(1);
+}

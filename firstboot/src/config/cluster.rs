@@ -1,0 +1,539 @@
+//! `cluster.yml`: the cluster as the operator describes it (Pharos Cluster's keys and defaults).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{parse_yaml, read_file, ConfigError};
+
+/// The role a node plays. Tectonic's `infra` role may come later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "master" => Ok(Role::Master),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!("expected `master` or `worker`, found `{other}`")),
+        }
+    }
+}
+
+/// The whole `cluster.yml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name; used in certificate names and kubeconfig contexts.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// API endpoint: a load-balancer name, Tectonic's `<cluster>-k8s.<subdomain>`,
+    /// or a master address. Defaults to the first master's address.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// Hosts, optional when they come from Terraform output (`--hosts-from-tf`).
+    #[serde(default)]
+    pub hosts: Vec<Host>,
+    #[serde(default)]
+    pub network: Network,
+    /// External etcd; when absent, etcd is stacked on the masters.
+    #[serde(default)]
+    pub etcd: Option<ExternalEtcd>,
+    #[serde(default)]
+    pub authentication: Option<Authentication>,
+    #[serde(default)]
+    pub audit: Option<Audit>,
+    #[serde(default)]
+    pub cloud: Option<Cloud>,
+    #[serde(default)]
+    pub addons: Addons,
+    /// Taint masters with `node-role.kubernetes.io/master:NoSchedule` (default true).
+    #[serde(default = "default_true")]
+    pub taint_masters: bool,
+}
+
+fn default_cluster_name() -> String {
+    "kubernetes".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// IP address or hostname.
+    pub address: String,
+    /// Preferred for cluster-internal traffic where possible.
+    #[serde(default)]
+    pub private_address: Option<String>,
+    pub role: Role,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// This master starts the etcd cluster and bootstraps the cluster objects.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Node name; defaults to a name derived from the address.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Accepted for compatibility with Pharos' cluster.yml; images are not reached over SSH.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub ssh_key_path: Option<String>,
+    /// Only `containerd` is baked into the image; Pharos' `docker`/`cri-o` are refused.
+    #[serde(default)]
+    pub container_runtime: Option<String>,
+}
+
+impl Host {
+    /// The address used for cluster-internal traffic.
+    pub fn internal_address(&self) -> &str {
+        self.private_address.as_deref().unwrap_or(&self.address)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: IpNet,
+    #[serde(default = "default_pod_network_cidr")]
+    pub pod_network_cidr: IpNet,
+    /// Subnets where Weave may use unencrypted fastdp (UDP 6784).
+    #[serde(default)]
+    pub trusted_subnets: Vec<IpNet>,
+    #[serde(default = "default_dns_domain")]
+    pub dns_domain: String,
+    /// NodePort range (Kubernetes default 30000-32767).
+    #[serde(default = "default_node_port_range")]
+    pub node_port_range: String,
+    /// Extra source ranges treated as cluster nodes by the firewall (besides the hosts).
+    #[serde(default)]
+    pub node_subnets: Vec<IpNet>,
+    /// Open etcd 2379/2380 only on localhost instead of masters-only with TLS
+    /// (the stricter reading of the Pharos seed). Only valid with a single master.
+    #[serde(default)]
+    pub etcd_localhost_only: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            service_cidr: default_service_cidr(),
+            pod_network_cidr: default_pod_network_cidr(),
+            trusted_subnets: Vec::new(),
+            dns_domain: default_dns_domain(),
+            node_port_range: default_node_port_range(),
+            node_subnets: Vec::new(),
+            etcd_localhost_only: false,
+        }
+    }
+}
+
+fn default_service_cidr() -> IpNet {
+    "10.96.0.0/12".parse().unwrap()
+}
+fn default_pod_network_cidr() -> IpNet {
+    "10.32.0.0/12".parse().unwrap()
+}
+fn default_dns_domain() -> String {
+    "cluster.local".to_string()
+}
+fn default_node_port_range() -> String {
+    "30000-32767".to_string()
+}
+
+impl Network {
+    /// The node port range as (first, last).
+    pub fn node_ports(&self) -> Result<(u16, u16), String> {
+        let (a, b) = self
+            .node_port_range
+            .split_once('-')
+            .ok_or_else(|| format!("expected `FIRST-LAST`, found `{}`", self.node_port_range))?;
+        let a: u16 = a.trim().parse().map_err(|_| format!("bad port `{a}`"))?;
+        let b: u16 = b.trim().parse().map_err(|_| format!("bad port `{b}`"))?;
+        if a == 0 || a > b {
+            return Err(format!("expected 1 <= FIRST <= LAST, found {a}-{b}"));
+        }
+        Ok((a, b))
+    }
+
+    /// First usable address of the service CIDR: the `kubernetes` service's ClusterIP.
+    pub fn kubernetes_service_ip(&self) -> IpAddr {
+        nth_host(&self.service_cidr, 1)
+    }
+
+    /// The cluster DNS service IP (the tenth address, as kubeadm does).
+    pub fn dns_service_ip(&self) -> IpAddr {
+        nth_host(&self.service_cidr, 10)
+    }
+}
+
+fn nth_host(net: &IpNet, n: u32) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + n).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + n as u128).into()),
+    }
+}
+
+/// External etcd. File paths are relative to cluster.yml; `nodeimage` inlines their
+/// contents into the master node configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalEtcd {
+    pub endpoints: Vec<String>,
+    pub certificate: String,
+    pub key: String,
+    pub ca_certificate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authentication {
+    #[serde(default)]
+    pub token_webhook: Option<TokenWebhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenWebhook {
+    pub config: WebhookKubeconfig,
+    /// Go duration, e.g. `5m` (kube-apiserver default 2m).
+    #[serde(default)]
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookKubeconfig {
+    pub cluster: WebhookCluster,
+    pub user: WebhookUser,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookCluster {
+    pub name: String,
+    pub server: String,
+    #[serde(default)]
+    pub certificate_authority: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookUser {
+    pub name: String,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub server: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    pub provider: String,
+}
+
+/// The addons of Pharos Cluster. Unknown addon names are errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addons {
+    #[serde(default, rename = "ingress-nginx")]
+    pub ingress_nginx: Option<IngressNginx>,
+    #[serde(default, rename = "cert-manager")]
+    pub cert_manager: Option<CertManager>,
+    #[serde(default)]
+    pub kured: Option<Toggle>,
+    #[serde(default, rename = "kubernetes-dashboard")]
+    pub kubernetes_dashboard: Option<Toggle>,
+    /// Accepted and reported as not supported yet (immutable images upgrade by reimaging).
+    #[serde(default, rename = "host-upgrades")]
+    pub host_upgrades: Option<HostUpgrades>,
+}
+
+impl Addons {
+    pub fn ingress_enabled(&self) -> bool {
+        self.ingress_nginx.as_ref().is_some_and(|i| i.enabled)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toggle {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressNginx {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Deploy ingress only to nodes with these labels (and open 80/443 only there).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub configmap: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_backend: Option<DefaultBackend>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultBackend {
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertManager {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub issuer: Option<Issuer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub name: String,
+    pub server: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostUpgrades {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Read and validate `cluster.yml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(source_name: &str, text: &str) -> Result<Self, ConfigError> {
+        let c: ClusterConfig = parse_yaml(source_name, text)?;
+        c.validate(source_name)?;
+        Ok(c)
+    }
+
+    pub fn masters(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.role == Role::Master)
+    }
+
+    /// The bootstrap master: the one marked `bootstrap: true`, else the first master.
+    pub fn bootstrap_master(&self) -> Option<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.bootstrap)
+            .or_else(|| self.masters().next())
+    }
+
+    /// The API endpoint: explicit, else the first master's address.
+    pub fn resolved_api_endpoint(&self) -> Option<String> {
+        self.api_endpoint
+            .clone()
+            .or_else(|| self.masters().next().map(|h| h.address.clone()))
+    }
+
+    /// Checks that serde cannot express. Each error names the key.
+    pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                src,
+                "name",
+                format!("expected a DNS label ([a-z0-9-]+), found `{}`", self.name),
+            ));
+        }
+        let n = &self.network;
+        if overlaps(&n.service_cidr, &n.pod_network_cidr) {
+            return Err(ConfigError::invalid(
+                src,
+                "network.service_cidr",
+                format!(
+                    "{} overlaps network.pod_network_cidr {}",
+                    n.service_cidr, n.pod_network_cidr
+                ),
+            ));
+        }
+        n.node_ports()
+            .map_err(|e| ConfigError::invalid(src, "network.node_port_range", e))?;
+        let bootstraps: Vec<_> = self.hosts.iter().filter(|h| h.bootstrap).collect();
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.bootstrap && h.role != Role::Master {
+                return Err(ConfigError::invalid(
+                    src,
+                    format!("hosts[{i}].bootstrap"),
+                    format!("host {} is a worker; only a master can bootstrap", h.address),
+                ));
+            }
+            if let Some(rt) = &h.container_runtime {
+                if rt != "containerd" {
+                    return Err(ConfigError::invalid(
+                        src,
+                        format!("hosts[{i}].container_runtime"),
+                        format!("the image bakes containerd; `{rt}` is not available"),
+                    ));
+                }
+            }
+            if self.hosts[..i].iter().any(|o| o.address == h.address) {
+                return Err(ConfigError::invalid(
+                    src,
+                    format!("hosts[{i}].address"),
+                    format!("{} is listed twice", h.address),
+                ));
+            }
+        }
+        if bootstraps.len() > 1 {
+            return Err(ConfigError::invalid(
+                src,
+                "hosts[].bootstrap",
+                format!(
+                    "more than one bootstrap master: {}",
+                    bootstraps.iter().map(|h| h.address.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if n.etcd_localhost_only && self.masters().count() > 1 {
+            return Err(ConfigError::invalid(
+                src,
+                "network.etcd_localhost_only",
+                "localhost-only etcd cannot serve more than one master",
+            ));
+        }
+        if let Some(e) = &self.etcd {
+            if e.endpoints.is_empty() {
+                return Err(ConfigError::invalid(src, "etcd.endpoints", "expected at least one endpoint"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two networks overlap when either contains the other's network address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pharos_example_parses_with_defaults() {
+        let c = ClusterConfig::parse(
+            "cluster.yml",
+            r#"
+hosts:
+  - address: "1.1.1.1"
+    private_address: "1.0.1.0"
+    user: root
+    ssh_key_path: ~/.ssh/my_key
+    role: master
+  - address: "2.2.2.2"
+    role: worker
+    labels:
+      key: value
+network:
+  trusted_subnets:
+    - "172.31.0.0/16"
+addons:
+  ingress-nginx:
+    enabled: true
+    configmap:
+      load-balance: least_conn
+  host-upgrades:
+    enabled: true
+    interval: 7d
+  kured:
+    enabled: true
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.network.service_cidr.to_string(), "10.96.0.0/12");
+        assert_eq!(c.network.pod_network_cidr.to_string(), "10.32.0.0/12");
+        assert_eq!(c.network.kubernetes_service_ip().to_string(), "10.96.0.1");
+        assert_eq!(c.network.dns_service_ip().to_string(), "10.96.0.10");
+        assert_eq!(c.bootstrap_master().unwrap().address, "1.1.1.1");
+        assert_eq!(c.resolved_api_endpoint().as_deref(), Some("1.1.1.1"));
+        assert!(c.addons.ingress_enabled());
+    }
+
+    #[test]
+    fn unknown_addon_names_line() {
+        let e = ClusterConfig::parse("c.yml", "addons:\n  traefik:\n    enabled: true\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("c.yml: "), "{s}");
+        assert!(s.contains("unknown field `traefik`"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+    }
+
+    #[test]
+    fn overlapping_cidrs_are_refused() {
+        let e = ClusterConfig::parse(
+            "c.yml",
+            "network:\n  service_cidr: 10.32.0.0/16\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("network.service_cidr"), "{e}");
+    }
+
+    #[test]
+    fn worker_bootstrap_and_two_bootstraps_are_refused() {
+        let e = ClusterConfig::parse(
+            "c.yml",
+            "hosts:\n  - {address: a, role: worker, bootstrap: true}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("hosts[0].bootstrap"), "{e}");
+        let e = ClusterConfig::parse(
+            "c.yml",
+            "hosts:\n  - {address: a, role: master, bootstrap: true}\n  - {address: b, role: master, bootstrap: true}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than one bootstrap master"), "{e}");
+    }
+}

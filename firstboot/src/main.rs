@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("firstboot: not wired yet");
+    std::process::exit(1);
+}
