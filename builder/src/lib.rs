@@ -4,10 +4,13 @@
 //! → `rootfs` (Debian base + payload + overlays + firstboot) → `disk` (erofs root,
 //! FAT ESP and NODECONFIG, GPT) → outputs and `manifest`.
 
+pub mod build;
 pub mod cluster;
 pub mod disk;
 pub mod fetch;
+pub mod manifest;
 pub mod oci;
+pub mod ports;
 pub mod profile;
 pub mod rootfs;
 pub mod tools;
