@@ -1,0 +1,154 @@
+//! Block-device discovery for the label-based sources (NODECONFIG, cidata, config-2,
+//! the Azure provisioning ISO).
+//!
+//! On a node, candidates are the entries of `<root>/sys/class/block` (whole disks and
+//! partitions, sorted by name; `loop*`, `ram*` and `zram*` are skipped), opened as
+//! `<root>/dev/<name>`. Each is probed by reading superblocks: a FAT boot sector at offset
+//! 0, an ISO9660 volume descriptor at 32 KiB. Nothing is mounted and blkid is not needed.
+//! Tests list image files instead ([`DeviceSet::files`]).
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::fatread::{self, FatFs};
+use super::iso9660::{self, IsoFs};
+
+/// Read-only access to files on a filesystem that is not mounted.
+pub trait FilesystemReader: Send + Sync {
+    /// The volume label (FAT: root-directory label or boot-sector label; ISO9660: volume id).
+    fn label(&self) -> Option<String>;
+    /// The contents of the file at a `/`-separated path, `None` when it does not exist.
+    fn read_file(&self, path: &str) -> io::Result<Option<Vec<u8>>>;
+    /// A short filesystem type name ("fat16", "iso9660").
+    fn kind(&self) -> &'static str;
+}
+
+/// The set of devices the label-based sources look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSet {
+    /// Scan `<root>/sys/class/block` and open `<root>/dev/<name>`.
+    System { root: PathBuf, include_loop: bool },
+    /// Exactly these files (image files in tests, or device nodes).
+    Files(Vec<PathBuf>),
+}
+
+/// A probed filesystem with its label.
+pub struct Volume {
+    /// The device node or image file.
+    pub path: PathBuf,
+    pub label: Option<String>,
+    pub fs: Box<dyn FilesystemReader>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("path", &self.path)
+            .field("label", &self.label)
+            .field("kind", &self.fs.kind())
+            .finish()
+    }
+}
+
+impl DeviceSet {
+    /// The node's block devices under `root` (loop and ram devices skipped).
+    pub fn system(root: &Path) -> Self {
+        DeviceSet::System {
+            root: root.to_path_buf(),
+            include_loop: false,
+        }
+    }
+
+    /// Exactly these device nodes or image files (tests).
+    pub fn files<P: Into<PathBuf>>(paths: impl IntoIterator<Item = P>) -> Self {
+        DeviceSet::Files(paths.into_iter().map(Into::into).collect())
+    }
+
+    /// Candidate device paths, in a stable order.
+    pub fn candidates(&self) -> Vec<PathBuf> {
+        match self {
+            DeviceSet::Files(v) => v.clone(),
+            DeviceSet::System { root, include_loop } => {
+                let dir = crate::util::rooted(root, "/sys/class/block");
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    return Vec::new();
+                };
+                let mut names: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        *include_loop
+                            || !(n.starts_with("loop")
+                                || n.starts_with("ram")
+                                || n.starts_with("zram"))
+                    })
+                    .collect();
+                names.sort();
+                names
+                    .into_iter()
+                    .map(|n| crate::util::rooted(root, &format!("/dev/{n}")))
+                    .collect()
+            }
+        }
+    }
+
+    /// Every volume whose label equals one of `labels` (ASCII case-insensitively),
+    /// in candidate order. Devices that cannot be opened or hold no known filesystem are
+    /// skipped (at debug level): a missing medium is "not here", not an error.
+    pub fn find_by_label(&self, labels: &[&str]) -> Vec<Volume> {
+        self.volumes()
+            .into_iter()
+            .filter(|v| {
+                v.label
+                    .as_deref()
+                    .is_some_and(|l| labels.iter().any(|w| w.eq_ignore_ascii_case(l)))
+            })
+            .collect()
+    }
+
+    /// Every candidate that holds a filesystem this module can read.
+    pub fn volumes(&self) -> Vec<Volume> {
+        let mut out = Vec::new();
+        for path in self.candidates() {
+            match probe(&path) {
+                Ok(Some(v)) => {
+                    tracing::debug!(device = %path.display(), label = ?v.label, kind = v.fs.kind(), "probed");
+                    out.push(v)
+                }
+                Ok(None) => tracing::trace!(device = %path.display(), "no known filesystem"),
+                Err(e) => tracing::debug!(device = %path.display(), error = %e, "cannot probe"),
+            }
+        }
+        out
+    }
+}
+
+/// Probe one device or image for FAT or ISO9660.
+pub fn probe(path: &Path) -> io::Result<Option<Volume>> {
+    let file = File::open(path)?;
+    let mut boot = [0u8; 512];
+    use std::os::unix::fs::FileExt;
+    match file.read_exact_at(&mut boot, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if fatread::looks_like_fat(&boot) {
+        let fs = FatFs::open(file, 0)?;
+        return Ok(Some(Volume {
+            path: path.to_path_buf(),
+            label: fs.label(),
+            fs: Box::new(fs),
+        }));
+    }
+    if iso9660::has_iso_signature(&file)? {
+        let fs = IsoFs::open(file)?;
+        return Ok(Some(Volume {
+            path: path.to_path_buf(),
+            label: fs.label(),
+            fs: Box::new(fs),
+        }));
+    }
+    Ok(None)
+}

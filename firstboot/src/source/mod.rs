@@ -1,0 +1,577 @@
+//! Data sources: where a node finds its user data (a native node config or an Ignition
+//! config) and the facts its platform knows about it (hostname, instance id, addresses).
+//!
+//! # Public API
+//!
+//! ```no_run
+//! use firstboot::source::{acquire, Platform, SourceContext};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctx = SourceContext::from_system("/".as_ref(), None)?; // reads /proc/cmdline
+//! let acquired = acquire(&ctx)?;          // finds, fetches, parses, stages; writes nothing
+//! if let Some(ign) = &acquired.ignition {
+//!     ign.apply("/".as_ref())?;            // all-or-nothing writes under a root prefix
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! * [`SourceContext`]: the root prefix, the kernel command line, the platform override,
+//!   base-URL overrides per platform, the devices to probe and the timeouts.
+//! * [`acquire`] returns an [`Acquired`]: the source's name, its [`Metadata`], the parsed
+//!   [`NodeConfig`], the staged Ignition config (if the user data was Ignition) and the time
+//!   it took. Nothing is written by `acquire`.
+//! * [`crate::ignition::StagedIgnition::apply`] writes the staged Ignition config under a root.
+//!
+//! # Order
+//!
+//! 1. `firstboot.config_url=` on the kernel command line: when present it is the only
+//!    source (the operator asked for it; a failure is an error, never a fallback).
+//! 2. `nodeconfig-partition`: the image's own FAT partition labelled `NODECONFIG` holding
+//!    `node.yaml` (written into this very disk, so it wins over the platform).
+//! 3. The platform's own sources. The platform is `--platform` (CLI), else
+//!    `firstboot.platform=` (kernel command line), else SMBIOS/DMI, else `metal`:
+//!    * `ec2`: IMDSv2 · `gcp`: computeMetadata/v1 · `azure`: IMDS userData, then the OVF
+//!      CustomData (`azure-ovf`) · `openstack`: config drive (`config-2`), then the metadata
+//!      service · `digitalocean`, `hetzner`: their metadata services · `qemu`: fw_cfg.
+//! 4. Local fallbacks not tried yet, in this order: `qemu-fw-cfg`, `nocloud` (label
+//!    `cidata`), `openstack-config-drive` (label `config-2`).
+//!
+//! A source that is not there (no device with that label, connection refused, no fw_cfg
+//! entry) or that is there without user data is recorded and the next one is tried. Any
+//! other failure (HTTP 403, a timeout, a hash mismatch, unparseable user data) stops the
+//! search: a source that answers wrongly is never silently skipped.
+//!
+//! # Kernel arguments
+//!
+//! * `firstboot.platform=ec2|gcp|azure|openstack|digitalocean|hetzner|qemu|metal`
+//! * `firstboot.config_url=http(s)://…` with `{mac}`, `{uuid}`, `{serial}` placeholders
+//! * `firstboot.config_sha256=<64 hex digits>`: the fetched document must match.
+
+pub mod blockdev;
+mod cmdline;
+// mod digitalocean;
+mod dmi;
+// mod ec2;
+pub mod fatread;
+mod fwcfg;
+// mod gcp;
+// mod hetzner;
+pub(crate) mod http;
+pub mod iso9660;
+// mod azure;
+mod nocloud;
+mod nodeconfig;
+// mod openstack;
+pub mod userdata;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::ignition::{IgnitionError, StagedIgnition};
+
+pub use blockdev::{DeviceSet, FilesystemReader, Volume};
+pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
+pub use dmi::detect_from_dmi;
+pub use fwcfg::FW_CFG_NAME;
+pub use nodeconfig::NODECONFIG_LABEL;
+
+/// The cloud or machine type, which decides the platform sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Platform {
+    Ec2,
+    Gcp,
+    Azure,
+    OpenStack,
+    DigitalOcean,
+    Hetzner,
+    Qemu,
+    /// Bare metal or unknown: local sources only.
+    Metal,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 8] = [
+        Platform::Ec2,
+        Platform::Gcp,
+        Platform::Azure,
+        Platform::OpenStack,
+        Platform::DigitalOcean,
+        Platform::Hetzner,
+        Platform::Qemu,
+        Platform::Metal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ec2 => "ec2",
+            Platform::Gcp => "gcp",
+            Platform::Azure => "azure",
+            Platform::OpenStack => "openstack",
+            Platform::DigitalOcean => "digitalocean",
+            Platform::Hetzner => "hetzner",
+            Platform::Qemu => "qemu",
+            Platform::Metal => "metal",
+        }
+    }
+
+    /// The metadata service's base URL on the platform (overridable per context).
+    pub fn default_endpoint(self) -> Option<&'static str> {
+        match self {
+            Platform::Ec2
+            | Platform::Gcp
+            | Platform::Azure
+            | Platform::OpenStack
+            | Platform::DigitalOcean
+            | Platform::Hetzner => Some("http://169.254.169.254"),
+            Platform::Qemu | Platform::Metal => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = SourceError;
+    fn from_str(s: &str) -> Result<Self, SourceError> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "ec2" | "aws" => Platform::Ec2,
+            "gcp" | "gce" => Platform::Gcp,
+            "azure" => Platform::Azure,
+            "openstack" => Platform::OpenStack,
+            "digitalocean" => Platform::DigitalOcean,
+            "hetzner" => Platform::Hetzner,
+            "qemu" => Platform::Qemu,
+            "metal" | "none" => Platform::Metal,
+            other => {
+                return Err(SourceError::Invalid(format!(
+                    "unknown platform `{other}`; expected one of ec2, gcp, azure, openstack, digitalocean, hetzner, qemu, metal"
+                )))
+            }
+        })
+    }
+}
+
+/// How the platform was chosen (reported in logs and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformChoice {
+    Flag,
+    KernelArgument,
+    Dmi(String),
+    Default,
+}
+
+/// Timeouts of the network sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// One HTTP request (connect + answer).
+    pub request: Duration,
+    /// All requests of one source together, retries included.
+    pub deadline: Duration,
+    /// First pause between retries; doubled each time up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a source needs to know about the machine it runs on.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// Root prefix: `/` on the node, a directory tree in tests.
+    pub root: PathBuf,
+    /// The kernel command line (`<root>/proc/cmdline`).
+    pub cmdline: String,
+    /// `--platform` from the command line of `firstboot`; wins over everything.
+    pub platform_override: Option<Platform>,
+    /// Base URL per platform, replacing [`Platform::default_endpoint`] (tests).
+    pub endpoints: BTreeMap<Platform, String>,
+    /// Devices probed by the label-based sources.
+    pub devices: DeviceSet,
+    pub timeouts: Timeouts,
+}
+
+impl SourceContext {
+    /// A context for the machine under `root`: reads `<root>/proc/cmdline` (an absent
+    /// file counts as an empty command line), scans `<root>/sys/class/block`.
+    pub fn from_system(
+        root: &Path,
+        platform_override: Option<Platform>,
+    ) -> Result<Self, SourceError> {
+        let path = crate::util::rooted(root, "/proc/cmdline");
+        let cmdline = match std::fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => {
+                return Err(SourceError::Io {
+                    source_name: "kernel".into(),
+                    context: format!("reading {}", path.display()),
+                    error,
+                })
+            }
+        };
+        let mut ctx = SourceContext::new(root, cmdline.trim());
+        ctx.platform_override = platform_override;
+        Ok(ctx)
+    }
+
+    /// A context with an explicit command line and default timeouts.
+    pub fn new(root: &Path, cmdline: &str) -> Self {
+        SourceContext {
+            root: root.to_path_buf(),
+            cmdline: cmdline.to_string(),
+            platform_override: None,
+            endpoints: BTreeMap::new(),
+            devices: DeviceSet::system(root),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    pub fn with_platform(mut self, p: Platform) -> Self {
+        self.platform_override = Some(p);
+        self
+    }
+
+    pub fn with_endpoint(mut self, p: Platform, base_url: &str) -> Self {
+        self.endpoints
+            .insert(p, base_url.trim_end_matches('/').to_string());
+        self
+    }
+
+    pub fn with_devices(mut self, d: DeviceSet) -> Self {
+        self.devices = d;
+        self
+    }
+
+    pub fn with_timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Base URL of a platform's metadata service.
+    pub fn endpoint(&self, p: Platform) -> String {
+        self.endpoints
+            .get(&p)
+            .cloned()
+            .or_else(|| p.default_endpoint().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The platform and how it was chosen.
+    pub fn platform(&self) -> Result<(Platform, PlatformChoice), SourceError> {
+        if let Some(p) = self.platform_override {
+            return Ok((p, PlatformChoice::Flag));
+        }
+        if let Some(v) = cmdline_param(&self.cmdline, "firstboot.platform") {
+            return Ok((v.parse()?, PlatformChoice::KernelArgument));
+        }
+        if let Some((p, why)) = detect_from_dmi(&self.root) {
+            return Ok((p, PlatformChoice::Dmi(why)));
+        }
+        Ok((Platform::Metal, PlatformChoice::Default))
+    }
+}
+
+/// What the platform knows about this machine. Every field is optional: a source
+/// fills in what it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Metadata {
+    pub hostname: Option<String>,
+    pub instance_id: Option<String>,
+    pub local_ipv4: Option<IpAddr>,
+    pub public_ipv4: Option<IpAddr>,
+    pub availability_zone: Option<String>,
+    pub region: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    /// Everything else (tags, custom attributes), by name.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One data source. Modelled on afterburn's `MetadataProvider`: only `name` and
+/// `user_data` are required, every metadata method defaults to "not known", and
+/// [`DataSource::metadata`] assembles them (a source with one metadata document overrides
+/// `metadata` instead).
+pub trait DataSource {
+    /// Stable short name ("ec2", "nodeconfig-partition").
+    fn name(&self) -> &'static str;
+
+    /// The raw user data. `Ok(None)`: the source is here but carries none.
+    /// `Err(SourceError::Absent)`: the source is not here.
+    fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError>;
+
+    fn hostname(&self) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+    fn instance_id(&self) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+    fn local_ipv4(&self) -> Result<Option<IpAddr>, SourceError> {
+        Ok(None)
+    }
+    fn public_ipv4(&self) -> Result<Option<IpAddr>, SourceError> {
+        Ok(None)
+    }
+    fn availability_zone(&self) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+    fn region(&self) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+    fn ssh_authorized_keys(&self) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+    fn attributes(&self) -> Result<BTreeMap<String, String>, SourceError> {
+        Ok(BTreeMap::new())
+    }
+
+    fn metadata(&self) -> Result<Metadata, SourceError> {
+        Ok(Metadata {
+            hostname: self.hostname()?,
+            instance_id: self.instance_id()?,
+            local_ipv4: self.local_ipv4()?,
+            public_ipv4: self.public_ipv4()?,
+            availability_zone: self.availability_zone()?,
+            region: self.region()?,
+            ssh_authorized_keys: self.ssh_authorized_keys()?,
+            attributes: self.attributes()?,
+        })
+    }
+}
+
+/// A source that was tried and passed over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub source: String,
+    pub outcome: String,
+}
+
+/// The result of [`acquire`].
+#[derive(Debug)]
+pub struct Acquired {
+    /// Name of the source that supplied the user data, e.g. `nodeconfig-partition`.
+    pub source: String,
+    pub platform: Platform,
+    pub platform_choice: PlatformChoice,
+    pub metadata: Metadata,
+    pub node_config: NodeConfig,
+    /// Present when the user data was an Ignition config (already fetched and validated).
+    pub ignition: Option<StagedIgnition>,
+    /// Sources passed over before this one.
+    pub attempts: Vec<Attempt>,
+    pub elapsed: Duration,
+}
+
+/// Why no node config could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source is not present on this machine (try the next one).
+    #[error("{source_name}: not present: {reason}")]
+    Absent { source_name: String, reason: String },
+    #[error(
+        "{source_name}: {url}: no answer within {after_ms} ms ({attempts} attempts; last: {last})"
+    )]
+    Timeout {
+        source_name: String,
+        url: String,
+        after_ms: u128,
+        attempts: u32,
+        last: String,
+    },
+    #[error("{source_name}: {url}: HTTP {status}: {detail}")]
+    Http {
+        source_name: String,
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{source_name}: {url}: {message}")]
+    Network {
+        source_name: String,
+        url: String,
+        message: String,
+    },
+    #[error("{source_name}: {context}: {error}")]
+    Io {
+        source_name: String,
+        context: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
+    HashMismatch {
+        source_name: String,
+        what: String,
+        algorithm: String,
+        expected: String,
+        actual: String,
+    },
+    /// The user data (or metadata) is not in a form firstboot accepts.
+    #[error("{source_name}: {message}")]
+    Format {
+        source_name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Ignition(#[from] IgnitionError),
+    /// A kernel argument or flag is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no data source supplied a node config (platform {platform}); tried: {}", format_attempts(.attempts))]
+    NoSource {
+        platform: Platform,
+        attempts: Vec<Attempt>,
+    },
+}
+
+fn format_attempts(a: &[Attempt]) -> String {
+    if a.is_empty() {
+        return "nothing".into();
+    }
+    a.iter()
+        .map(|a| format!("{} ({})", a.source, a.outcome))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl SourceError {
+    pub(crate) fn absent(source_name: &str, reason: impl Into<String>) -> Self {
+        SourceError::Absent {
+            source_name: source_name.into(),
+            reason: reason.into(),
+        }
+    }
+    pub(crate) fn format(source_name: &str, message: impl Into<String>) -> Self {
+        SourceError::Format {
+            source_name: source_name.into(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn io(source_name: &str, context: impl Into<String>, error: std::io::Error) -> Self {
+        SourceError::Io {
+            source_name: source_name.into(),
+            context: context.into(),
+            error,
+        }
+    }
+}
+
+/// The sources to try, in order (see the module documentation).
+pub fn source_order(
+    ctx: &SourceContext,
+    platform: Platform,
+) -> Result<Vec<Box<dyn DataSource>>, SourceError> {
+    if let Some(url_source) = cmdline::ConfigUrlSource::from_context(ctx)? {
+        return Ok(vec![Box::new(url_source)]);
+    }
+    let mut out: Vec<Box<dyn DataSource>> =
+        vec![Box::new(nodeconfig::NodeConfigPartition::new(ctx))];
+    let mut local_done = Vec::new();
+    match platform {
+        Platform::Qemu => {
+            out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
+            local_done.push("fw-cfg");
+        }
+        _ => {} // cloud sources: next commit
+    }
+    if !local_done.contains(&"fw-cfg") {
+        out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
+    }
+    out.push(Box::new(nocloud::NoCloudSource::new(ctx)));
+    Ok(out)
+}
+
+/// Find the user data, parse it into a node config and stage any Ignition config.
+/// Writes nothing.
+pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
+    let start = Instant::now();
+    let (platform, platform_choice) = ctx.platform()?;
+    tracing::info!(platform = %platform, choice = ?platform_choice, "platform");
+    let mut attempts = Vec::new();
+    for source in source_order(ctx, platform)? {
+        let name = source.name();
+        let t = Instant::now();
+        match source.user_data() {
+            Ok(Some(data)) => {
+                tracing::info!(
+                    source = name,
+                    bytes = data.len(),
+                    ms = t.elapsed().as_millis() as u64,
+                    "user data found"
+                );
+                let (node_config, ignition) = userdata::interpret(name, &data, ctx)?;
+                let metadata = source.metadata()?;
+                return Ok(Acquired {
+                    source: name.to_string(),
+                    platform,
+                    platform_choice,
+                    metadata,
+                    node_config,
+                    ignition,
+                    attempts,
+                    elapsed: start.elapsed(),
+                });
+            }
+            Ok(None) => {
+                tracing::info!(source = name, "present, no user data");
+                attempts.push(Attempt {
+                    source: name.into(),
+                    outcome: "present, no user data".into(),
+                });
+            }
+            Err(SourceError::Absent { reason, .. }) => {
+                tracing::debug!(source = name, reason = %reason, "not present");
+                attempts.push(Attempt {
+                    source: name.into(),
+                    outcome: format!("not present: {reason}"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(SourceError::NoSource { platform, attempts })
+}
+
+/// Read one file from the first volume carrying one of `labels` (shared by the
+/// label-based sources). `Err(Absent)` when no such volume exists.
+pub(crate) fn read_labelled(
+    ctx: &SourceContext,
+    source_name: &str,
+    labels: &[&str],
+    path: &str,
+) -> Result<(Volume, Option<Vec<u8>>), SourceError> {
+    let mut vols = ctx.devices.find_by_label(labels);
+    if vols.is_empty() {
+        return Err(SourceError::absent(
+            source_name,
+            format!("no filesystem labelled {}", labels.join(" or ")),
+        ));
+    }
+    if vols.len() > 1 {
+        tracing::warn!(source = source_name, count = vols.len(), first = %vols[0].path.display(), "several volumes carry the label; using the first");
+    }
+    let vol = vols.remove(0);
+    let data = vol.fs.read_file(path).map_err(|e| {
+        SourceError::io(
+            source_name,
+            format!("reading {path} on {}", vol.path.display()),
+            e,
+        )
+    })?;
+    Ok((vol, data))
+}
