@@ -123,7 +123,8 @@ impl BootSector {
             return Err(bad("shorter than one sector"));
         }
         let u16_at = |o: usize| u16::from_le_bytes([sector[o], sector[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([sector[o], sector[o + 1], sector[o + 2], sector[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([sector[o], sector[o + 1], sector[o + 2], sector[o + 3]]);
         if sector[510] != 0x55 || sector[511] != 0xAA {
             return Err(bad("no 0x55AA boot signature"));
         }
@@ -133,7 +134,9 @@ impl BootSector {
         }
         let sectors_per_cluster = sector[13];
         if sectors_per_cluster == 0 || !sectors_per_cluster.is_power_of_two() {
-            return Err(bad(&format!("sectors per cluster is {sectors_per_cluster}")));
+            return Err(bad(&format!(
+                "sectors per cluster is {sectors_per_cluster}"
+            )));
         }
         let reserved_sectors = u16_at(14);
         let fat_count = sector[16];
@@ -146,15 +149,26 @@ impl BootSector {
         if reserved_sectors == 0 || fat_count == 0 {
             return Err(bad("no reserved sectors or no FATs"));
         }
-        let total_sectors = if total16 != 0 { u32::from(total16) } else { total32 };
-        let sectors_per_fat = if fat16 != 0 { u32::from(fat16) } else { u32_at(36) };
+        let total_sectors = if total16 != 0 {
+            u32::from(total16)
+        } else {
+            total32
+        };
+        let sectors_per_fat = if fat16 != 0 {
+            u32::from(fat16)
+        } else {
+            u32_at(36)
+        };
         let bps = u64::from(bytes_per_sector);
         let root_sectors = (u64::from(root_entries) * 32).div_ceil(bps);
-        let meta = u64::from(reserved_sectors) + u64::from(fat_count) * u64::from(sectors_per_fat) + root_sectors;
+        let meta = u64::from(reserved_sectors)
+            + u64::from(fat_count) * u64::from(sectors_per_fat)
+            + root_sectors;
         let data = u64::from(total_sectors)
             .checked_sub(meta)
             .ok_or_else(|| bad("metadata larger than the volume"))?;
-        let cluster_count = u32::try_from(data / u64::from(sectors_per_cluster)).unwrap_or(u32::MAX);
+        let cluster_count =
+            u32::try_from(data / u64::from(sectors_per_cluster)).unwrap_or(u32::MAX);
         // fatgen103: the type is decided by the cluster count alone.
         let fat_type = if cluster_count < 4085 {
             FatType::Fat12
@@ -163,8 +177,14 @@ impl BootSector {
         } else {
             FatType::Fat32
         };
-        let (id_at, label_at) = if fat_type == FatType::Fat32 { (67, 71) } else { (39, 43) };
-        let label = String::from_utf8_lossy(&sector[label_at..label_at + 11]).trim_end().to_string();
+        let (id_at, label_at) = if fat_type == FatType::Fat32 {
+            (67, 71)
+        } else {
+            (39, 43)
+        };
+        let label = String::from_utf8_lossy(&sector[label_at..label_at + 11])
+            .trim_end()
+            .to_string();
         Ok(BootSector {
             fat_type,
             bytes_per_sector,
@@ -218,7 +238,10 @@ fn fs_err<E: std::fmt::Display>(what: impl Into<String>, e: hadris_io::Error<E>)
         Some(dev) => format!("{e} ({dev})"),
         None => format!("{e} ({:?})", e.kind()),
     };
-    FatError::Filesystem { what: what.into(), message }
+    FatError::Filesystem {
+        what: what.into(),
+        message,
+    }
 }
 
 /// Build a complete FAT volume of `opts.size_bytes` bytes holding `files`
@@ -228,11 +251,19 @@ pub fn build(files: &BTreeMap<String, Vec<u8>>, opts: &FatOptions) -> Result<Vec
     build_with(files, opts, Geometry::default())
 }
 
-fn build_with(files: &BTreeMap<String, Vec<u8>>, opts: &FatOptions, geo: Geometry) -> Result<Vec<u8>, FatError> {
+fn build_with(
+    files: &BTreeMap<String, Vec<u8>>,
+    opts: &FatOptions,
+    geo: Geometry,
+) -> Result<Vec<u8>, FatError> {
     if opts.size_bytes == 0 || opts.size_bytes % SECTOR_SIZE != 0 {
-        return Err(FatError::BadSize { size: opts.size_bytes });
+        return Err(FatError::BadSize {
+            size: opts.size_bytes,
+        });
     }
-    let label = VolumeLabel::new(&opts.label).map_err(|_| FatError::BadLabel { label: opts.label.clone() })?;
+    let label = VolumeLabel::new(&opts.label).map_err(|_| FatError::BadLabel {
+        label: opts.label.clone(),
+    })?;
     let time = dos_time(opts.timestamp);
     let fat_type = opts
         .fat_type
@@ -250,10 +281,11 @@ fn build_with(files: &BTreeMap<String, Vec<u8>>, opts: &FatOptions, geo: Geometr
             });
         }
         let node = hadris_fs::Node::file(hadris_fs::Content::bytes(data.clone()));
-        tree.insert(path.as_str(), node).map_err(|e| FatError::BadPath {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        tree.insert(path.as_str(), node)
+            .map_err(|e| FatError::BadPath {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
     }
 
     let mut o = hadris_fat::FatOptions::new()
@@ -281,19 +313,31 @@ fn build_with(files: &BTreeMap<String, Vec<u8>>, opts: &FatOptions, geo: Geometr
     if let Some(m) = geo.media {
         o = o.with_media(m);
     }
-    let mut image: Vec<u8> = Vec::with_capacity(usize::try_from(opts.size_bytes).unwrap_or(0).min(64 << 20));
+    let mut image: Vec<u8> =
+        Vec::with_capacity(usize::try_from(opts.size_bytes).unwrap_or(0).min(64 << 20));
     let what = match fat_type {
-        Some(t) => format!("building a {t} volume of {} bytes labelled {}", opts.size_bytes, opts.label),
-        None => format!("building a FAT volume of {} bytes labelled {}", opts.size_bytes, opts.label),
+        Some(t) => format!(
+            "building a {t} volume of {} bytes labelled {}",
+            opts.size_bytes, opts.label
+        ),
+        None => format!(
+            "building a FAT volume of {} bytes labelled {}",
+            opts.size_bytes, opts.label
+        ),
     };
     hadris_fat::sync::write(&mut image, &tree, &o).map_err(|e| FatError::Filesystem {
         what: what.clone(),
         message: e.to_string(),
     })?;
     // The writer stops at the last block it wrote; the volume is the whole partition.
-    let size = usize::try_from(opts.size_bytes).map_err(|_| FatError::BadSize { size: opts.size_bytes })?;
+    let size = usize::try_from(opts.size_bytes).map_err(|_| FatError::BadSize {
+        size: opts.size_bytes,
+    })?;
     if image.len() > size {
-        return Err(FatError::Filesystem { what, message: format!("the writer produced {} bytes", image.len()) });
+        return Err(FatError::Filesystem {
+            what,
+            message: format!("the writer produced {} bytes", image.len()),
+        });
     }
     image.resize(size, 0);
     Ok(image)
@@ -306,7 +350,10 @@ fn dos_time(unix: i64) -> DateTime {
 }
 
 fn check_path(path: &str) -> Result<(), FatError> {
-    let bad = |reason: &str| FatError::BadPath { path: path.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| FatError::BadPath {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
     if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
         return Err(bad("expected a relative path like `EFI/BOOT/BOOTX64.EFI`"));
     }
@@ -320,7 +367,10 @@ fn check_path(path: &str) -> Result<(), FatError> {
         if comp.ends_with('.') || comp.ends_with(' ') {
             return Err(bad("a name ends with `.` or a space"));
         }
-        if comp.chars().any(|c| c.is_control() || "\"*:<>?\\|".contains(c)) {
+        if comp
+            .chars()
+            .any(|c| c.is_control() || "\"*:<>?\\|".contains(c))
+        {
             return Err(bad("a name holds a control character or one of \"*:<>?\\|"));
         }
     }
@@ -352,10 +402,17 @@ impl<R: Read + Seek> hadris_storage::sync::BlockDevice for Window<R> {
         self.len / SECTOR_SIZE
     }
 
-    fn read_blocks(&mut self, first: BlockIndex, buf: &mut [u8]) -> Result<(), hadris_io::Error<Self::Error>> {
+    fn read_blocks(
+        &mut self,
+        first: BlockIndex,
+        buf: &mut [u8],
+    ) -> Result<(), hadris_io::Error<Self::Error>> {
         let start = first.get().saturating_mul(SECTOR_SIZE);
         if start.saturating_add(buf.len() as u64) > self.len {
-            return Err(hadris_io::Error::new(hadris_io::ErrorKind::InvalidInput, "read past the end of the volume"));
+            return Err(hadris_io::Error::new(
+                hadris_io::ErrorKind::InvalidInput,
+                "read past the end of the volume",
+            ));
         }
         let r = self
             .inner
@@ -364,6 +421,9 @@ impl<R: Read + Seek> hadris_storage::sync::BlockDevice for Window<R> {
         r.map_err(|e| hadris_io::Error::device(e, "reading the FAT volume"))
     }
 }
+
+/// What [`FatImage::walk`] calls for each regular file: path, node, size, filesystem.
+type Visitor<'a, R> = dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError> + 'a;
 
 /// A file found by [`FatImage::list_files`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -383,7 +443,10 @@ pub struct FatImage<R: Read + Seek> {
 
 impl<R: Read + Seek> std::fmt::Debug for FatImage<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FatImage").field("boot", &self.boot).field("label", &self.label).finish_non_exhaustive()
+        f.debug_struct("FatImage")
+            .field("boot", &self.boot)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -394,7 +457,10 @@ impl<R: Read + Seek> FatImage<R> {
         reader
             .seek(SeekFrom::Start(offset))
             .and_then(|_| reader.read_exact(&mut sector))
-            .map_err(|source| FatError::Io { what: format!("reading the boot sector at byte {offset}"), source })?;
+            .map_err(|source| FatError::Io {
+                what: format!("reading the boot sector at byte {offset}"),
+                source,
+            })?;
         let boot = BootSector::parse(&sector)?;
         if boot.bytes_per_sector as u64 != SECTOR_SIZE {
             return Err(FatError::NotFat(format!(
@@ -403,12 +469,21 @@ impl<R: Read + Seek> FatImage<R> {
             )));
         }
         if boot.volume_bytes() > len {
-            return Err(FatError::SizeMismatch { volume: boot.volume_bytes(), partition: len });
+            return Err(FatError::SizeMismatch {
+                volume: boot.volume_bytes(),
+                partition: len,
+            });
         }
-        let dev = Window { inner: reader, offset, len };
-        let mut fs = FatFs::mount(dev, MountOptions::new().read_only()).map_err(|e| FatError::Filesystem {
-            what: "mounting the FAT volume".into(),
-            message: e.to_string(),
+        let dev = Window {
+            inner: reader,
+            offset,
+            len,
+        };
+        let mut fs = FatFs::mount(dev, MountOptions::new().read_only()).map_err(|e| {
+            FatError::Filesystem {
+                what: "mounting the FAT volume".into(),
+                message: e.to_string(),
+            }
         })?;
         let mut buf = [0u8; 64];
         let label = fs
@@ -478,7 +553,9 @@ impl<R: Read + Seek> FatImage<R> {
     /// The contents of the file at `path` (`EFI/BOOT/BOOTX64.EFI`; a leading `/` is
     /// accepted). Names match case-insensitively, by long or 8.3 name.
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FatError> {
-        let not_found = || FatError::NotFound { path: path.to_string() };
+        let not_found = || FatError::NotFound {
+            path: path.to_string(),
+        };
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         if comps.is_empty() {
             return Err(not_found());
@@ -490,15 +567,22 @@ impl<R: Read + Seek> FatImage<R> {
                 let node = match self.fs.lookup(dir, Name::new(comp)) {
                     Ok(n) => n,
                     Err(e) if e.kind() == hadris_io::ErrorKind::NotFound => return Err(not_found()),
-                    Err(e) if e.kind() == hadris_io::ErrorKind::NotADirectory => return Err(not_found()),
+                    Err(e) if e.kind() == hadris_io::ErrorKind::NotADirectory => {
+                        return Err(not_found())
+                    }
                     Err(e) => return Err(fs_err(format!("looking up `{path}`"), e)),
                 };
                 pinned.push(node);
-                let meta = self.fs.stat(node).map_err(|e| fs_err(format!("reading `{path}`"), e))?;
+                let meta = self
+                    .fs
+                    .stat(node)
+                    .map_err(|e| fs_err(format!("reading `{path}`"), e))?;
                 let last = i + 1 == comps.len();
                 match (meta.file_type(), last) {
                     (FileType::Dir, false) => dir = node,
-                    (FileType::File, true) => return read_node(&mut self.fs, node, meta.len(), path),
+                    (FileType::File, true) => {
+                        return read_node(&mut self.fs, node, meta.len(), path)
+                    }
                     _ => return Err(not_found()),
                 }
             }
@@ -515,7 +599,7 @@ impl<R: Read + Seek> FatImage<R> {
         dir: NodeId,
         prefix: String,
         depth: usize,
-        visit: &mut dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError>,
+        visit: &mut Visitor<'_, R>,
     ) -> Result<(), FatError> {
         if depth > 64 {
             return Err(FatError::Filesystem {
@@ -527,7 +611,11 @@ impl<R: Read + Seek> FatImage<R> {
         // the two phases apart keeps the cursor logic obvious.
         let mut entries: Vec<(String, FileType)> = Vec::new();
         let mut cursor = DirCursor::START;
-        while let Some(entry) = self.fs.readdir(dir, cursor).map_err(|e| fs_err(format!("listing `/{prefix}`"), e))? {
+        while let Some(entry) = self
+            .fs
+            .readdir(dir, cursor)
+            .map_err(|e| fs_err(format!("listing `/{prefix}`"), e))?
+        {
             cursor = entry.next_cursor();
             let name = entry.name().to_str().map_err(|_| FatError::Filesystem {
                 what: format!("listing `/{prefix}`"),
@@ -536,7 +624,11 @@ impl<R: Read + Seek> FatImage<R> {
             entries.push((name.to_string(), entry.file_type()));
         }
         for (name, ft) in entries {
-            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
             let node = self
                 .fs
                 .lookup(dir, Name::new(&name))
@@ -556,16 +648,27 @@ impl<R: Read + Seek> FatImage<R> {
     }
 }
 
-fn read_node<R: Read + Seek>(fs: &mut FatFs<Window<R>>, node: NodeId, size: u64, path: &str) -> Result<Vec<u8>, FatError> {
+fn read_node<R: Read + Seek>(
+    fs: &mut FatFs<Window<R>>,
+    node: NodeId,
+    size: u64,
+    path: &str,
+) -> Result<Vec<u8>, FatError> {
     let what = || format!("reading `{path}`");
-    fs.open(node, OpenMode::Read).map_err(|e| fs_err(what(), e))?;
+    fs.open(node, OpenMode::Read)
+        .map_err(|e| fs_err(what(), e))?;
     let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
     let mut done = 0usize;
     let r = (|| {
         while done < data.len() {
-            let n = fs.read(node, done as u64, &mut data[done..]).map_err(|e| fs_err(what(), e))?;
+            let n = fs
+                .read(node, done as u64, &mut data[done..])
+                .map_err(|e| fs_err(what(), e))?;
             if n == 0 {
-                return Err(FatError::Filesystem { what: what(), message: format!("ends after {done} of {size} bytes") });
+                return Err(FatError::Filesystem {
+                    what: what(),
+                    message: format!("ends after {done} of {size} bytes"),
+                });
             }
             done += n;
         }
@@ -639,7 +742,10 @@ pub fn replace_files<F: Read + Write + Seek>(
     image
         .seek(SeekFrom::Start(offset))
         .and_then(|_| image.read_exact(&mut old))
-        .map_err(|source| FatError::Io { what: format!("reading {len} bytes at byte {offset}"), source })?;
+        .map_err(|source| FatError::Io {
+            what: format!("reading {len} bytes at byte {offset}"),
+            source,
+        })?;
     let new = rebuild(&old, changes, timestamp)?;
     // Read the result back before touching the image: a bad rebuild must not replace a
     // good volume.
@@ -665,7 +771,10 @@ pub fn replace_files<F: Read + Write + Seek>(
         .seek(SeekFrom::Start(offset))
         .and_then(|_| image.write_all(&new))
         .and_then(|_| image.flush())
-        .map_err(|source| FatError::Io { what: format!("writing {len} bytes at byte {offset}"), source })?;
+        .map_err(|source| FatError::Io {
+            what: format!("writing {len} bytes at byte {offset}"),
+            source,
+        })?;
     Ok(())
 }
 
@@ -674,7 +783,13 @@ mod tests {
     use super::*;
 
     fn opts(size: u64) -> FatOptions {
-        FatOptions { size_bytes: size, label: "NODECONFIG".into(), volume_id: 0x1234_5678, timestamp: 1_700_000_000, fat_type: None }
+        FatOptions {
+            size_bytes: size,
+            label: "NODECONFIG".into(),
+            volume_id: 0x1234_5678,
+            timestamp: 1_700_000_000,
+            fat_type: None,
+        }
     }
 
     #[test]
@@ -701,18 +816,33 @@ mod tests {
         assert_eq!(r.label(), Some("NODECONFIG"));
         assert_eq!(r.volume_id(), 0x1234_5678);
         assert_eq!(r.read_all().unwrap(), files);
-        assert_eq!(r.read_file("/efi/boot/bootx64.efi").unwrap(), vec![1u8; 5000]);
+        assert_eq!(
+            r.read_file("/efi/boot/bootx64.efi").unwrap(),
+            vec![1u8; 5000]
+        );
         assert_eq!(r.read_file("NODE~1.YAM").unwrap(), b"version: 1\n");
-        assert!(matches!(r.read_file("EFI/BOOT"), Err(FatError::NotFound { .. })));
-        assert!(matches!(r.read_file("nope/x"), Err(FatError::NotFound { .. })));
-        assert!(matches!(r.read_file("node.yaml/x"), Err(FatError::NotFound { .. })));
+        assert!(matches!(
+            r.read_file("EFI/BOOT"),
+            Err(FatError::NotFound { .. })
+        ));
+        assert!(matches!(
+            r.read_file("nope/x"),
+            Err(FatError::NotFound { .. })
+        ));
+        assert!(matches!(
+            r.read_file("node.yaml/x"),
+            Err(FatError::NotFound { .. })
+        ));
     }
 
     #[test]
     fn bad_inputs_are_named() {
         let mut files = BTreeMap::new();
         files.insert("a/../b".to_string(), vec![]);
-        assert!(matches!(build(&files, &opts(4 << 20)), Err(FatError::BadPath { .. })));
+        assert!(matches!(
+            build(&files, &opts(4 << 20)),
+            Err(FatError::BadPath { .. })
+        ));
         let mut files = BTreeMap::new();
         files.insert("A.txt".to_string(), vec![]);
         files.insert("a.TXT".to_string(), vec![]);
@@ -720,8 +850,14 @@ mod tests {
         assert!(e.to_string().contains("case-insensitive"), "{e}");
         let mut o = opts(4 << 20);
         o.label = "node.config".into();
-        assert!(matches!(build(&BTreeMap::new(), &o), Err(FatError::BadLabel { .. })));
-        assert!(matches!(build(&BTreeMap::new(), &opts(1000)), Err(FatError::BadSize { .. })));
+        assert!(matches!(
+            build(&BTreeMap::new(), &o),
+            Err(FatError::BadLabel { .. })
+        ));
+        assert!(matches!(
+            build(&BTreeMap::new(), &opts(1000)),
+            Err(FatError::BadSize { .. })
+        ));
         let mut o = opts(4 << 20);
         o.fat_type = Some(FatType::Fat32);
         assert!(build(&BTreeMap::new(), &o).is_err());
