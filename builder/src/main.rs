@@ -1,4 +1,55 @@
+//! `nodeimage`: build immutable Kubernetes node images, and make the secrets and per-node
+//! configs that let nodes booted from them assemble a cluster.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodeimage",
+    version,
+    about = "Bake immutable Kubernetes node images that assemble themselves into a cluster",
+    long_about = "Bake immutable Kubernetes node images that assemble themselves into a cluster.\n\n\
+A profile (profiles/*.toml) pins everything an image holds. `nodeimage build` turns it into a \
+GPT disk image; `nodeimage cluster new` and `nodeimage node-config` make the secrets and the \
+per-node configs; `nodeimage write-config` puts one into an image's NODECONFIG partition."
+)]
+struct Cli {
+    /// Log more (-v debug, -vv trace); NODEIMAGE_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a node image from a profile.
+    Build(nodeimage::build::BuildArgs),
+    /// Put a node config (node.yaml or an Ignition config) into an image's NODECONFIG partition.
+    WriteConfig(nodeimage::disk::WriteConfigArgs),
+    /// Print an image's partitions, manifest and node config (secrets redacted).
+    Inspect(nodeimage::disk::InspectArgs),
+}
+
 fn main() {
-    eprintln!("nodeimage: not wired yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEIMAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match &cli.command {
+        Command::Build(a) => nodeimage::build::build(a).map(|r| {
+            println!("{}", r.raw.display());
+        }),
+        Command::WriteConfig(a) => nodeimage::disk::write_config(a),
+        Command::Inspect(a) => nodeimage::disk::inspect(a),
+    };
+    if let Err(e) = result {
+        eprintln!("nodeimage: error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,1 +1,94 @@
-//! (to be written)
+//! `manifest.json`: what an image is made of, and what came out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a component came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub version: Option<String>,
+    pub url: String,
+    /// `sha256:<hex>` / `sha512:<hex>` of the downloaded file.
+    pub digest: String,
+    pub member: Option<String>,
+    pub install: String,
+    pub mode: String,
+    /// sha256 of the installed file and its size.
+    pub installed_sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartitionRecord {
+    pub number: u32,
+    pub name: String,
+    pub type_guid: String,
+    pub part_guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub size_bytes: u64,
+    pub filesystem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputRecord {
+    pub file: String,
+    pub format: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The manifest. The copy inside the image (ESP `/nodeimage/manifest.json`) has no
+/// `partitions` or `outputs`, which do not exist yet when it is written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub schema: u32,
+    pub profile: ProfileRecord,
+    pub source_date_epoch: i64,
+    /// sha256 over every build input; the image's GUIDs and serials derive from it.
+    pub inputs_sha256: String,
+    pub kernel: KernelRecord,
+    pub firstboot: FileRecord,
+    pub artifacts: Vec<ArtifactRecord>,
+    pub debian: DebianRecord,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProfileRecord {
+    pub name: String,
+    pub arch: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KernelRecord {
+    pub version: String,
+    pub cmdline: String,
+    pub vmlinuz_sha256: String,
+    pub initrd_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileRecord {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DebianRecord {
+    pub suite: String,
+    pub mirror: String,
+    pub variant: String,
+    /// Package -> version, as installed.
+    pub packages: BTreeMap<String, String>,
+}

@@ -1,1 +1,354 @@
-//! (to be written)
+//! Profiles (`profiles/*.toml`): what one node image is made of.
+//!
+//! Parsing is strict: unknown keys and bad values are errors naming the file, the line
+//! and column, and the expected form.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Target architecture of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// Debian's name (`dpkg --print-architecture`).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+    /// The EFI architecture suffix (`BOOTX64.EFI`, `systemd-bootx64.efi`).
+    pub fn efi(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x64",
+            Arch::Aarch64 => "aa64",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+    /// Linux's `uname -m` for this arch equals its name here.
+    pub fn is_host(self) -> bool {
+        std::env::consts::ARCH == self.as_str()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub arch: Arch,
+    #[serde(default)]
+    pub description: String,
+    pub debian: Debian,
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// Directories under `overlays/` copied over the root filesystem, in order.
+    #[serde(default)]
+    pub overlays: Vec<String>,
+    /// Pinned files installed into the root filesystem.
+    #[serde(default, rename = "artifact")]
+    pub artifacts: Vec<Artifact>,
+    #[serde(default)]
+    pub disk: DiskSettings,
+    #[serde(default)]
+    pub outputs: Outputs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    /// Debian suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Debian mirror URL. When absent, the build machine's own apt sources are used.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// mmdebstrap variant (`minbase`, `important`, ...).
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Packages on top of the variant. The kernel, systemd and the boot pieces the image
+    /// needs are always added (see `rootfs::REQUIRED_PACKAGES`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_variant() -> String {
+    "minbase".into()
+}
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Extra kernel command line (the root= and ro arguments are added by the build).
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// A pinned file: fetched by URL, verified by hash, optionally taken out of a tar archive,
+/// installed at a path with a mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sha512: Option<Spanned<String>>,
+    /// Path of a member inside a tar(.gz) archive.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// Absolute install path in the root filesystem.
+    pub install: Spanned<String>,
+    /// Octal mode, e.g. "0755".
+    #[serde(default = "default_mode")]
+    pub mode: Spanned<String>,
+}
+
+fn default_mode() -> Spanned<String> {
+    Spanned::new(0..0, "0755".to_string())
+}
+
+impl Artifact {
+    /// `sha256:<hex>` or `sha512:<hex>` (validated at load time).
+    pub fn digest_string(&self) -> String {
+        match (&self.sha256, &self.sha512) {
+            (Some(h), _) => format!("sha256:{}", h.get_ref()),
+            (None, Some(h)) => format!("sha512:{}", h.get_ref()),
+            (None, None) => unreachable!("validated: every artifact has a hash"),
+        }
+    }
+    pub fn mode_bits(&self) -> u32 {
+        u32::from_str_radix(self.mode.get_ref(), 8).expect("validated")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSettings {
+    /// EFI system partition size (FAT32).
+    #[serde(default = "default_esp_mib")]
+    pub esp_size_mib: u64,
+    /// NODECONFIG partition size (FAT).
+    #[serde(default = "default_config_mib")]
+    pub config_size_mib: u64,
+}
+
+impl Default for DiskSettings {
+    fn default() -> Self {
+        DiskSettings { esp_size_mib: default_esp_mib(), config_size_mib: default_config_mib() }
+    }
+}
+fn default_esp_mib() -> u64 {
+    256
+}
+fn default_config_mib() -> u64 {
+    16
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// The raw GPT disk image.
+    Raw,
+    /// The raw image compressed with zstd.
+    RawZst,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    #[serde(default = "default_formats")]
+    pub formats: Vec<OutputFormat>,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Outputs { formats: default_formats() }
+    }
+}
+fn default_formats() -> Vec<OutputFormat> {
+    vec![OutputFormat::Raw, OutputFormat::RawZst]
+}
+
+/// A profile error: file, line and column, and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ProfileError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A loaded profile with the path it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub path: PathBuf,
+    /// The exact bytes of the profile (hashed into the build identity).
+    pub text: String,
+    pub profile: Profile,
+}
+
+impl LoadedProfile {
+    /// Directory of overlays: `<profile dir>/../overlays`.
+    pub fn overlays_dir(&self) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join("..").join("overlays")
+    }
+}
+
+pub fn load(path: &Path) -> anyhow::Result<LoadedProfile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading profile {}: {e}", path.display()))?;
+    let profile = parse(&path.display().to_string(), &text)?;
+    Ok(LoadedProfile { path: path.to_path_buf(), text, profile })
+}
+
+/// Parse and validate a profile.
+pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
+    let at = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ProfileError { file: file.to_string(), line, column, message }
+    };
+    let p: Profile = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+
+    if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(at(None, format!("name: expected [A-Za-z0-9._-]+, found `{}`", p.name)));
+    }
+    let mut names = BTreeSet::new();
+    let mut installs = BTreeSet::new();
+    for a in &p.artifacts {
+        let ctx = format!("artifact `{}`", a.name);
+        if !names.insert(a.name.clone()) {
+            return Err(at(Some(a.url.span()), format!("{ctx}: the name is used twice")));
+        }
+        let url = a.url.get_ref();
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://") || url.starts_with('/')) {
+            return Err(at(Some(a.url.span()), format!("{ctx}: url: expected http(s)://, file:// or an absolute path, found `{url}`")));
+        }
+        match (&a.sha256, &a.sha512) {
+            (None, None) => return Err(at(Some(a.url.span()), format!("{ctx}: expected `sha256` or `sha512` (every artifact is pinned by hash)"))),
+            (Some(_), Some(h)) => return Err(at(Some(h.span()), format!("{ctx}: give one of `sha256` or `sha512`, not both"))),
+            (Some(h), None) => check_hex(h, 64).map_err(|m| at(Some(h.span()), format!("{ctx}: sha256: {m}")))?,
+            (None, Some(h)) => check_hex(h, 128).map_err(|m| at(Some(h.span()), format!("{ctx}: sha512: {m}")))?,
+        }
+        let install = a.install.get_ref();
+        if !install.starts_with('/') || install.ends_with('/') || install.split('/').any(|c| c == "..") {
+            return Err(at(Some(a.install.span()), format!("{ctx}: install: expected an absolute file path, found `{install}`")));
+        }
+        if !installs.insert(install.clone()) {
+            return Err(at(Some(a.install.span()), format!("{ctx}: install: `{install}` is installed by another artifact too")));
+        }
+        let mode = a.mode.get_ref();
+        if u32::from_str_radix(mode, 8).map(|m| m > 0o7777).unwrap_or(true) {
+            return Err(at(Some(a.mode.span()), format!("{ctx}: mode: expected an octal mode like \"0755\", found \"{mode}\"")));
+        }
+    }
+    for o in &p.overlays {
+        if o.is_empty() || o.contains('/') || o.starts_with('.') {
+            return Err(at(None, format!("overlays: expected a directory name under overlays/, found `{o}`")));
+        }
+    }
+    if p.disk.esp_size_mib < 64 {
+        return Err(at(None, format!("disk.esp_size_mib: expected at least 64, found {}", p.disk.esp_size_mib)));
+    }
+    if p.disk.config_size_mib < 2 {
+        return Err(at(None, format!("disk.config_size_mib: expected at least 2, found {}", p.disk.config_size_mib)));
+    }
+    Ok(p)
+}
+
+fn check_hex(h: &Spanned<String>, len: usize) -> Result<(), String> {
+    let v = h.get_ref();
+    if v.len() != len || !v.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        return Err(format!("expected {len} lowercase hex characters, found {} characters `{v}`", v.len()));
+    }
+    Ok(())
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+arch = "x86_64"
+[debian]
+suite = "bookworm"
+packages = ["containerd"]
+[[artifact]]
+name = "tool"
+url = "https://example.invalid/tool"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+install = "/usr/bin/tool"
+"#;
+
+    #[test]
+    fn good_profile_parses_with_defaults() {
+        let p = parse("p.toml", GOOD).unwrap();
+        assert_eq!(p.arch, Arch::X86_64);
+        assert_eq!(p.debian.variant, "minbase");
+        assert_eq!(p.artifacts[0].mode_bits(), 0o755);
+        assert_eq!(p.outputs.formats, vec![OutputFormat::Raw, OutputFormat::RawZst]);
+        assert!(p.artifacts[0].digest_string().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = parse("p.toml", &GOOD.replace("suite =", "suit =")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:5:1:"), "{e}");
+        assert!(e.contains("unknown field `suit`"), "{e}");
+    }
+
+    #[test]
+    fn short_hash_names_line_and_expected_form() {
+        let e = parse("p.toml", &GOOD.replace("\"0000000000", "\"000000000")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:10:"), "{e}");
+        assert!(e.contains("expected 64 lowercase hex characters"), "{e}");
+    }
+
+    #[test]
+    fn missing_hash_and_bad_arch_are_refused() {
+        let e = parse("p.toml", &GOOD.replace("sha256 = ", "# ")).unwrap_err().to_string();
+        assert!(e.contains("expected `sha256` or `sha512`"), "{e}");
+        let e = parse("p.toml", &GOOD.replace("x86_64", "riscv64")).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:3:"), "{e}");
+        assert!(e.contains("x86_64") && e.contains("aarch64"), "{e}");
+    }
+
+    #[test]
+    fn relative_install_and_bad_mode_are_refused() {
+        let e = parse("p.toml", &GOOD.replace("\"/usr/bin/tool\"", "\"usr/bin/tool\"")).unwrap_err().to_string();
+        assert!(e.contains("install: expected an absolute file path"), "{e}");
+        let e = parse("p.toml", &format!("{GOOD}mode = \"0999\"\n")).unwrap_err().to_string();
+        assert!(e.contains("mode: expected an octal mode"), "{e}");
+    }
+}

@@ -15,4 +15,5 @@ pub mod ports;
 pub mod preflight;
 pub mod run;
 pub mod source;
+pub mod state;
 pub mod util;

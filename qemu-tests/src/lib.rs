@@ -1,1 +1,271 @@
-//! QEMU harness (to be written)
+//! A small harness for booting node images under QEMU in tests.
+//!
+//! * [`Accel::detect`]: KVM only when `/dev/kvm` opens *and* the CPU advertises hardware
+//!   virtualisation (a paravirtual `/dev/kvm` cannot run stock kernels); TCG otherwise.
+//!   `NODEIMAGE_QEMU_ACCEL=kvm|tcg` overrides.
+//! * [`Vm`]: one QEMU process; the serial console is captured into memory and a log file,
+//!   and [`Vm::wait_for`] waits for a line with a timeout. A second serial port is a
+//!   report channel the test image's report unit writes JSON lines to.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn detect() -> Accel {
+        match std::env::var("NODEIMAGE_QEMU_ACCEL").as_deref() {
+            Ok("kvm") => return Accel::Kvm,
+            Ok("tcg") => return Accel::Tcg,
+            _ => {}
+        }
+        let dev_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let cpu_ok = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| c.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm"))))
+            .unwrap_or(false);
+        if dev_ok && cpu_ok {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    fn args(self) -> Vec<String> {
+        match self {
+            Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
+            Accel::Tcg => vec!["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()],
+        }
+    }
+}
+
+/// Firmware for UEFI boot of x86_64 images (Debian's `ovmf` package).
+pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
+    for (code, vars) in [
+        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ] {
+        if Path::new(code).exists() && Path::new(vars).exists() {
+            return Ok((code.into(), vars.into()));
+        }
+    }
+    bail!("OVMF firmware not found: apt-get install ovmf")
+}
+
+/// Options for one boot.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub disk: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Directory for the firmware variables copy, console log and report file.
+    pub work_dir: PathBuf,
+    /// A name for the log files (e.g. "boot1").
+    pub name: String,
+    /// Extra QEMU arguments (e.g. `-fw_cfg`).
+    pub extra: Vec<String>,
+    /// Forward a guest port to the host (user networking `hostfwd`), if any.
+    pub user_net: bool,
+}
+
+/// A running QEMU.
+pub struct Vm {
+    child: Child,
+    console: Arc<Mutex<String>>,
+    pub started: Instant,
+    pub console_log: PathBuf,
+    pub report_path: PathBuf,
+}
+
+impl Vm {
+    pub fn start_x86_64_uefi(o: &VmOptions) -> Result<Vm> {
+        let qemu = "qemu-system-x86_64";
+        if which(qemu).is_none() {
+            bail!("{qemu} not found: apt-get install qemu-system-x86 (from bookworm-backports on this machine, see .ci/run)");
+        }
+        std::fs::create_dir_all(&o.work_dir)?;
+        let (code, vars) = ovmf()?;
+        let vars_copy = o.work_dir.join(format!("{}-OVMF_VARS.fd", o.name));
+        std::fs::copy(&vars, &vars_copy).context("copying OVMF variables")?;
+        let console_log = o.work_dir.join(format!("{}-console.log", o.name));
+        let report_path = o.work_dir.join(format!("{}-report.jsonl", o.name));
+        let _ = std::fs::remove_file(&report_path);
+        let accel = Accel::detect();
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-machine", "q35", "-nodefaults", "-display", "none", "-no-reboot"])
+            .args(accel.args())
+            .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()))
+            .arg("-drive")
+            .arg(format!("if=virtio,format=raw,file={},cache=unsafe", o.disk.display()))
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", report_path.display()))
+            .args(["-device", "virtio-rng-pci"]);
+        if o.user_net {
+            cmd.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+        }
+        cmd.args(&o.extra);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        eprintln!("qemu: starting {} ({accel:?}) with {}", o.name, o.disk.display());
+        let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
+        let console = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (c1, c2) = (console.clone(), console.clone());
+        let log = std::fs::File::create(&console_log)?;
+        let log2 = log.try_clone()?;
+        std::thread::spawn(move || pump(out, c1, log));
+        std::thread::spawn(move || pump(err, c2, log2));
+        Ok(Vm { child, console, started: Instant::now(), console_log, report_path })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Wait for a console line containing `needle`; returns the line and the time since start.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(String, Duration)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+                return Ok((clean(line), self.started.elapsed()));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader threads a moment to drain.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
+                    return Ok((clean(line), self.started.elapsed()));
+                }
+                bail!("QEMU exited ({status}) before `{needle}` appeared; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 40));
+            }
+            if Instant::now() > deadline {
+                bail!("`{needle}` did not appear within {timeout:?}; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait for QEMU to exit (the guest powers off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the guest did not power off within {timeout:?}; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// JSON lines the guest wrote to the report port.
+    pub fn report(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(&self.report_path).unwrap_or_default();
+        text.lines()
+            .map(|l| l.trim_matches(|c: char| c == '\r' || c.is_whitespace()))
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).with_context(|| format!("report line: {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pump(r: impl std::io::Read, sink: Arc<Mutex<String>>, mut log: std::fs::File) {
+    use std::io::Write;
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    while let Ok(n) = r.read_until(b'\n', &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = log.write_all(&buf);
+        sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf));
+        buf.clear();
+    }
+}
+
+fn clean(line: &str) -> String {
+    line.trim_matches(|c: char| c == '\r' || c.is_whitespace()).to_string()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The workspace root (qemu-tests/..).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A binary of this workspace: `$NODEIMAGE_BIN`-style override, else target/<profile>/NAME.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} is not built: run `cargo build --release --workspace` first (or set {var})")
+}
+
+/// Run a command and fail with its output when it fails.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}):\n{}\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accel_override_is_honoured() {
+        std::env::set_var("NODEIMAGE_QEMU_ACCEL", "tcg");
+        assert_eq!(Accel::detect(), Accel::Tcg);
+        std::env::remove_var("NODEIMAGE_QEMU_ACCEL");
+    }
+}
