@@ -52,7 +52,7 @@ pub enum FetchError {
     },
 
     /// No connection could be made (DNS, refused, connect timeout), on every attempt.
-    #[error("could not reach {url}: {cause}{}", after(*.attempts))]
+    #[error("could not reach {url}: {cause}{}{hint}", after(*.attempts))]
     Unreachable {
         url: String,
         cause: String,
