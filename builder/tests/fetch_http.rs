@@ -400,3 +400,91 @@ fn fetch_all_in_parallel_with_duplicates() {
         "{msg}"
     );
 }
+
+#[test]
+fn stalled_body_times_out_and_resumes() {
+    let body = content(90_000, 12);
+    let b = body.clone();
+    let server = TestServer::start(move |req, i| {
+        if i == 0 {
+            Reply::ok(&b)
+                .header("ETag", "\"s\"")
+                .cut_after(30_000)
+                .stall(std::time::Duration::from_secs(3))
+        } else {
+            ranged(req, &b, "\"s\"")
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FetchOptions {
+        read_timeout: std::time::Duration::from_millis(300),
+        ..test_options()
+    };
+    let t = Instant::now();
+    let path = fetcher(dir.path(), opts)
+        .fetch(&server.url(PATH), &sha256(&body))
+        .unwrap();
+    assert!(
+        t.elapsed().as_secs() < 3,
+        "the read timeout cut the stall short"
+    );
+    assert_eq!(fs::read(path).unwrap(), body);
+    assert_eq!(server.requests()[1].range_start(), Some(30_000));
+}
+
+/// Collects everything logged (at TRACE) while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let out = buf.0.lock().unwrap().clone();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn logs_have_url_and_bytes_but_never_header_values() {
+    let body = content(5_000, 13);
+    let b = body.clone();
+    let server = TestServer::start(move |_, i| {
+        if i == 0 {
+            Reply::status(503)
+        } else {
+            Reply::ok(&b)
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let req = FetchRequest::new(server.url(PATH), sha256(&body))
+        .with_header("Authorization", "Bearer sup3rs3cret");
+    let log = logged(|| {
+        fetcher(dir.path(), test_options())
+            .fetch_with(&req)
+            .unwrap();
+    });
+    assert!(log.contains("download started"), "{log}");
+    assert!(log.contains("download finished"), "{log}");
+    assert!(log.contains(&format!("url={}", server.url(PATH))), "{log}");
+    assert!(log.contains("bytes=5000"), "{log}");
+    assert!(log.contains("retrying"), "{log}");
+    assert!(!log.contains("sup3rs3cret"), "{log}");
+    assert_eq!(
+        server.requests()[1].header("authorization"),
+        Some("Bearer sup3rs3cret")
+    );
+}

@@ -40,6 +40,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Send only this many body bytes, then close (Content-Length still says all).
     pub cut_after: Option<usize>,
+    /// Before closing a cut body, keep the connection silent this long.
+    pub stall: Option<Duration>,
 }
 
 impl Reply {
@@ -49,6 +51,7 @@ impl Reply {
             headers: vec![],
             body: body.to_vec(),
             cut_after: None,
+            stall: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl Reply {
             headers: vec![],
             body: format!("status {status}\n").into_bytes(),
             cut_after: None,
+            stall: None,
         }
     }
 
@@ -68,6 +72,11 @@ impl Reply {
 
     pub fn cut_after(mut self, n: usize) -> Self {
         self.cut_after = Some(n);
+        self
+    }
+
+    pub fn stall(mut self, d: Duration) -> Self {
+        self.stall = Some(d);
         self
     }
 }
@@ -86,6 +95,7 @@ pub fn ranged(req: &Request, body: &[u8], etag: &str) -> Reply {
             ],
             body: body[start as usize..].to_vec(),
             cut_after: None,
+            stall: None,
         },
         _ => Reply::ok(body).header("ETag", etag),
     }
@@ -201,6 +211,9 @@ fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, handler: &Handler) {
         let _ = out.write_all(body);
     }
     let _ = out.flush();
+    if let Some(d) = reply.stall {
+        std::thread::sleep(d);
+    }
     let _ = out.shutdown(Shutdown::Both);
 }
 
