@@ -583,6 +583,14 @@ mod tests {
     }
 
     #[test]
+    fn types_cross_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<FetchError>();
+        assert_send_sync::<Fetcher>();
+        assert_send_sync::<FetchRequest>();
+    }
+
+    #[test]
     fn debug_hides_header_values() {
         let d = Digest::of(Algorithm::Sha256, b"x");
         let r = FetchRequest::new("https://r.example/v2/x/blobs/sha256:00", d)
