@@ -52,7 +52,7 @@ pub enum FetchError {
     },
 
     /// No connection could be made (DNS, refused, connect timeout), on every attempt.
-    #[error("could not reach {url}: {cause}{}", after(*.attempts))]
+    #[error("could not reach {url}: {cause}{}{hint}", after(*.attempts))]
     Unreachable {
         url: String,
         cause: String,
@@ -75,8 +75,8 @@ pub enum FetchError {
 
     /// `--offline` and the blob is not in the cache.
     #[error(
-        "offline: {url} ({digest}) is not in the cache at {}{}; run without --offline or \
-         pre-fill the cache",
+        "offline: {url} ({digest}) is not in the cache at {}; run without --offline or \
+         pre-fill the cache{}",
         .cache.display(),
         tried_list(.tried)
     )]
@@ -101,7 +101,7 @@ pub enum FetchError {
     },
 
     /// Several downloads of a [`super::Fetcher::fetch_all`] failed.
-    #[error("{} downloads failed:{}", .0.len(), failure_list(.0))]
+    #[error("{} downloads failed:{}", .0.len(), several_list(.0))]
     Several(Vec<FetchError>),
 
     #[error(
@@ -156,11 +156,44 @@ fn failure_list(failures: &[FetchError]) -> String {
     s
 }
 
+/// Like [`failure_list`], but the `--mirror` advice of unreachable URLs is given once.
+fn several_list(failures: &[FetchError]) -> String {
+    let mut s = String::new();
+    let mut advice = false;
+    for f in failures {
+        match f {
+            FetchError::Unreachable {
+                url,
+                cause,
+                attempts,
+                hint,
+            } => {
+                advice |= !hint.is_empty();
+                let _ = write!(
+                    s,
+                    "\n  - could not reach {url}: {cause}{}",
+                    after(*attempts)
+                );
+            }
+            f => {
+                let _ = write!(s, "\n  - {f}");
+            }
+        }
+    }
+    if advice {
+        s.push_str(
+            "\nto build without network access, serve the pinned files from a mirror and pass \
+             --mirror <URL|DIR> (layout: <DIR>/<host>/<path>)",
+        );
+    }
+    s
+}
+
 fn tried_list(tried: &[FetchError]) -> String {
     if tried.is_empty() {
         return String::new();
     }
-    format!(" nor in the local mirrors:{}\n", failure_list(tried))
+    format!("\nlocal mirrors tried:{}", failure_list(tried))
 }
 
 fn candidates_text(similar: &[String], sample: &[String], total: usize) -> String {

@@ -321,7 +321,17 @@ pub(crate) fn error_cause(e: &(dyn std::error::Error + 'static)) -> String {
         chain.push(c.to_string());
         cur = c.source();
     }
-    let root = chain.last().cloned().unwrap_or_default();
+    let mut root = chain.last().cloned().unwrap_or_default();
+    // "Connection refused (os error 111)" → "connection refused"
+    if let Some(i) = root.find(" (os error ") {
+        root.truncate(i);
+    }
+    let mut chars = root.chars();
+    if let (Some(first), Some(second)) = (chars.next(), chars.next()) {
+        if first.is_ascii_uppercase() && second.is_ascii_lowercase() {
+            root = first.to_ascii_lowercase().to_string() + &root[1..];
+        }
+    }
     let any = |needle: &str| {
         chain
             .iter()

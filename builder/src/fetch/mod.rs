@@ -352,7 +352,7 @@ impl Fetcher {
         let mut hint = String::new();
         if let Source::Http(u) = upstream {
             if let Some(layout) = mirror::mirror_layout_path(u) {
-                hint = format!("\nmirrors are searched at <mirror>/{layout}");
+                hint = format!("\na mirror must hold this file at <mirror>/{layout}");
                 if self.opts.mirror_only {
                     hint.push_str(&format!(
                         "; --mirror-only is set, so {} was not tried",
@@ -580,6 +580,14 @@ mod tests {
             let ra = backoff(base, max, 1, Some(Duration::from_secs(5)));
             assert_eq!(ra, max);
         }
+    }
+
+    #[test]
+    fn types_cross_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<FetchError>();
+        assert_send_sync::<Fetcher>();
+        assert_send_sync::<FetchRequest>();
     }
 
     #[test]

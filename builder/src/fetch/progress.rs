@@ -38,6 +38,10 @@ impl Progress {
     pub fn new(bars: bool, multi: Option<&MultiProgress>, label: &str) -> Self {
         let bar = bars.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg:24!} {spinner} waiting")
+                    .expect("valid template"),
+            );
             let bar = match multi {
                 Some(m) => m.add(bar),
                 None => bar,
@@ -122,6 +126,26 @@ impl Progress {
     pub fn fail(&self) {
         if let Some(bar) = &self.bar {
             bar.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_templates_are_valid() {
+        let multi = MultiProgress::new();
+        for total in [Some(1000), None] {
+            for m in [None, Some(&multi)] {
+                let mut p = Progress::new(true, m, "kubelet");
+                p.start("http://127.0.0.1/x", 10, total);
+                p.inc(500);
+                p.finish();
+                let p = Progress::new(true, m, "kubelet");
+                p.fail();
+            }
         }
     }
 }

@@ -407,10 +407,7 @@ impl ClusterConfig {
                 return Err(ConfigError::invalid(
                     src,
                     format!("hosts[{i}].bootstrap"),
-                    format!(
-                        "host {} is a worker; only a master can bootstrap",
-                        h.address
-                    ),
+                    format!("host {} is a worker; only a master can bootstrap", h.address),
                 ));
             }
             if let Some(rt) = &h.container_runtime {
@@ -436,11 +433,7 @@ impl ClusterConfig {
                 "hosts[].bootstrap",
                 format!(
                     "more than one bootstrap master: {}",
-                    bootstraps
-                        .iter()
-                        .map(|h| h.address.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    bootstraps.iter().map(|h| h.address.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
@@ -453,11 +446,7 @@ impl ClusterConfig {
         }
         if let Some(e) = &self.etcd {
             if e.endpoints.is_empty() {
-                return Err(ConfigError::invalid(
-                    src,
-                    "etcd.endpoints",
-                    "expected at least one endpoint",
-                ));
+                return Err(ConfigError::invalid(src, "etcd.endpoints", "expected at least one endpoint"));
             }
         }
         Ok(())
@@ -515,8 +504,7 @@ addons:
 
     #[test]
     fn unknown_addon_names_line() {
-        let e =
-            ClusterConfig::parse("c.yml", "addons:\n  traefik:\n    enabled: true\n").unwrap_err();
+        let e = ClusterConfig::parse("c.yml", "addons:\n  traefik:\n    enabled: true\n").unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("c.yml: "), "{s}");
         assert!(s.contains("unknown field `traefik`"), "{s}");
@@ -525,8 +513,11 @@ addons:
 
     #[test]
     fn overlapping_cidrs_are_refused() {
-        let e =
-            ClusterConfig::parse("c.yml", "network:\n  service_cidr: 10.32.0.0/16\n").unwrap_err();
+        let e = ClusterConfig::parse(
+            "c.yml",
+            "network:\n  service_cidr: 10.32.0.0/16\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("network.service_cidr"), "{e}");
     }
 
@@ -543,9 +534,6 @@ addons:
             "hosts:\n  - {address: a, role: master, bootstrap: true}\n  - {address: b, role: master, bootstrap: true}\n",
         )
         .unwrap_err();
-        assert!(
-            e.to_string().contains("more than one bootstrap master"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("more than one bootstrap master"), "{e}");
     }
 }
