@@ -133,7 +133,7 @@ impl CheckResult {
         };
         match self.status {
             Status::Pass => format!(
-                "preflight {name}: ok: {} ({})",
+                "preflight {name}: ok: {} (requirement: {})",
                 self.found, self.requirement
             ),
             Status::Skipped => format!("preflight {name}: skipped ({})", self.found),
