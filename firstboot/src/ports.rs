@@ -262,6 +262,18 @@ pub enum Carrier {
     Ipsec,
 }
 
+/// How a row's service binds, besides what its reach implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bind {
+    /// From the reach: localhost-only on 127.0.0.1, disabled off, everything else on the
+    /// unspecified address (the firewall restricts the sources).
+    FromReach,
+    /// The node's private address and 127.0.0.1 (etcd): the most sensitive service stays
+    /// off public interfaces even when the ruleset is flushed.
+    PrivateAndLoopback,
+}
+
 /// What listens on a port. One service may have several rows (TCP and UDP, or
 /// alternative reaches chosen by a condition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -350,6 +362,7 @@ pub struct PortRow {
     pub activation: Activation,
     pub condition: Condition,
     pub carrier: Carrier,
+    pub bind: Bind,
     /// Why the row looks the way it does (disagreements, renamed ports).
     pub note: &'static str,
 }
@@ -394,6 +407,7 @@ const fn row(
         activation: On,
         condition: Always,
         carrier: Plain,
+        bind: Bind::FromReach,
         note,
     }
 }
@@ -405,6 +419,11 @@ const fn when(mut r: PortRow, condition: Condition) -> PortRow {
 
 const fn option(mut r: PortRow, what: &'static str) -> PortRow {
     r.activation = Activation::Option(what);
+    r
+}
+
+const fn bind_private(mut r: PortRow) -> PortRow {
+    r.bind = Bind::PrivateAndLoopback;
     r
 }
 
@@ -425,12 +444,12 @@ pub static PORT_TABLE: &[PortRow] = &[
         "management channel with SSH keys; Tectonic 003 limits it to the user network"),
     row(Tcp, Port(6443), Service::KubeApiserver, Roles::Master, Anyone, true, &[S000, S001, S004],
         "TLS client certs, ServiceAccount tokens, RBAC; CoreOS 004 serves it on 443"),
-    when(row(Tcp, Port(2379), Service::EtcdClient, Roles::Master, Masters, true, &[S000, S001, S003, S004],
+    bind_private(when(row(Tcp, Port(2379), Service::EtcdClient, Roles::Master, Masters, true, &[S000, S001, S003, S004],
         "client TLS; 001 says master-to-master, 002 localhost-only (see the option); never workers (004's flannel/Calico case does not apply) nor the public"),
-        Condition::EtcdOnMasters),
-    when(row(Tcp, Port(2380), Service::EtcdPeer, Roles::Master, Masters, true, &[S000, S001, S004],
+        Condition::EtcdOnMasters)),
+    bind_private(when(row(Tcp, Port(2380), Service::EtcdPeer, Roles::Master, Masters, true, &[S000, S001, S004],
         "peer TLS; 001 says master-to-master, 002 localhost-only (see the option)"),
-        Condition::EtcdOnMasters),
+        Condition::EtcdOnMasters)),
     row(Tcp, Port(10250), Service::Kubelet, Roles::All, Masters, true, &[S000, S001, S003, S004],
         "TLS client certs; kube-apiserver exec/logs/port-forward; 003/004 say from masters, 001 also from workers"),
     row(Tcp, Port(6783), Service::WeaveControl, Roles::All, ClusterNodes, true, &[S000, S001, S002],
@@ -879,43 +898,45 @@ impl PortPolicy {
     /// The one address a service binds, derived from its row:
     ///
     /// * localhost-only → `127.0.0.1:port`;
-    /// * masters-only (etcd) → the node's private address (the firewall restricts the
-    ///   sources; binding the private address keeps it off public interfaces even when
-    ///   the ruleset is flushed);
-    /// * anyone / cluster nodes / trusted subnets → the unspecified address (`0.0.0.0`,
-    ///   or `::` on an IPv6 node), the firewall restricts the sources.
+    /// * etcd on the masters ([`Bind::PrivateAndLoopback`]) → the node's private address
+    ///   (the firewall restricts the sources; binding the private address keeps etcd off
+    ///   public interfaces even when the ruleset is flushed);
+    /// * anyone / cluster nodes / masters / trusted subnets → the unspecified address
+    ///   (`0.0.0.0`, or `::` on an IPv6 node); the firewall restricts the sources.
     ///
-    /// `Ok(None)` when the service is disabled (kubelet's `readOnlyPort: 0`) or does not
-    /// run on this node (its row is inactive for this role/config).
+    /// `Ok(None)` when the service is disabled (kubelet's `readOnlyPort: 0`), does not
+    /// run on this node (its row is inactive for this role/config) or is not a bind
+    /// (the NodePort range).
     pub fn bind_address(&self, service: Service) -> Result<Option<SocketAddr>, PortsError> {
         Ok(self.listen_addresses(service)?.into_iter().next())
     }
 
-    /// Every address a service listens on. Like [`Self::bind_address`], plus loopback for
-    /// masters-only services so local clients (the apiserver talking to etcd) need not
-    /// know the node's address.
+    /// Every address a service listens on. Like [`Self::bind_address`], plus 127.0.0.1
+    /// for [`Bind::PrivateAndLoopback`] services so local clients (the apiserver talking
+    /// to etcd) need not know the node's address.
     pub fn listen_addresses(&self, service: Service) -> Result<Vec<SocketAddr>, PortsError> {
         let Some(rule) = self.rule_for(service) else {
             return Ok(Vec::new());
         };
-        let Some(ports) = rule.ports else {
+        let Some(ports) = rule
+            .ports
+            .filter(|_| rule.row.port != PortSpec::NodePortRange)
+        else {
             return Ok(Vec::new());
         };
         let port = ports.first;
         let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        Ok(match rule.row.reach {
-            Reach::Disabled => Vec::new(),
-            Reach::Localhost => vec![loopback],
-            Reach::Masters => {
+        Ok(match (rule.row.reach, rule.row.bind) {
+            (Reach::Disabled, _) => Vec::new(),
+            (Reach::Localhost, _) => vec![loopback],
+            (_, Bind::PrivateAndLoopback) => {
                 let ip = self
                     .facts
                     .node_address
                     .ok_or(PortsError::NodeAddressUnknown { service })?;
                 vec![SocketAddr::new(ip, port), loopback]
             }
-            Reach::Anyone | Reach::ClusterNodes | Reach::TrustedSubnets => {
-                vec![SocketAddr::new(self.unspecified(), port)]
-            }
+            (_, Bind::FromReach) => vec![SocketAddr::new(self.unspecified(), port)],
         })
     }
 
@@ -946,7 +967,11 @@ impl PortPolicy {
         let mut out = Vec::new();
         for r in &self.rules {
             let service = r.row.service;
-            if seen.contains(&service) || r.ports.is_none() || r.row.carrier != Carrier::Plain {
+            if seen.contains(&service)
+                || r.ports.is_none()
+                || r.row.carrier != Carrier::Plain
+                || r.row.port == PortSpec::NodePortRange
+            {
                 continue;
             }
             seen.push(service);
@@ -1154,6 +1179,12 @@ mod tests {
         assert_eq!(b(Service::WeaveStatus).as_deref(), Some("0.0.0.0:6782"));
         assert_eq!(b(Service::WeaveApi).as_deref(), Some("127.0.0.1:6784"));
         assert_eq!(b(Service::KubeletReadOnly), None);
+        assert_eq!(
+            b(Service::Kubelet).as_deref(),
+            Some("0.0.0.0:10250"),
+            "kubelet --address takes one address"
+        );
+        assert_eq!(b(Service::NodePorts), None, "a range is not a bind");
         assert_eq!(p.port(Service::KubeletReadOnly), None);
         assert_eq!(b(Service::EtcdClient).as_deref(), Some("10.0.0.1:2379"));
         assert_eq!(
