@@ -327,7 +327,7 @@ addons:
             "{out}"
         );
         assert!(
-            out.contains("| TCP | 6443 |") == false,
+            !out.contains("| TCP | 6443 |"),
             "no apiserver row on a worker"
         );
         assert!(out.contains("- `masters`: 10.0.0.1/32"), "{out}");

@@ -386,6 +386,8 @@ use Seed::{
     PharosRequirements as S001, Tectonic as S003,
 };
 
+// One argument per column keeps each table row on one visual line.
+#[allow(clippy::too_many_arguments)]
 const fn row(
     protocol: Protocol,
     port: PortSpec,

@@ -718,7 +718,7 @@ mod tests {
         PortPolicy::new(NodeFacts::defaults(role)).unwrap()
     }
 
-    fn failed<'a>(r: &'a PreflightReport, check: Check) -> Vec<&'a CheckResult> {
+    fn failed(r: &PreflightReport, check: Check) -> Vec<&CheckResult> {
         r.failures().filter(|c| c.check == check).collect()
     }
 

@@ -71,6 +71,8 @@ struct Namespaces {
 
 impl Namespaces {
     fn add(&mut self, name: &str) -> String {
+        // A namespace of a killed earlier run with the same pid would block the name.
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
         ip(&["netns", "add", name]);
         self.names.push(name.to_string());
         name.to_string()
