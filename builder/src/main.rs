@@ -29,6 +29,8 @@ enum Command {
     WriteConfig(nodeimage::disk::WriteConfigArgs),
     /// Print an image's partitions, manifest and node config (secrets redacted).
     Inspect(nodeimage::disk::InspectArgs),
+    /// Print the port policy (firewall and bind addresses) of a role, from the seeds' port tables.
+    Ports(nodeimage::ports::PortsArgs),
 }
 
 fn main() {
@@ -40,13 +42,18 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NODEIMAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let result = match &cli.command {
         Command::Build(a) => nodeimage::build::build(a).map(|r| {
             println!("{}", r.raw.display());
         }),
         Command::WriteConfig(a) => nodeimage::disk::write_config(a),
         Command::Inspect(a) => nodeimage::disk::inspect(a),
+        Command::Ports(a) => nodeimage::ports::run(a),
     };
     if let Err(e) = result {
         eprintln!("nodeimage: error: {e:#}");
