@@ -217,7 +217,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let overlays = overlay_dirs(&lp)?;
     let root = work.join("root");
     let boot = work.join("boot");
-    let custom = rootfs::customize(&base, &root, &boot, &installs, &overlays, &["firstboot.service", "systemd-networkd.service"], epoch)?;
+    let custom = rootfs::customize(&base, &root, &boot, &installs, &overlays, &["firstboot.service", "nodeimage-firewall.service", "systemd-networkd.service"], epoch)?;
 
     // 3. Identity of this build: every GUID, serial and timestamp derives from it.
     let inputs = inputs_digest(&lp, &spec, &custom.packages, &artifact_records, &fb_sha, &overlays, epoch)?;

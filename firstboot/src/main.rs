@@ -194,6 +194,10 @@ impl run::StagedApply for IgnitionStep {
 /// The ordered steps this node's role needs.
 fn steps_for<'a>(acquired: &'a Acquired) -> Vec<Step<'a>> {
     let mut steps: Vec<Step> = Vec::new();
+    // Nothing is changed before the host is known to meet the requirements.
+    steps.push(Step { name: "preflight", apply: Box::new(|c| run::apply_preflight(c.opts, c.config)) });
+    // The firewall is up before any component listens.
+    steps.push(Step { name: "firewall", apply: Box::new(|c| run::apply_firewall(c.opts, c.config)) });
     steps.push(Step { name: "hostname", apply: Box::new(|c| run::apply_hostname(c.opts, c.hostname)) });
     if let Some(staged) = &acquired.staged {
         steps.push(Step { name: "ignition", apply: Box::new(move |c| staged.apply(&c.opts.root)) });
