@@ -423,7 +423,8 @@ impl<R: Read + Seek> hadris_storage::sync::BlockDevice for Window<R> {
 }
 
 /// What [`FatImage::walk`] calls for each regular file: path, node, size, filesystem.
-type Visitor<'a, R> = dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError> + 'a;
+type Visitor<'a, R> =
+    dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError> + 'a;
 
 /// A file found by [`FatImage::list_files`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
