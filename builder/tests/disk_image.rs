@@ -514,3 +514,49 @@ fn inspect_shows_partitions_manifest_and_redacted_config() {
     })
     .unwrap();
 }
+
+#[test]
+fn blank_nodeconfig_partition_is_formatted_on_first_write() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("d.raw");
+    let g = |s: &str| derive_guid("t", s.as_bytes());
+    let parts = [
+        PartitionSpec::new(
+            "ESP",
+            type_guid::ESP,
+            g("e"),
+            4 * MIB,
+            PartitionContent::Zero,
+        ),
+        PartitionSpec::new(
+            "NODECONFIG",
+            type_guid::MICROSOFT_BASIC_DATA,
+            g("n"),
+            16 * MIB,
+            PartitionContent::Zero,
+        ),
+    ];
+    let layout = disk::write_disk(&img, g("d"), &parts).unwrap();
+    let (part, _) = disk::write_node_config(&img, "node.yaml", NATIVE.as_bytes(), 0).unwrap();
+    assert_eq!(part.number, 2);
+    let nc = &layout.partitions[1];
+    let out = d.path().join("nc.img");
+    extract(&img, nc.start_bytes, nc.size_bytes, &out);
+    fsck(&out);
+    let mut c = tool("mtype", "mtools");
+    c.arg("-i").arg(&out).arg("::/node.yaml");
+    assert_eq!(run(c), NATIVE);
+    let r = FatImage::open(std::fs::File::open(&out).unwrap(), 0, nc.size_bytes).unwrap();
+    assert_eq!(r.label(), Some("NODECONFIG"));
+    // A second write goes through the rebuild path and keeps the serial.
+    let id = r.volume_id();
+    disk::write_node_config(&img, "node.yaml", NATIVE.as_bytes(), 0).unwrap();
+    extract(&img, nc.start_bytes, nc.size_bytes, &out);
+    fsck(&out);
+    assert_eq!(
+        BootSector::parse(&std::fs::read(&out).unwrap())
+            .unwrap()
+            .volume_id,
+        id
+    );
+}

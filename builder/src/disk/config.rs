@@ -1,11 +1,13 @@
 //! `nodeimage write-config` and `nodeimage inspect`: work on a finished raw image
 //! without mounting anything (no root, no loop devices).
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use firstboot::config::{NodeConfig, NODE_CONFIG_FILE_NAME, NODE_CONFIG_IGNITION_PATH};
-use firstboot::fat::{self, FatImage, FileChanges};
+use firstboot::fat::{self, FatImage, FatOptions, FileChanges};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -92,7 +94,8 @@ pub fn classify_config(source_name: &str, text: &[u8]) -> Result<ConfigKind, Dis
 
 /// Validate `text` and write it into the NODECONFIG partition of `image` (as
 /// `node.yaml` or `config.ign`, removing the other), keeping the FAT volume's geometry,
-/// label and serial. Nothing is written when the config is invalid. Returns the
+/// label and serial. A NODECONFIG partition that was never formatted (its first 4 KiB
+/// are zero) is formatted first. Nothing is written when the config is invalid. Returns the
 /// partition written and the config's kind.
 pub fn write_node_config(
     image: &Path,
@@ -103,9 +106,6 @@ pub fn write_node_config(
     let kind = classify_config(source_name, text)?;
     let layout = read_layout(image)?;
     let part = find_nodeconfig(image, &layout)?;
-    let mut changes = FileChanges::new();
-    changes.insert(kind.file_name().to_string(), Some(text.to_vec()));
-    changes.insert(kind.other_file_name().to_string(), None);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -115,24 +115,63 @@ pub fn write_node_config(
             path: image.to_path_buf(),
             source,
         })?;
-    fat::replace_files(
-        &mut f,
-        part.start_bytes,
-        part.size_bytes,
-        &changes,
-        timestamp,
-    )
-    .map_err(|source| DiskError::Fat {
+    let fat_err = |source| DiskError::Fat {
         image: image.to_path_buf(),
         partition: part.name.clone(),
         source,
-    })?;
+    };
+    if partition_is_blank(&mut f, &part).map_err(|source| DiskError::Io {
+        op: "reading",
+        path: image.to_path_buf(),
+        source,
+    })? {
+        // A NODECONFIG partition left empty by the build: format it now, with a serial
+        // derived from the partition GUID so the result is still reproducible.
+        let mut files = BTreeMap::new();
+        files.insert(kind.file_name().to_string(), text.to_vec());
+        let g = part.part_guid.as_bytes();
+        let opts = FatOptions {
+            size_bytes: part.size_bytes,
+            label: NODECONFIG_LABEL.to_string(),
+            volume_id: u32::from_le_bytes([g[0], g[1], g[2], g[3]]),
+            timestamp,
+            fat_type: None,
+        };
+        let volume = fat::build(&files, &opts).map_err(fat_err)?;
+        f.seek(SeekFrom::Start(part.start_bytes))
+            .and_then(|_| f.write_all(&volume))
+            .map_err(|source| DiskError::Io {
+                op: "writing",
+                path: image.to_path_buf(),
+                source,
+            })?;
+    } else {
+        let mut changes = FileChanges::new();
+        changes.insert(kind.file_name().to_string(), Some(text.to_vec()));
+        changes.insert(kind.other_file_name().to_string(), None);
+        fat::replace_files(
+            &mut f,
+            part.start_bytes,
+            part.size_bytes,
+            &changes,
+            timestamp,
+        )
+        .map_err(fat_err)?;
+    }
     f.sync_all().map_err(|source| DiskError::Io {
         op: "syncing",
         path: image.to_path_buf(),
         source,
     })?;
     Ok((part, kind))
+}
+
+/// Whether the partition's first 4 KiB are all zero (never formatted).
+fn partition_is_blank(f: &mut std::fs::File, p: &PartitionInfo) -> std::io::Result<bool> {
+    let mut head = vec![0u8; p.size_bytes.min(4096) as usize];
+    f.seek(SeekFrom::Start(p.start_bytes))?;
+    f.read_exact(&mut head)?;
+    Ok(head.iter().all(|b| *b == 0))
 }
 
 /// The NODECONFIG partition: by GPT name, else the first FAT volume labelled NODECONFIG.
