@@ -72,7 +72,8 @@ impl FatType {
 pub struct FatOptions {
     /// Size of the volume in bytes; a multiple of 512 (the partition size).
     pub size_bytes: u64,
-    /// Volume label, at most 11 ASCII characters (`ESP`, `NODECONFIG`); stored upper case.
+    /// Volume label, at most 11 ASCII characters (`ESP`, `NODECONFIG`); stored upper
+    /// case. Empty: no label.
     pub label: String,
     /// Volume serial number (derive it from the build inputs for reproducibility).
     pub volume_id: u32,
@@ -261,9 +262,16 @@ fn build_with(
             size: opts.size_bytes,
         });
     }
-    let label = VolumeLabel::new(&opts.label).map_err(|_| FatError::BadLabel {
-        label: opts.label.clone(),
-    })?;
+    // An empty label means no label at all (no root label entry, "NO NAME" in the BPB).
+    let label = if opts.label.is_empty() {
+        None
+    } else {
+        Some(
+            VolumeLabel::new(&opts.label).map_err(|_| FatError::BadLabel {
+                label: opts.label.clone(),
+            })?,
+        )
+    };
     let time = dos_time(opts.timestamp);
     let fat_type = opts
         .fat_type
@@ -290,11 +298,13 @@ fn build_with(
 
     let mut o = hadris_fat::FatOptions::new()
         .with_size(opts.size_bytes)
-        .with_label(label)
         .with_serial(opts.volume_id)
         .with_time(time)
         .with_oem_name(*b"NODEIMG ")
         .with_partition_offset(u64::from(geo.hidden_sectors) * SECTOR_SIZE);
+    if let Some(l) = label {
+        o = o.with_label(l);
+    }
     if let Some(t) = fat_type {
         o = o.with_kind(t.kind());
     }
@@ -423,7 +433,8 @@ impl<R: Read + Seek> hadris_storage::sync::BlockDevice for Window<R> {
 }
 
 /// What [`FatImage::walk`] calls for each regular file: path, node, size, filesystem.
-type Visitor<'a, R> = dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError> + 'a;
+type Visitor<'a, R> =
+    dyn FnMut(String, NodeId, u64, &mut FatFs<Window<R>>) -> Result<(), FatError> + 'a;
 
 /// A file found by [`FatImage::list_files`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -716,7 +727,7 @@ pub fn rebuild(volume: &[u8], changes: &FileChanges, timestamp: i64) -> Result<V
     let opts = FatOptions {
         // The volume may be shorter than its partition; keep its own size.
         size_bytes: boot.volume_bytes(),
-        label: label.unwrap_or_else(|| "NO NAME".to_string()),
+        label: label.unwrap_or_default(),
         volume_id: boot.volume_id,
         timestamp,
         fat_type: Some(boot.fat_type),
@@ -899,5 +910,16 @@ mod tests {
         assert_eq!(a, b);
         o.timestamp = i64::MAX;
         build(&BTreeMap::new(), &o).unwrap();
+    }
+
+    #[test]
+    fn empty_label_means_none() {
+        let mut o = opts(4 << 20);
+        o.label = String::new();
+        let img = build(&BTreeMap::new(), &o).unwrap();
+        let r = FatImage::open(std::io::Cursor::new(&img), 0, img.len() as u64).unwrap();
+        assert_eq!(r.label(), None);
+        let again = rebuild(&img, &FileChanges::new(), 1_700_000_000).unwrap();
+        assert_eq!(again, img);
     }
 }

@@ -1,11 +1,13 @@
 //! `nodeimage write-config` and `nodeimage inspect`: work on a finished raw image
 //! without mounting anything (no root, no loop devices).
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use firstboot::config::{NodeConfig, NODE_CONFIG_FILE_NAME, NODE_CONFIG_IGNITION_PATH};
-use firstboot::fat::{self, FatImage, FileChanges};
+use firstboot::fat::{self, FatImage, FatOptions, FileChanges};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -84,12 +86,16 @@ pub fn classify_config(source_name: &str, text: &[u8]) -> Result<ConfigKind, Dis
             };
         }
     }
-    Ok(ConfigKind::Native(Box::new(NodeConfig::parse(source_name, text)?)))
+    Ok(ConfigKind::Native(Box::new(NodeConfig::parse(
+        source_name,
+        text,
+    )?)))
 }
 
 /// Validate `text` and write it into the NODECONFIG partition of `image` (as
 /// `node.yaml` or `config.ign`, removing the other), keeping the FAT volume's geometry,
-/// label and serial. Nothing is written when the config is invalid. Returns the
+/// label and serial. A NODECONFIG partition that was never formatted (its first 4 KiB
+/// are zero) is formatted first. Nothing is written when the config is invalid. Returns the
 /// partition written and the config's kind.
 pub fn write_node_config(
     image: &Path,
@@ -100,19 +106,72 @@ pub fn write_node_config(
     let kind = classify_config(source_name, text)?;
     let layout = read_layout(image)?;
     let part = find_nodeconfig(image, &layout)?;
-    let mut changes = FileChanges::new();
-    changes.insert(kind.file_name().to_string(), Some(text.to_vec()));
-    changes.insert(kind.other_file_name().to_string(), None);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(image)
-        .map_err(|source| DiskError::Io { op: "opening", path: image.to_path_buf(), source })?;
-    fat::replace_files(&mut f, part.start_bytes, part.size_bytes, &changes, timestamp).map_err(|source| {
-        DiskError::Fat { image: image.to_path_buf(), partition: part.name.clone(), source }
+        .map_err(|source| DiskError::Io {
+            op: "opening",
+            path: image.to_path_buf(),
+            source,
+        })?;
+    let fat_err = |source| DiskError::Fat {
+        image: image.to_path_buf(),
+        partition: part.name.clone(),
+        source,
+    };
+    if partition_is_blank(&mut f, &part).map_err(|source| DiskError::Io {
+        op: "reading",
+        path: image.to_path_buf(),
+        source,
+    })? {
+        // A NODECONFIG partition left empty by the build: format it now, with a serial
+        // derived from the partition GUID so the result is still reproducible.
+        let mut files = BTreeMap::new();
+        files.insert(kind.file_name().to_string(), text.to_vec());
+        let g = part.part_guid.as_bytes();
+        let opts = FatOptions {
+            size_bytes: part.size_bytes,
+            label: NODECONFIG_LABEL.to_string(),
+            volume_id: u32::from_le_bytes([g[0], g[1], g[2], g[3]]),
+            timestamp,
+            fat_type: None,
+        };
+        let volume = fat::build(&files, &opts).map_err(fat_err)?;
+        f.seek(SeekFrom::Start(part.start_bytes))
+            .and_then(|_| f.write_all(&volume))
+            .map_err(|source| DiskError::Io {
+                op: "writing",
+                path: image.to_path_buf(),
+                source,
+            })?;
+    } else {
+        let mut changes = FileChanges::new();
+        changes.insert(kind.file_name().to_string(), Some(text.to_vec()));
+        changes.insert(kind.other_file_name().to_string(), None);
+        fat::replace_files(
+            &mut f,
+            part.start_bytes,
+            part.size_bytes,
+            &changes,
+            timestamp,
+        )
+        .map_err(fat_err)?;
+    }
+    f.sync_all().map_err(|source| DiskError::Io {
+        op: "syncing",
+        path: image.to_path_buf(),
+        source,
     })?;
-    f.sync_all().map_err(|source| DiskError::Io { op: "syncing", path: image.to_path_buf(), source })?;
     Ok((part, kind))
+}
+
+/// Whether the partition's first 4 KiB are all zero (never formatted).
+fn partition_is_blank(f: &mut std::fs::File, p: &PartitionInfo) -> std::io::Result<bool> {
+    let mut head = vec![0u8; p.size_bytes.min(4096) as usize];
+    f.seek(SeekFrom::Start(p.start_bytes))?;
+    f.read_exact(&mut head)?;
+    Ok(head.iter().all(|b| *b == 0))
 }
 
 /// The NODECONFIG partition: by GPT name, else the first FAT volume labelled NODECONFIG.
@@ -135,7 +194,11 @@ fn find_nodeconfig(image: &Path, layout: &DiskLayout) -> Result<PartitionInfo, D
 }
 
 fn open_fat(image: &Path, p: &PartitionInfo) -> Result<FatImage<std::fs::File>, DiskError> {
-    let f = std::fs::File::open(image).map_err(|source| DiskError::Io { op: "opening", path: image.to_path_buf(), source })?;
+    let f = std::fs::File::open(image).map_err(|source| DiskError::Io {
+        op: "opening",
+        path: image.to_path_buf(),
+        source,
+    })?;
     FatImage::open(f, p.start_bytes, p.size_bytes).map_err(|source| DiskError::Fat {
         image: image.to_path_buf(),
         partition: p.name.clone(),
@@ -149,7 +212,10 @@ fn fat_label(image: &Path, p: &PartitionInfo) -> Result<Option<String>, DiskErro
 
 /// `SOURCE_DATE_EPOCH` when set (reproducible rewrites), else now.
 fn timestamp_now() -> i64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
         return t;
     }
     std::time::SystemTime::now()
@@ -161,7 +227,8 @@ fn timestamp_now() -> i64 {
 /// `nodeimage write-config IMAGE CONFIG`.
 pub fn write_config(args: &WriteConfigArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let text = std::fs::read(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let text = std::fs::read(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
     let source_name = args.config.display().to_string();
     let (part, kind) = write_node_config(&args.image, &source_name, &text, timestamp_now())?;
     tracing::info!(
@@ -225,12 +292,16 @@ pub fn inspect_image(image: &Path) -> Result<ImageReport, DiskError> {
         config: None,
         config_error: None,
     };
-    let esp = layout.find_partition_by_type(&type_guid::ESP).or_else(|| layout.find_partition_by_name("ESP"));
+    let esp = layout
+        .find_partition_by_type(&type_guid::ESP)
+        .or_else(|| layout.find_partition_by_name("ESP"));
     if let Some(esp) = esp {
         match read_optional(image, esp, ESP_MANIFEST_PATH) {
             Ok(Some(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(v) => report.manifest = Some(v),
-                Err(e) => report.manifest_error = Some(format!("{}:/{ESP_MANIFEST_PATH}: {e}", esp.name)),
+                Err(e) => {
+                    report.manifest_error = Some(format!("{}:/{ESP_MANIFEST_PATH}: {e}", esp.name))
+                }
             },
             Ok(None) => {}
             Err(e) => report.manifest_error = Some(e.to_string()),
@@ -246,19 +317,36 @@ pub fn inspect_image(image: &Path) -> Result<ImageReport, DiskError> {
     Ok(report)
 }
 
-fn read_optional(image: &Path, p: &PartitionInfo, path: &str) -> Result<Option<Vec<u8>>, DiskError> {
+fn read_optional(
+    image: &Path,
+    p: &PartitionInfo,
+    path: &str,
+) -> Result<Option<Vec<u8>>, DiskError> {
     let mut fs = open_fat(image, p)?;
     match fs.read_file(path) {
         Ok(b) => Ok(Some(b)),
         Err(fat::FatError::NotFound { .. }) => Ok(None),
-        Err(source) => Err(DiskError::Fat { image: image.to_path_buf(), partition: p.name.clone(), source }),
+        Err(source) => Err(DiskError::Fat {
+            image: image.to_path_buf(),
+            partition: p.name.clone(),
+            source,
+        }),
     }
 }
 
 fn config_report(image: &Path, p: &PartitionInfo) -> Result<ConfigReport, DiskError> {
     let mut fs = open_fat(image, p)?;
-    let fat_err = |source| DiskError::Fat { image: image.to_path_buf(), partition: p.name.clone(), source };
-    let files: Vec<String> = fs.list_files().map_err(fat_err)?.into_iter().map(|f| f.path).collect();
+    let fat_err = |source| DiskError::Fat {
+        image: image.to_path_buf(),
+        partition: p.name.clone(),
+        source,
+    };
+    let files: Vec<String> = fs
+        .list_files()
+        .map_err(fat_err)?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
     let mut r = ConfigReport {
         partition: p.name.clone(),
         files: files.clone(),
@@ -316,8 +404,14 @@ pub fn redact_native(c: &NodeConfig) -> (Value, Vec<String>) {
         ("ca_certificate", s.ca_certificate.is_some()),
         ("bootstrap_token", s.bootstrap_token.is_some()),
         ("etcd_ca_certificate", s.etcd_ca_certificate.is_some()),
-        ("front_proxy_ca_certificate", s.front_proxy_ca_certificate.is_some()),
-        ("service_account_public_key", s.service_account_public_key.is_some()),
+        (
+            "front_proxy_ca_certificate",
+            s.front_proxy_ca_certificate.is_some(),
+        ),
+        (
+            "service_account_public_key",
+            s.service_account_public_key.is_some(),
+        ),
     ]
     .into_iter()
     .filter(|(_, present)| *present)
@@ -364,7 +458,12 @@ pub fn redact_native(c: &NodeConfig) -> (Value, Vec<String>) {
 /// A summary of an Ignition config: version, file paths, unit names, user names; no
 /// contents, keys, passwords or source URLs (which may carry credentials).
 pub fn redact_ignition(v: &Value) -> (Value, Vec<String>) {
-    let arr = |p: &str| v.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default();
+    let arr = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
     let files: Vec<Value> = arr("/storage/files")
         .iter()
         .map(|f| json!({"path": f.get("path"), "mode": f.get("mode")}))
@@ -373,7 +472,10 @@ pub fn redact_ignition(v: &Value) -> (Value, Vec<String>) {
         .iter()
         .map(|u| json!({"name": u.get("name"), "enabled": u.get("enabled")}))
         .collect();
-    let users: Vec<Value> = arr("/passwd/users").iter().map(|u| u.get("name").cloned().unwrap_or(Value::Null)).collect();
+    let users: Vec<Value> = arr("/passwd/users")
+        .iter()
+        .map(|u| u.get("name").cloned().unwrap_or(Value::Null))
+        .collect();
     let mut secrets = Vec::new();
     for u in arr("/passwd/users") {
         let name = u.get("name").and_then(Value::as_str).unwrap_or("?");
@@ -385,7 +487,9 @@ pub fn redact_ignition(v: &Value) -> (Value, Vec<String>) {
         .iter()
         .any(|f| f.get("path").and_then(Value::as_str) == Some(NODE_CONFIG_IGNITION_PATH));
     if embedded {
-        secrets.push(format!("storage.files[{NODE_CONFIG_IGNITION_PATH}] (embedded node config)"));
+        secrets.push(format!(
+            "storage.files[{NODE_CONFIG_IGNITION_PATH}] (embedded node config)"
+        ));
     }
     let summary = json!({
         "ignition_version": v.pointer("/ignition/version"),
@@ -431,12 +535,25 @@ pub fn render_text(r: &ImageReport) -> String {
     let mut s = String::new();
     let l = &r.layout;
     let _ = writeln!(s, "Image:     {}", r.image.display());
-    let _ = writeln!(s, "Size:      {} ({} bytes)", human_size(l.size_bytes), l.size_bytes);
+    let _ = writeln!(
+        s,
+        "Size:      {} ({} bytes)",
+        human_size(l.size_bytes),
+        l.size_bytes
+    );
     let _ = writeln!(s, "Disk GUID: {}", l.disk_guid);
     let _ = writeln!(s, "\nPartitions:");
-    let _ = writeln!(s, "  {:>2}  {:<12} {:<22} {:>10} {:>10} {:>10}  GUID", "#", "Name", "Type", "Start LBA", "End LBA", "Size");
+    let _ = writeln!(
+        s,
+        "  {:>2}  {:<12} {:<22} {:>10} {:>10} {:>10}  GUID",
+        "#", "Name", "Type", "Start LBA", "End LBA", "Size"
+    );
     for p in &l.partitions {
-        let ty = if p.type_name == "unknown" { p.type_guid.to_string() } else { p.type_name.clone() };
+        let ty = if p.type_name == "unknown" {
+            p.type_guid.to_string()
+        } else {
+            p.type_name.clone()
+        };
         let _ = writeln!(
             s,
             "  {:>2}  {:<12} {:<22} {:>10} {:>10} {:>10}  {}",
@@ -468,7 +585,15 @@ pub fn render_text(r: &ImageReport) -> String {
     match (&r.config, &r.config_error) {
         (Some(c), _) => {
             let _ = writeln!(s, "  partition: {}", c.partition);
-            let _ = writeln!(s, "  files:     {}", if c.files.is_empty() { "none".to_string() } else { c.files.join(", ") });
+            let _ = writeln!(
+                s,
+                "  files:     {}",
+                if c.files.is_empty() {
+                    "none".to_string()
+                } else {
+                    c.files.join(", ")
+                }
+            );
             match (&c.file, &c.kind) {
                 (Some(f), Some(k)) => {
                     let _ = writeln!(s, "  config:    {f} ({k})");
@@ -486,7 +611,11 @@ pub fn render_text(r: &ImageReport) -> String {
             let _ = writeln!(
                 s,
                 "  secrets present (values not shown): {}",
-                if c.secrets_present.is_empty() { "none".to_string() } else { c.secrets_present.join(", ") }
+                if c.secrets_present.is_empty() {
+                    "none".to_string()
+                } else {
+                    c.secrets_present.join(", ")
+                }
             );
             if let Some(e) = &c.error {
                 let _ = writeln!(s, "  error: {e}");
@@ -510,12 +639,22 @@ mod tests {
 
     #[test]
     fn classify() {
-        assert!(matches!(classify_config("n", MINIMAL.as_bytes()).unwrap(), ConfigKind::Native(_)));
+        assert!(matches!(
+            classify_config("n", MINIMAL.as_bytes()).unwrap(),
+            ConfigKind::Native(_)
+        ));
         let ign = br#"{"ignition":{"version":"3.4.0"}}"#;
-        assert!(matches!(classify_config("c.ign", ign).unwrap(), ConfigKind::Ignition(_)));
-        let e = classify_config("c.ign", br#"{"ignition":{}}"#).unwrap_err().to_string();
+        assert!(matches!(
+            classify_config("c.ign", ign).unwrap(),
+            ConfigKind::Ignition(_)
+        ));
+        let e = classify_config("c.ign", br#"{"ignition":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.ign: ignition.version"), "{e}");
-        let e = classify_config("n.yaml", b"version: 1\nrole: worker\n").unwrap_err().to_string();
+        let e = classify_config("n.yaml", b"version: 1\nrole: worker\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("n.yaml:"), "{e}");
         assert!(classify_config("bin", &[0xff, 0xfe]).is_err());
     }
@@ -539,7 +678,10 @@ mod tests {
         .unwrap();
         let (summary, secrets) = redact_ignition(&v);
         let text = summary.to_string();
-        assert!(!text.contains("secret") && !text.contains("$6$") && !text.contains("AAA"), "{text}");
+        assert!(
+            !text.contains("secret") && !text.contains("$6$") && !text.contains("AAA"),
+            "{text}"
+        );
         assert_eq!(secrets.len(), 2, "{secrets:?}");
     }
 }

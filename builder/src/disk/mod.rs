@@ -12,9 +12,9 @@
 mod config;
 
 pub use config::{
-    classify_config, inspect, inspect_image, redact_ignition, redact_native, write_config, write_node_config,
-    ConfigKind, ConfigReport, ImageReport, InspectArgs, WriteConfigArgs, ESP_MANIFEST_PATH, IGNITION_CONFIG_FILE_NAME,
-    NODECONFIG_LABEL,
+    classify_config, inspect, inspect_image, redact_ignition, redact_native, render_text,
+    write_config, write_node_config, ConfigKind, ConfigReport, ImageReport, InspectArgs,
+    WriteConfigArgs, ESP_MANIFEST_PATH, IGNITION_CONFIG_FILE_NAME, NODECONFIG_LABEL,
 };
 
 use std::fs::{self, File, OpenOptions};
@@ -114,8 +114,21 @@ pub struct PartitionSpec {
 }
 
 impl PartitionSpec {
-    pub fn new(name: &str, type_guid: Uuid, part_guid: Uuid, size_bytes: u64, content: PartitionContent) -> Self {
-        PartitionSpec { name: name.to_string(), type_guid, part_guid, size_bytes, content, attributes: 0 }
+    pub fn new(
+        name: &str,
+        type_guid: Uuid,
+        part_guid: Uuid,
+        size_bytes: u64,
+        content: PartitionContent,
+    ) -> Self {
+        PartitionSpec {
+            name: name.to_string(),
+            type_guid,
+            part_guid,
+            size_bytes,
+            content,
+            attributes: 0,
+        }
     }
 }
 
@@ -163,7 +176,11 @@ impl DiskLayout {
 
     /// `ESP (1), root (2), ...` for error messages.
     pub fn names(&self) -> String {
-        let v: Vec<String> = self.partitions.iter().map(|p| format!("{} ({})", p.name, p.number)).collect();
+        let v: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.number))
+            .collect();
         if v.is_empty() {
             "none".into()
         } else {
@@ -176,9 +193,18 @@ impl DiskLayout {
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("partition {index} `{name}`: {reason}")]
-    BadSpec { index: usize, name: String, reason: String },
+    BadSpec {
+        index: usize,
+        name: String,
+        reason: String,
+    },
     #[error("partition `{name}`: its content ({content}) is {content_bytes} bytes, larger than the partition ({size_bytes} bytes)")]
-    ContentTooLarge { name: String, content: String, content_bytes: u64, size_bytes: u64 },
+    ContentTooLarge {
+        name: String,
+        content: String,
+        content_bytes: u64,
+        size_bytes: u64,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -189,7 +215,11 @@ pub enum DiskError {
     #[error("{path}: not a valid GPT disk image: {message}")]
     Gpt { path: PathBuf, message: String },
     #[error("{image}: no partition named {wanted} and no FAT volume labelled {wanted}; partitions: {partitions}")]
-    PartitionNotFound { image: PathBuf, wanted: String, partitions: String },
+    PartitionNotFound {
+        image: PathBuf,
+        wanted: String,
+        partitions: String,
+    },
     #[error("{image}: partition `{partition}`: {source}")]
     Fat {
         image: PathBuf,
@@ -200,11 +230,18 @@ pub enum DiskError {
     #[error(transparent)]
     Config(#[from] firstboot::config::ConfigError),
     #[error("{source_name}: {message}")]
-    Ignition { source_name: String, message: String },
+    Ignition {
+        source_name: String,
+        message: String,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
-    move |source| DiskError::Io { op, path: path.to_path_buf(), source }
+    move |source| DiskError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A deterministic GUID from `namespace` and `inputs`: the first 16 bytes of
@@ -270,24 +307,39 @@ pub fn plan_layout(disk_guid: Uuid, parts: &[PartitionSpec]) -> Result<DiskLayou
     let mut next = ALIGNMENT; // LBA 2048: past the MBR, header and entries, MiB-aligned.
     let mut out = Vec::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
-        let bad = |reason: String| DiskError::BadSpec { index: i + 1, name: p.name.clone(), reason };
+        let bad = |reason: String| DiskError::BadSpec {
+            index: i + 1,
+            name: p.name.clone(),
+            reason,
+        };
         if p.name.is_empty() || p.name.encode_utf16().count() > 36 {
-            return Err(bad("expected a GPT name of 1 to 36 UTF-16 characters".into()));
+            return Err(bad(
+                "expected a GPT name of 1 to 36 UTF-16 characters".into()
+            ));
         }
         if p.name.chars().any(|c| c == '\0') {
             return Err(bad("the name holds a NUL".into()));
         }
         if p.size_bytes == 0 || p.size_bytes % SECTOR_SIZE != 0 {
-            return Err(bad(format!("size {} bytes: expected a non-zero multiple of 512", p.size_bytes)));
+            return Err(bad(format!(
+                "size {} bytes: expected a non-zero multiple of 512",
+                p.size_bytes
+            )));
         }
         if p.type_guid.is_nil() {
-            return Err(bad("the type GUID is nil (that marks an unused entry)".into()));
+            return Err(bad(
+                "the type GUID is nil (that marks an unused entry)".into()
+            ));
         }
         if p.part_guid.is_nil() {
             return Err(bad("the partition GUID is nil".into()));
         }
         if let Some(j) = parts[..i].iter().position(|q| q.part_guid == p.part_guid) {
-            return Err(bad(format!("same partition GUID as partition {} `{}`", j + 1, parts[j].name)));
+            return Err(bad(format!(
+                "same partition GUID as partition {} `{}`",
+                j + 1,
+                parts[j].name
+            )));
         }
         if let PartitionContent::Bytes(b) = &p.content {
             if b.len() as u64 > p.size_bytes {
@@ -300,7 +352,9 @@ pub fn plan_layout(disk_guid: Uuid, parts: &[PartitionSpec]) -> Result<DiskLayou
             }
         }
         let start = next;
-        let end = start.checked_add(p.size_bytes).ok_or_else(|| bad("the disk would exceed 2^64 bytes".into()))?;
+        let end = start
+            .checked_add(p.size_bytes)
+            .ok_or_else(|| bad("the disk would exceed 2^64 bytes".into()))?;
         out.push(PartitionInfo {
             number: (i + 1) as u32,
             name: p.name.clone(),
@@ -317,17 +371,28 @@ pub fn plan_layout(disk_guid: Uuid, parts: &[PartitionSpec]) -> Result<DiskLayou
     }
     // One more MiB at the end holds the backup entries and header (33 sectors).
     let size_bytes = next + ALIGNMENT;
-    Ok(DiskLayout { disk_guid, size_bytes, sector_size: SECTOR_SIZE, partitions: out })
+    Ok(DiskLayout {
+        disk_guid,
+        size_bytes,
+        sector_size: SECTOR_SIZE,
+        partitions: out,
+    })
 }
 
 /// Write a raw GPT disk image to `out`: the protective MBR, both GPT tables and every
 /// partition's content. Written to `out.tmp` (sparse: zero blocks are seeked over, so
 /// a 2 GiB image with little data is quick and small on disk), synced, then renamed.
-pub fn write_disk(out: &Path, disk_guid: Uuid, parts: &[PartitionSpec]) -> Result<DiskLayout, DiskError> {
+pub fn write_disk(
+    out: &Path,
+    disk_guid: Uuid,
+    parts: &[PartitionSpec],
+) -> Result<DiskLayout, DiskError> {
     let layout = plan_layout(disk_guid, parts)?;
     for p in parts {
         if let PartitionContent::File(path) = &p.content {
-            let len = fs::metadata(path).map_err(io_err("reading the size of", path))?.len();
+            let len = fs::metadata(path)
+                .map_err(io_err("reading the size of", path))?
+                .len();
             if len > p.size_bytes {
                 return Err(DiskError::ContentTooLarge {
                     name: p.name.clone(),
@@ -341,14 +406,19 @@ pub fn write_disk(out: &Path, disk_guid: Uuid, parts: &[PartitionSpec]) -> Resul
     let mut tmp_name = out.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let result = write_disk_to(&tmp, &layout, parts).and_then(|_| fs::rename(&tmp, out).map_err(io_err("renaming into", out)));
+    let result = write_disk_to(&tmp, &layout, parts)
+        .and_then(|_| fs::rename(&tmp, out).map_err(io_err("renaming into", out)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result.map(|_| layout)
 }
 
-fn write_disk_to(path: &Path, layout: &DiskLayout, parts: &[PartitionSpec]) -> Result<(), DiskError> {
+fn write_disk_to(
+    path: &Path,
+    layout: &DiskLayout,
+    parts: &[PartitionSpec],
+) -> Result<(), DiskError> {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -356,12 +426,15 @@ fn write_disk_to(path: &Path, layout: &DiskLayout, parts: &[PartitionSpec]) -> R
         .truncate(true)
         .open(path)
         .map_err(io_err("creating", path))?;
-    f.set_len(layout.size_bytes).map_err(io_err("sizing", path))?;
+    f.set_len(layout.size_bytes)
+        .map_err(io_err("sizing", path))?;
 
     for (spec, info) in parts.iter().zip(&layout.partitions) {
         match &spec.content {
             PartitionContent::Zero => {}
-            PartitionContent::Bytes(b) => write_sparse(&mut f, path, info.start_bytes, &mut &b[..])?,
+            PartitionContent::Bytes(b) => {
+                write_sparse(&mut f, path, info.start_bytes, &mut &b[..])?
+            }
             PartitionContent::File(src) => {
                 let mut r = File::open(src).map_err(io_err("opening", src))?;
                 write_sparse(&mut f, path, info.start_bytes, &mut r)?;
@@ -370,9 +443,14 @@ fn write_disk_to(path: &Path, layout: &DiskLayout, parts: &[PartitionSpec]) -> R
     }
 
     let total_lba = layout.size_bytes / SECTOR_SIZE;
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
-    let gpt_err = |message: String| DiskError::Gpt { path: path.to_path_buf(), message };
-    mbr.overwrite_lba0(&mut f).map_err(|e| gpt_err(format!("writing the protective MBR: {e}")))?;
+    let mbr =
+        gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
+    let gpt_err = |message: String| DiskError::Gpt {
+        path: path.to_path_buf(),
+        message,
+    };
+    mbr.overwrite_lba0(&mut f)
+        .map_err(|e| gpt_err(format!("writing the protective MBR: {e}")))?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
@@ -395,7 +473,8 @@ fn write_disk_to(path: &Path, layout: &DiskLayout, parts: &[PartitionSpec]) -> R
             },
         );
     }
-    disk.update_partitions(table).map_err(|e| gpt_err(format!("setting the partitions: {e}")))?;
+    disk.update_partitions(table)
+        .map_err(|e| gpt_err(format!("setting the partitions: {e}")))?;
     let header = disk.primary_header().map_err(|e| gpt_err(format!("{e}")))?;
     if let (Some(first), Some(last)) = (layout.partitions.first(), layout.partitions.last()) {
         if first.first_lba < header.first_usable || last.last_lba > header.last_usable {
@@ -405,7 +484,9 @@ fn write_disk_to(path: &Path, layout: &DiskLayout, parts: &[PartitionSpec]) -> R
             )));
         }
     }
-    let f = disk.write().map_err(|e| gpt_err(format!("writing the table: {e}")))?;
+    let f = disk
+        .write()
+        .map_err(|e| gpt_err(format!("writing the table: {e}")))?;
     f.sync_all().map_err(io_err("syncing", path))?;
     Ok(())
 }
@@ -419,7 +500,9 @@ fn write_sparse(f: &mut File, path: &Path, offset: u64, r: &mut dyn Read) -> Res
     loop {
         let mut n = 0;
         while n < BLOCK {
-            let k = r.read(&mut buf[n..]).map_err(io_err("reading content for", path))?;
+            let k = r
+                .read(&mut buf[n..])
+                .map_err(io_err("reading content for", path))?;
             if k == 0 {
                 break;
             }
@@ -429,7 +512,8 @@ fn write_sparse(f: &mut File, path: &Path, offset: u64, r: &mut dyn Read) -> Res
             return Ok(());
         }
         if buf[..n].iter().any(|b| *b != 0) {
-            f.seek(SeekFrom::Start(pos)).map_err(io_err("seeking in", path))?;
+            f.seek(SeekFrom::Start(pos))
+                .map_err(io_err("seeking in", path))?;
             f.write_all(&buf[..n]).map_err(io_err("writing", path))?;
         }
         pos += n as u64;
@@ -447,14 +531,24 @@ pub fn read_layout(image: &Path) -> Result<DiskLayout, DiskError> {
         .writable(false)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .open(image)
-        .map_err(|e| DiskError::Gpt { path: image.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| DiskError::Gpt {
+            path: image.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let mut partitions = Vec::new();
     for (number, p) in disk.partitions() {
         if !p.is_used() {
             continue;
         }
-        let bad = || DiskError::Gpt { path: image.to_path_buf(), message: format!("partition {number} has end before start") };
-        let sectors = p.last_lba.checked_add(1).and_then(|e| e.checked_sub(p.first_lba)).ok_or_else(bad)?;
+        let bad = || DiskError::Gpt {
+            path: image.to_path_buf(),
+            message: format!("partition {number} has end before start"),
+        };
+        let sectors = p
+            .last_lba
+            .checked_add(1)
+            .and_then(|e| e.checked_sub(p.first_lba))
+            .ok_or_else(bad)?;
         partitions.push(PartitionInfo {
             number: *number,
             name: p.name.clone(),
@@ -469,7 +563,12 @@ pub fn read_layout(image: &Path) -> Result<DiskLayout, DiskError> {
         });
     }
     partitions.sort_by_key(|p| p.number);
-    Ok(DiskLayout { disk_guid: *disk.guid(), size_bytes, sector_size: SECTOR_SIZE, partitions })
+    Ok(DiskLayout {
+        disk_guid: *disk.guid(),
+        size_bytes,
+        sector_size: SECTOR_SIZE,
+        partitions,
+    })
 }
 
 #[cfg(test)]
@@ -491,14 +590,29 @@ mod tests {
     #[test]
     fn hmac_matches_rfc4231_case_2() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
     fn plan_aligns_and_sizes() {
         let parts = vec![
-            PartitionSpec::new("ESP", type_guid::ESP, derive_guid("t", b"1"), 100 * 1024 * 1024 + 512, PartitionContent::Zero),
-            PartitionSpec::new("root", type_guid::ROOT_X86_64, derive_guid("t", b"2"), 4096, PartitionContent::Zero),
+            PartitionSpec::new(
+                "ESP",
+                type_guid::ESP,
+                derive_guid("t", b"1"),
+                100 * 1024 * 1024 + 512,
+                PartitionContent::Zero,
+            ),
+            PartitionSpec::new(
+                "root",
+                type_guid::ROOT_X86_64,
+                derive_guid("t", b"2"),
+                4096,
+                PartitionContent::Zero,
+            ),
         ];
         let l = plan_layout(derive_guid("t", b"d"), &parts).unwrap();
         assert_eq!(l.partitions[0].first_lba, 2048);
@@ -506,24 +620,59 @@ mod tests {
         assert_eq!(l.partitions[1].start_bytes, 102 * 1024 * 1024);
         assert_eq!(l.size_bytes, 104 * 1024 * 1024);
         assert_eq!(l.find_partition_by_name("root").unwrap().number, 2);
-        assert_eq!(l.find_partition_by_type(&type_guid::ESP).unwrap().name, "ESP");
+        assert_eq!(
+            l.find_partition_by_type(&type_guid::ESP).unwrap().name,
+            "ESP"
+        );
     }
 
     #[test]
     fn plan_rejects_bad_specs() {
         let g = |s: &[u8]| derive_guid("t", s);
-        let ok = PartitionSpec::new("a", type_guid::LINUX_DATA, g(b"1"), 4096, PartitionContent::Zero);
+        let ok = PartitionSpec::new(
+            "a",
+            type_guid::LINUX_DATA,
+            g(b"1"),
+            4096,
+            PartitionContent::Zero,
+        );
         let cases = [
-            (PartitionSpec { size_bytes: 1000, ..ok.clone() }, "multiple of 512"),
-            (PartitionSpec { name: "x".repeat(37), ..ok.clone() }, "36"),
-            (PartitionSpec { type_guid: Uuid::nil(), ..ok.clone() }, "nil"),
-            (PartitionSpec { content: PartitionContent::Bytes(vec![1; 5000]), ..ok.clone() }, "larger than the partition"),
+            (
+                PartitionSpec {
+                    size_bytes: 1000,
+                    ..ok.clone()
+                },
+                "multiple of 512",
+            ),
+            (
+                PartitionSpec {
+                    name: "x".repeat(37),
+                    ..ok.clone()
+                },
+                "36",
+            ),
+            (
+                PartitionSpec {
+                    type_guid: Uuid::nil(),
+                    ..ok.clone()
+                },
+                "nil",
+            ),
+            (
+                PartitionSpec {
+                    content: PartitionContent::Bytes(vec![1; 5000]),
+                    ..ok.clone()
+                },
+                "larger than the partition",
+            ),
         ];
         for (spec, want) in cases {
             let e = plan_layout(g(b"d"), &[spec]).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
-        let e = plan_layout(g(b"d"), &[ok.clone(), ok]).unwrap_err().to_string();
+        let e = plan_layout(g(b"d"), &[ok.clone(), ok])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("same partition GUID"), "{e}");
     }
 }
