@@ -142,13 +142,18 @@ pub fn debian_base(spec: &BaseSpec, cache_dir: &Path) -> Result<PathBuf> {
         ensure_binfmt(spec)?;
     }
     let tmp = out.with_extension("tar.tmp");
-    let _ = fs::remove_file(&tmp);
+    if tmp.is_dir() {
+        fs::remove_dir_all(&tmp)?;
+    } else {
+        let _ = fs::remove_file(&tmp);
+    }
     let mode = if unsafe { libc::geteuid() } == 0 { "root" } else { "unshare" };
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg(format!("--mode={mode}"))
         .arg(format!("--variant={}", spec.variant))
         .arg(format!("--architectures={}", spec.arch))
         .arg(format!("--components={}", spec.components.join(",")))
+        .arg("--format=tar")
         .arg(format!("--include={}", spec.packages.join(",")))
         .args(DPKG_EXCLUDES.iter().map(|e| format!("--dpkgopt={e}")))
         .arg("--quiet")
