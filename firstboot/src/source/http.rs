@@ -77,10 +77,6 @@ impl Http {
         })
     }
 
-    pub fn source_name(&self) -> &str {
-        &self.source_name
-    }
-
     fn remaining(&self) -> Duration {
         self.timeouts.deadline.saturating_sub(self.start.elapsed())
     }

@@ -46,21 +46,21 @@
 //! * `firstboot.config_url=http(s)://…` with `{mac}`, `{uuid}`, `{serial}` placeholders
 //! * `firstboot.config_sha256=<64 hex digits>`: the fetched document must match.
 
+mod azure;
 pub mod blockdev;
 mod cmdline;
-// mod digitalocean;
+mod digitalocean;
 mod dmi;
-// mod ec2;
+mod ec2;
 pub mod fatread;
 mod fwcfg;
-// mod gcp;
-// mod hetzner;
+mod gcp;
+mod hetzner;
 pub(crate) mod http;
 pub mod iso9660;
-// mod azure;
 mod nocloud;
 mod nodeconfig;
-// mod openstack;
+mod openstack;
 pub mod userdata;
 
 use std::collections::BTreeMap;
@@ -483,16 +483,32 @@ pub fn source_order(
         vec![Box::new(nodeconfig::NodeConfigPartition::new(ctx))];
     let mut local_done = Vec::new();
     match platform {
+        Platform::Ec2 => out.push(Box::new(ec2::Ec2Source::new(ctx))),
+        Platform::Gcp => out.push(Box::new(gcp::GcpSource::new(ctx))),
+        Platform::Azure => {
+            out.push(Box::new(azure::AzureImdsSource::new(ctx)));
+            out.push(Box::new(azure::AzureOvfSource::new(ctx)));
+        }
+        Platform::OpenStack => {
+            out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
+            local_done.push("config-drive");
+            out.push(Box::new(openstack::OpenStackMetadataSource::new(ctx)));
+        }
+        Platform::DigitalOcean => out.push(Box::new(digitalocean::DigitalOceanSource::new(ctx))),
+        Platform::Hetzner => out.push(Box::new(hetzner::HetznerSource::new(ctx))),
         Platform::Qemu => {
             out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
             local_done.push("fw-cfg");
         }
-        _ => {} // cloud sources: next commit
+        Platform::Metal => {}
     }
     if !local_done.contains(&"fw-cfg") {
         out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
     }
     out.push(Box::new(nocloud::NoCloudSource::new(ctx)));
+    if !local_done.contains(&"config-drive") {
+        out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
+    }
     Ok(out)
 }
 
