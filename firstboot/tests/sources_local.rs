@@ -407,7 +407,8 @@ fn dmi_root(fields: &[(&str, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn platform_from_dmi() {
-    let cases: &[(&[(&str, &str)], Option<Platform>)] = &[
+    type Dmi<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Dmi, Option<Platform>)] = &[
         (
             &[("sys_vendor", "Amazon EC2"), ("product_name", "m5.large")],
             Some(Platform::Ec2),

@@ -569,26 +569,19 @@ fn plan_accounts(st: &StagedIgnition, p: &mut Planner) -> Result<(), IgnitionErr
             p.write(&file, text.into_bytes(), 0o600, owner)?;
         }
     }
-    let changed: Vec<(String, Vec<u8>, u32, (u32, u32))> = p
+    let changed: Vec<PlannedOp> = p
         .accounts
         .changed()
         .iter()
-        .map(|t| {
-            (
-                t.node_path.to_string(),
-                t.render().into_bytes(),
-                t.mode,
-                t.owner,
-            )
+        .map(|t| PlannedOp::Write {
+            path: t.node_path.to_string(),
+            data: t.render().into_bytes(),
+            mode: t.mode,
+            owner: Some((Some(t.owner.0), Some(t.owner.1))),
         })
         .collect();
-    for (path, data, mode, (uid, gid)) in changed {
-        p.push(PlannedOp::Write {
-            path,
-            data,
-            mode,
-            owner: Some((Some(uid), Some(gid))),
-        })?;
+    for op in changed {
+        p.push(op)?;
     }
     Ok(())
 }
