@@ -174,8 +174,8 @@ pub(crate) struct StagedUnit {
 }
 
 /// A fully fetched, verified and validated Ignition config. Holds everything in memory;
-/// nothing has been written.
-#[derive(Debug, Clone)]
+/// nothing has been written. Its `Debug` shows counts only (contents may be secret).
+#[derive(Clone)]
 pub struct StagedIgnition {
     /// The data source it came from.
     pub source_name: String,
@@ -190,6 +190,44 @@ pub struct StagedIgnition {
     pub(crate) users: Vec<v3_6::User>,
     pub(crate) groups: Vec<v3_6::Group>,
     node_config: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StagedIgnition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedIgnition")
+            .field("source_name", &self.source_name)
+            .field("version", &self.version)
+            .field("referenced", &self.referenced)
+            .field("files", &self.file_paths())
+            .field("directories", &self.directories.len())
+            .field("links", &self.links.len())
+            .field(
+                "units",
+                &self
+                    .units
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "users",
+                &self
+                    .users
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "groups",
+                &self
+                    .groups
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("node_config", &self.node_config.is_some())
+            .finish()
+    }
 }
 
 impl StagedIgnition {
@@ -235,6 +273,15 @@ pub fn stage(
     let mut staged = validate_and_fetch(source_name, &config, &fetcher)?;
     staged.version = version;
     staged.referenced = referenced;
+    tracing::info!(
+        source = source_name,
+        version = %staged.version,
+        referenced = staged.referenced.len(),
+        files = staged.files.len(),
+        units = staged.units.len(),
+        users = staged.users.len(),
+        "Ignition config staged"
+    );
     Ok(staged)
 }
 

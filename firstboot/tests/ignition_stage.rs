@@ -58,6 +58,13 @@ fn every_spec_version_from_3_0_to_3_6_stages_and_applies() {
         let st =
             stage("fixture", &fixture(&name), fast()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(st.version, format!("3.{minor}.0"));
+        let debug = format!("{st:?}");
+        assert!(
+            debug.contains("/etc/motd")
+                && !debug.contains("api_endpoint")
+                && !debug.contains("hello from"),
+            "{debug}"
+        );
         assert_eq!(
             st.node_config_yaml().unwrap(),
             NODE_YAML.as_bytes(),

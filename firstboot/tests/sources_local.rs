@@ -105,6 +105,22 @@ fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
     );
     assert!(s.contains("nocloud (not present"), "{s}");
     assert!(s.contains("qemu-fw-cfg (not present"), "{s}");
+
+    // An empty node.yaml is no user data either.
+    let img = fat_image(
+        d.path(),
+        "cfg2.img",
+        "NODECONFIG",
+        12,
+        1440,
+        &[("node.yaml", b"\n")],
+    );
+    let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("nodeconfig-partition (present, no user data)"),
+        "{e}"
+    );
 }
 
 #[test]

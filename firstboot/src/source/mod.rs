@@ -523,6 +523,13 @@ pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
         let name = source.name();
         let t = Instant::now();
         match source.user_data() {
+            Ok(Some(data)) if data.iter().all(u8::is_ascii_whitespace) => {
+                tracing::info!(source = name, "present, empty user data");
+                attempts.push(Attempt {
+                    source: name.into(),
+                    outcome: "present, no user data".into(),
+                });
+            }
             Ok(Some(data)) => {
                 tracing::info!(
                     source = name,
