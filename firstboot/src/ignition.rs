@@ -32,7 +32,7 @@
 //!   `<target>.requires/`, `Alias=`), read from the unit's contents or from the unit file
 //!   already in the tree; `enabled: false` removes such symlinks; `mask: true` →
 //!   symlink to `/dev/null`, `mask: false` removes a mask.
-//! * `passwd.users` / `passwd.groups`: see [`apply`](self::apply) for the account files.
+//! * `passwd.users` / `passwd.groups`: see [`Plan`] (module `ignition::apply`) for the account files.
 //!   `sshAuthorizedKeys` are added to `<home>/.ssh/authorized_keys` (`/root` for root,
 //!   `/home/<name>` by default). Users and groups are created by appending to
 //!   `<root>/etc/passwd`, `group`, `shadow`, `gshadow` only when those files exist in the
@@ -368,7 +368,9 @@ fn apply_timeouts(value: &Value, fetcher: &mut Fetcher) {
         .and_then(Value::as_i64)
         .filter(|t| *t > 0)
     {
-        fetcher.request_timeout = Some(Duration::from_secs(total as u64));
+        fetcher
+            .http
+            .set_request_timeout(Duration::from_secs(total as u64));
     }
 }
 
@@ -457,8 +459,6 @@ fn merge_value(parent: &mut Value, child: Value) {
 pub(crate) struct Fetcher {
     source_name: String,
     http: Http,
-    timeouts: Timeouts,
-    request_timeout: Option<Duration>,
 }
 
 impl Fetcher {
@@ -466,8 +466,6 @@ impl Fetcher {
         Ok(Fetcher {
             source_name: source_name.into(),
             http: Http::new(&format!("{source_name}: Ignition"), timeouts, false)?,
-            timeouts,
-            request_timeout: None,
         })
     }
 
@@ -501,19 +499,7 @@ impl Fetcher {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            if let Some(t) = self.request_timeout {
-                let http = Http::new(
-                    &format!("{sn}: Ignition"),
-                    Timeouts {
-                        request: t,
-                        ..self.timeouts
-                    },
-                    false,
-                )?;
-                http.get_required(source, &hdrs)?
-            } else {
-                self.http.get_required(source, &hdrs)?
-            }
+            self.http.get_required(source, &hdrs)?
         } else {
             let scheme = source.split(':').next().unwrap_or("");
             return Err(unsupported(

@@ -77,6 +77,12 @@ impl Http {
         })
     }
 
+    /// Change the per-request timeout (Ignition's `ignition.timeouts.httpTotal`); the
+    /// deadline keeps running from the client's creation.
+    pub fn set_request_timeout(&mut self, t: Duration) {
+        self.timeouts.request = t;
+    }
+
     fn remaining(&self) -> Duration {
         self.timeouts.deadline.saturating_sub(self.start.elapsed())
     }
