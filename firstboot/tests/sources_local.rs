@@ -105,6 +105,22 @@ fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
     );
     assert!(s.contains("nocloud (not present"), "{s}");
     assert!(s.contains("qemu-fw-cfg (not present"), "{s}");
+
+    // An empty node.yaml is no user data either.
+    let img = fat_image(
+        d.path(),
+        "cfg2.img",
+        "NODECONFIG",
+        12,
+        1440,
+        &[("node.yaml", b"\n")],
+    );
+    let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("nodeconfig-partition (present, no user data)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -208,4 +224,298 @@ fn sysfs_discovery_opens_dev_nodes_under_the_root_and_skips_loop_devices() {
     let ctx = SourceContext::from_system(&root, Some(Platform::Metal)).unwrap();
     let a = acquire(&ctx).unwrap();
     assert_eq!(a.source, "nodeconfig-partition");
+}
+
+/// An ISO image of `files` made with `tool` ("genisoimage" or "xorriso"); `extensions` are
+/// the name extensions (`-J`, `-r`).
+fn iso_image(
+    dir: &Path,
+    name: &str,
+    label: &str,
+    tool: &str,
+    extensions: &[&str],
+    files: &[(&str, &[u8])],
+) -> PathBuf {
+    let src = dir.join(format!("{name}.d"));
+    for (path, data) in files {
+        let p = src.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    let img = dir.join(name);
+    let mut cmd = Command::new(tool);
+    if tool == "xorriso" {
+        cmd.args(["-as", "mkisofs"]);
+    }
+    cmd.args(["-quiet", "-V", label])
+        .args(extensions)
+        .arg("-o")
+        .arg(&img)
+        .arg(&src);
+    run(&mut cmd);
+    img
+}
+
+const META_JSON: &[u8] = br#"{"uuid":"83679162-1378-4288-a2d4-70e13ec132aa","hostname":"node-cd","availability_zone":"nova","public_keys":{"k":"ssh-ed25519 AAAAcd k"}}"#;
+
+#[test]
+fn openstack_config_drive_iso_from_genisoimage_and_xorriso() {
+    let d = tempfile::tempdir().unwrap();
+    let files: &[(&str, &[u8])] = &[
+        ("openstack/latest/meta_data.json", META_JSON),
+        ("openstack/latest/user_data", NODE_YAML.as_bytes()),
+        ("openstack/2012-08-10/meta_data.json", b"{}"),
+        ("ec2/latest/meta-data.json", b"{}"),
+    ];
+    for (tool, ext) in [
+        ("genisoimage", &["-J", "-r"][..]),
+        ("xorriso", &["-J", "-r"][..]),
+        ("genisoimage", &["-J"][..]),
+        ("genisoimage", &["-r"][..]),
+    ] {
+        let img = iso_image(
+            d.path(),
+            &format!("cd-{tool}-{}.iso", ext.join("")),
+            "config-2",
+            tool,
+            ext,
+            files,
+        );
+        let v = probe(&img).unwrap().unwrap();
+        assert_eq!(v.label.as_deref(), Some("config-2"), "{tool} {ext:?}");
+        assert_eq!(v.fs.kind(), "iso9660");
+        assert_eq!(
+            v.fs.read_file("openstack/latest/meta_data.json")
+                .unwrap()
+                .unwrap(),
+            META_JSON,
+            "{tool} {ext:?}"
+        );
+
+        let ctx = ctx_with(d.path(), vec![img])
+            .with_platform(Platform::OpenStack)
+            .with_endpoint(Platform::OpenStack, "http://127.0.0.1:1");
+        let a = acquire(&ctx).unwrap();
+        assert_eq!(a.source, "openstack-config-drive");
+        assert_eq!(
+            a.metadata.instance_id.as_deref(),
+            Some("83679162-1378-4288-a2d4-70e13ec132aa")
+        );
+        assert_eq!(a.metadata.hostname.as_deref(), Some("node-cd"));
+        assert_eq!(
+            a.metadata.ssh_authorized_keys,
+            vec!["ssh-ed25519 AAAAcd k".to_string()]
+        );
+    }
+}
+
+#[test]
+fn plain_iso9660_names_are_read_without_extensions() {
+    let d = tempfile::tempdir().unwrap();
+    let img = iso_image(
+        d.path(),
+        "plain.iso",
+        "PLAIN",
+        "genisoimage",
+        &[],
+        &[("README.TXT", b"hi"), ("SUB/NODE.YML", b"x")],
+    );
+    let v = probe(&img).unwrap().unwrap();
+    assert_eq!(v.fs.read_file("readme.txt").unwrap().unwrap(), b"hi");
+    assert_eq!(v.fs.read_file("SUB/NODE.YML").unwrap().unwrap(), b"x");
+    assert_eq!(v.fs.read_file("SUB/none").unwrap(), None);
+}
+
+#[test]
+fn openstack_config_drive_on_fat() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fat_image(
+        d.path(),
+        "cd.img",
+        "CONFIG-2",
+        16,
+        8192,
+        &[
+            ("openstack/latest/meta_data.json", META_JSON),
+            ("openstack/latest/user_data", NODE_YAML.as_bytes()),
+        ],
+    );
+    // Without a platform, config-2 is the last local fallback.
+    let a = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap();
+    assert_eq!(a.source, "openstack-config-drive");
+    let names: Vec<_> = a.attempts.iter().map(|x| x.source.as_str()).collect();
+    assert_eq!(names, ["nodeconfig-partition", "qemu-fw-cfg", "nocloud"]);
+}
+
+#[test]
+fn nocloud_seed_on_fat_and_iso() {
+    let d = tempfile::tempdir().unwrap();
+    let meta = b"instance-id: iid-local01\nlocal-hostname: node-nc\n";
+    let files: &[(&str, &[u8])] = &[("user-data", NODE_YAML.as_bytes()), ("meta-data", meta)];
+    let fat = fat_image(d.path(), "seed.img", "CIDATA", 12, 1440, files);
+    let iso = iso_image(
+        d.path(),
+        "seed.iso",
+        "cidata",
+        "genisoimage",
+        &["-J", "-r"],
+        files,
+    );
+    for img in [fat, iso] {
+        let a =
+            acquire(&ctx_with(d.path(), vec![img.clone()]).with_platform(Platform::Metal)).unwrap();
+        assert_eq!(a.source, "nocloud", "{img:?}");
+        assert_eq!(a.metadata.instance_id.as_deref(), Some("iid-local01"));
+        assert_eq!(a.metadata.hostname.as_deref(), Some("node-nc"));
+    }
+}
+
+#[test]
+fn nodeconfig_partition_wins_over_other_local_sources() {
+    let d = tempfile::tempdir().unwrap();
+    let other = NODE_YAML.replace("node-1", "node-seed");
+    let seed = fat_image(
+        d.path(),
+        "seed.img",
+        "CIDATA",
+        12,
+        1440,
+        &[("user-data", other.as_bytes())],
+    );
+    let cfg = fat_image(
+        d.path(),
+        "cfg.img",
+        "NODECONFIG",
+        12,
+        1440,
+        &[("node.yaml", NODE_YAML.as_bytes())],
+    );
+    let a = acquire(&ctx_with(d.path(), vec![seed, cfg]).with_platform(Platform::Metal)).unwrap();
+    assert_eq!(a.source, "nodeconfig-partition");
+    assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
+}
+
+#[test]
+fn qemu_fw_cfg_item() {
+    let d = tempfile::tempdir().unwrap();
+    let item = d
+        .path()
+        .join("sys/firmware/qemu_fw_cfg/by_name/opt/org.nodeimage/config");
+    fs::create_dir_all(&item).unwrap();
+    fs::write(item.join("raw"), NODE_YAML).unwrap();
+    let a = acquire(&ctx_with(d.path(), vec![]).with_platform(Platform::Qemu)).unwrap();
+    assert_eq!(a.source, "qemu-fw-cfg");
+    assert_eq!(firstboot::source::FW_CFG_NAME, "opt/org.nodeimage/config");
+    // Also found without a platform (local fallbacks).
+    let a = acquire(&ctx_with(d.path(), vec![])).unwrap();
+    assert_eq!(a.source, "qemu-fw-cfg");
+}
+
+fn dmi_root(fields: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("sys/class/dmi/id");
+    fs::create_dir_all(&dir).unwrap();
+    for (k, v) in fields {
+        fs::write(dir.join(k), format!("{v}\n")).unwrap();
+    }
+    d
+}
+
+#[test]
+fn platform_from_dmi() {
+    type Dmi<'a> = &'a [(&'a str, &'a str)];
+    let cases: &[(Dmi, Option<Platform>)] = &[
+        (
+            &[("sys_vendor", "Amazon EC2"), ("product_name", "m5.large")],
+            Some(Platform::Ec2),
+        ),
+        (
+            &[
+                ("sys_vendor", "Xen"),
+                ("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF"),
+            ],
+            Some(Platform::Ec2),
+        ),
+        (
+            &[
+                ("sys_vendor", "Google"),
+                ("product_name", "Google Compute Engine"),
+            ],
+            Some(Platform::Gcp),
+        ),
+        (
+            &[
+                ("sys_vendor", "Microsoft Corporation"),
+                ("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"),
+            ],
+            Some(Platform::Azure),
+        ),
+        (
+            &[
+                ("sys_vendor", "Microsoft Corporation"),
+                ("chassis_asset_tag", "None"),
+            ],
+            None,
+        ),
+        (
+            &[
+                ("sys_vendor", "OpenStack Foundation"),
+                ("product_name", "OpenStack Nova"),
+            ],
+            Some(Platform::OpenStack),
+        ),
+        (
+            &[("sys_vendor", "DigitalOcean"), ("product_name", "Droplet")],
+            Some(Platform::DigitalOcean),
+        ),
+        (
+            &[("sys_vendor", "Hetzner"), ("product_name", "vServer")],
+            Some(Platform::Hetzner),
+        ),
+        (
+            &[
+                ("sys_vendor", "QEMU"),
+                ("product_name", "Standard PC (Q35 + ICH9, 2009)"),
+            ],
+            Some(Platform::Qemu),
+        ),
+        (
+            &[
+                ("sys_vendor", "Dell Inc."),
+                ("product_name", "PowerEdge R640"),
+            ],
+            None,
+        ),
+        (&[], None),
+    ];
+    for (fields, want) in cases {
+        let d = dmi_root(fields);
+        assert_eq!(
+            detect_from_dmi(d.path()).map(|(p, _)| p),
+            *want,
+            "{fields:?}"
+        );
+    }
+}
+
+#[test]
+fn platform_flag_beats_kernel_argument_beats_dmi() {
+    let d = dmi_root(&[("sys_vendor", "Amazon EC2")]);
+    let c = SourceContext::new(d.path(), "");
+    assert_eq!(c.platform().unwrap().0, Platform::Ec2);
+    let c = SourceContext::new(d.path(), "ro firstboot.platform=hetzner");
+    assert_eq!(c.platform().unwrap().0, Platform::Hetzner);
+    let c = c.with_platform(Platform::Gcp);
+    assert_eq!(c.platform().unwrap().0, Platform::Gcp);
+    let c = SourceContext::new(d.path(), "firstboot.platform=vmware");
+    assert!(c
+        .platform()
+        .unwrap_err()
+        .to_string()
+        .contains("unknown platform `vmware`"));
+    let e = tempfile::tempdir().unwrap();
+    assert_eq!(
+        SourceContext::new(e.path(), "").platform().unwrap().0,
+        Platform::Metal
+    );
 }

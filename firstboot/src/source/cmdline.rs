@@ -53,12 +53,12 @@ fn words(cmdline: &str) -> Vec<String> {
 pub fn cmdline_param(cmdline: &str, key: &str) -> Option<String> {
     words(cmdline)
         .into_iter()
-        .filter_map(|w| match w.split_once('=') {
+        .rev()
+        .find_map(|w| match w.split_once('=') {
             Some((k, v)) if k == key => Some(v.to_string()),
             None if w == key => Some(String::new()),
             _ => None,
         })
-        .last()
 }
 
 /// Machine identifiers for URL placeholders.

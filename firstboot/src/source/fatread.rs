@@ -68,19 +68,23 @@ fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Whether a boot sector looks like FAT (cheap check used by the prober).
+/// Whether a boot sector looks like FAT (cheap check used by the prober). The jump
+/// instruction is not required (some writers leave it zero); the boot signature, the
+/// media byte and a sane geometry are.
 pub fn looks_like_fat(bs: &[u8]) -> bool {
-    if bs.len() < 512 || bs[510] != 0x55 || bs[511] != 0xAA || !(bs[0] == 0xEB || bs[0] == 0xE9) {
+    if bs.len() < 512 || bs[510] != 0x55 || bs[511] != 0xAA {
         return false;
     }
     let bps = le16(bs, 11);
     let spc = bs[13] as u64;
     let reserved = le16(bs, 14);
     let nfats = bs[16];
+    let media = bs[21];
     matches!(bps, 512 | 1024 | 2048 | 4096)
         && spc.is_power_of_two()
         && reserved > 0
         && (1..=4).contains(&nfats)
+        && (media == 0xF0 || media >= 0xF8)
         && (le16(bs, 22) != 0 || le32(bs, 36) != 0)
         && (le16(bs, 19) != 0 || le32(bs, 32) != 0)
 }

@@ -77,8 +77,10 @@ impl Http {
         })
     }
 
-    pub fn source_name(&self) -> &str {
-        &self.source_name
+    /// Change the per-request timeout (Ignition's `ignition.timeouts.httpTotal`); the
+    /// deadline keeps running from the client's creation.
+    pub fn set_request_timeout(&mut self, t: Duration) {
+        self.timeouts.request = t;
     }
 
     fn remaining(&self) -> Duration {

@@ -6,61 +6,88 @@
 //! ```no_run
 //! use firstboot::source::{acquire, Platform, SourceContext};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let ctx = SourceContext::from_system("/".as_ref(), None)?; // reads /proc/cmdline
-//! let acquired = acquire(&ctx)?;          // finds, fetches, parses, stages; writes nothing
+//! // `firstboot --root / --platform qemu`:
+//! let ctx = SourceContext::from_system("/".as_ref(), Some(Platform::Qemu))?; // reads <root>/proc/cmdline
+//! let acquired = acquire(&ctx)?; // finds, fetches, parses, stages; writes nothing
+//! println!("{} from {} in {:?}", acquired.node_config.role.as_str(), acquired.source, acquired.elapsed);
 //! if let Some(ign) = &acquired.ignition {
-//!     ign.apply("/".as_ref())?;            // all-or-nothing writes under a root prefix
+//!     let report = ign.apply("/".as_ref())?; // all-or-nothing writes under the root prefix
+//!     println!("{} files written", report.written.len());
 //! }
 //! # Ok(()) }
 //! ```
 //!
 //! * [`SourceContext`]: the root prefix, the kernel command line, the platform override,
-//!   base-URL overrides per platform, the devices to probe and the timeouts.
+//!   base-URL overrides per platform, the devices to probe ([`DeviceSet`]) and the
+//!   [`Timeouts`].
 //! * [`acquire`] returns an [`Acquired`]: the source's name, its [`Metadata`], the parsed
-//!   [`NodeConfig`], the staged Ignition config (if the user data was Ignition) and the time
-//!   it took. Nothing is written by `acquire`.
-//! * [`crate::ignition::StagedIgnition::apply`] writes the staged Ignition config under a root.
+//!   [`NodeConfig`], the staged Ignition config if the user data was Ignition, the sources
+//!   passed over and the time it took. Nothing is written by `acquire`.
+//! * [`crate::ignition::StagedIgnition::apply`] writes a staged Ignition config under a
+//!   root and returns an [`crate::ignition::ApplyReport`].
 //!
 //! # Order
 //!
-//! 1. `firstboot.config_url=` on the kernel command line: when present it is the only
-//!    source (the operator asked for it; a failure is an error, never a fallback).
+//! 1. `kernel-cmdline-url`: `firstboot.config_url=` on the kernel command line. When
+//!    present it is the only source (the operator asked for it; a failure is an error,
+//!    never a fallback).
 //! 2. `nodeconfig-partition`: the image's own FAT partition labelled `NODECONFIG` holding
 //!    `node.yaml` (written into this very disk, so it wins over the platform).
 //! 3. The platform's own sources. The platform is `--platform` (CLI), else
 //!    `firstboot.platform=` (kernel command line), else SMBIOS/DMI, else `metal`:
 //!    * `ec2`: IMDSv2 · `gcp`: computeMetadata/v1 · `azure`: IMDS userData, then the OVF
-//!      CustomData (`azure-ovf`) · `openstack`: config drive (`config-2`), then the metadata
-//!      service · `digitalocean`, `hetzner`: their metadata services · `qemu`: fw_cfg.
+//!      custom data (`azure-ovf`) · `openstack`: config drive (`openstack-config-drive`),
+//!      then the metadata service (`openstack-metadata`) · `digitalocean`, `hetzner`:
+//!      their metadata services · `qemu`: fw_cfg (`qemu-fw-cfg`) · `metal`: none.
 //! 4. Local fallbacks not tried yet, in this order: `qemu-fw-cfg`, `nocloud` (label
 //!    `cidata`), `openstack-config-drive` (label `config-2`).
 //!
 //! A source that is not there (no device with that label, connection refused, no fw_cfg
-//! entry) or that is there without user data is recorded and the next one is tried. Any
-//! other failure (HTTP 403, a timeout, a hash mismatch, unparseable user data) stops the
-//! search: a source that answers wrongly is never silently skipped.
+//! item) or that is there without user data (404, empty) is recorded and the next one is
+//! tried. Any other failure (HTTP 401/403, a timeout, a hash mismatch, unparseable user
+//! data) stops the search: a source that answers wrongly is never silently skipped.
+//! [`Acquired::metadata`] comes from the source that supplied the user data.
+//!
+//! # Network behaviour
+//!
+//! Every HTTP request has a timeout ([`Timeouts::request`], default 5 s); 5xx, 429,
+//! timeouts and network errors are retried with exponential backoff (200 ms doubling up
+//! to 5 s) until the source's deadline ([`Timeouts::deadline`], default 60 s), after which
+//! the source fails with the last status or a timeout. "Connection refused" from a
+//! metadata service is an immediate "not present". Proxies from the environment are not
+//! used. Base URLs default to `http://169.254.169.254` and are overridable per platform
+//! ([`SourceContext::with_endpoint`]).
 //!
 //! # Kernel arguments
 //!
 //! * `firstboot.platform=ec2|gcp|azure|openstack|digitalocean|hetzner|qemu|metal`
-//! * `firstboot.config_url=http(s)://…` with `{mac}`, `{uuid}`, `{serial}` placeholders
-//! * `firstboot.config_sha256=<64 hex digits>`: the fetched document must match.
+//!   (`aws`, `gce`, `none` are accepted aliases)
+//! * `firstboot.config_url=http(s)://…`, with `{mac}`, `{uuid}`, `{serial}` placeholders
+//!   (see [`MachineIds`]), values percent-encoded
+//! * `firstboot.config_sha256=<64 hex digits>`: the fetched document must match
+//!
+//! # User data
+//!
+//! Detected by content ([`userdata`]): a native node config (strict YAML) or an Ignition
+//! config v3.0.0–v3.6.0 carrying the node config at
+//! [`crate::config::NODE_CONFIG_IGNITION_PATH`]; gzip is decompressed first. cloud-init
+//! documents, scripts and anything else are refused, naming the source.
 
+mod azure;
 pub mod blockdev;
 mod cmdline;
-// mod digitalocean;
+mod digitalocean;
 mod dmi;
-// mod ec2;
+mod ec2;
 pub mod fatread;
 mod fwcfg;
-// mod gcp;
-// mod hetzner;
+mod gcp;
+mod hetzner;
 pub(crate) mod http;
 pub mod iso9660;
-// mod azure;
 mod nocloud;
 mod nodeconfig;
-// mod openstack;
+mod openstack;
 pub mod userdata;
 
 use std::collections::BTreeMap;
@@ -483,16 +510,32 @@ pub fn source_order(
         vec![Box::new(nodeconfig::NodeConfigPartition::new(ctx))];
     let mut local_done = Vec::new();
     match platform {
+        Platform::Ec2 => out.push(Box::new(ec2::Ec2Source::new(ctx))),
+        Platform::Gcp => out.push(Box::new(gcp::GcpSource::new(ctx))),
+        Platform::Azure => {
+            out.push(Box::new(azure::AzureImdsSource::new(ctx)));
+            out.push(Box::new(azure::AzureOvfSource::new(ctx)));
+        }
+        Platform::OpenStack => {
+            out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
+            local_done.push("config-drive");
+            out.push(Box::new(openstack::OpenStackMetadataSource::new(ctx)));
+        }
+        Platform::DigitalOcean => out.push(Box::new(digitalocean::DigitalOceanSource::new(ctx))),
+        Platform::Hetzner => out.push(Box::new(hetzner::HetznerSource::new(ctx))),
         Platform::Qemu => {
             out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
             local_done.push("fw-cfg");
         }
-        _ => {} // cloud sources: next commit
+        Platform::Metal => {}
     }
     if !local_done.contains(&"fw-cfg") {
         out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
     }
     out.push(Box::new(nocloud::NoCloudSource::new(ctx)));
+    if !local_done.contains(&"config-drive") {
+        out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
+    }
     Ok(out)
 }
 
@@ -507,6 +550,13 @@ pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
         let name = source.name();
         let t = Instant::now();
         match source.user_data() {
+            Ok(Some(data)) if data.iter().all(u8::is_ascii_whitespace) => {
+                tracing::info!(source = name, "present, empty user data");
+                attempts.push(Attempt {
+                    source: name.into(),
+                    outcome: "present, no user data".into(),
+                });
+            }
             Ok(Some(data)) => {
                 tracing::info!(
                     source = name,
@@ -545,6 +595,15 @@ pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
         }
     }
     Err(SourceError::NoSource { platform, attempts })
+}
+
+/// [`SourceContext::from_system`] and [`acquire`] in one call: what
+/// `firstboot --root DIR [--platform X]` needs.
+pub fn acquire_from_system(
+    root: &Path,
+    platform_override: Option<Platform>,
+) -> Result<Acquired, SourceError> {
+    acquire(&SourceContext::from_system(root, platform_override)?)
 }
 
 /// Read one file from the first volume carrying one of `labels` (shared by the

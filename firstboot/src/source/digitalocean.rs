@@ -1,0 +1,84 @@
+//! DigitalOcean metadata service: user data at `/metadata/v1/user-data` (404 or empty:
+//! none); metadata from `/metadata/v1.json` (droplet_id, hostname, region, the first
+//! public and private IPv4, public_keys, tags).
+
+use std::collections::BTreeMap;
+
+use super::http::Http;
+use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
+
+pub(crate) const SOURCE_NAME: &str = "digitalocean";
+
+pub(crate) struct DigitalOceanSource {
+    base: String,
+    http: Result<Http, String>,
+}
+
+impl DigitalOceanSource {
+    pub fn new(ctx: &SourceContext) -> Self {
+        DigitalOceanSource {
+            base: format!("{}/metadata/v1", ctx.endpoint(Platform::DigitalOcean)),
+            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
+        http.get_optional(url, &[])
+    }
+}
+
+impl DataSource for DigitalOceanSource {
+    fn name(&self) -> &'static str {
+        SOURCE_NAME
+    }
+
+    fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self
+            .get(&format!("{}/user-data", self.base))?
+            .filter(|d| !d.is_empty()))
+    }
+
+    fn metadata(&self) -> Result<Metadata, SourceError> {
+        let Some(raw) = self.get(&format!("{}.json", self.base))? else {
+            return Ok(Metadata::default());
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| SourceError::format(SOURCE_NAME, format!("v1.json: {e}")))?;
+        let s = |p: &str| {
+            doc.pointer(p)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let mut attributes = BTreeMap::new();
+        if let Some(tags) = doc.get("tags").and_then(|v| v.as_array()) {
+            for t in tags.iter().filter_map(|t| t.as_str()) {
+                attributes.insert(format!("tag:{t}"), String::new());
+            }
+        }
+        Ok(Metadata {
+            hostname: s("/hostname"),
+            instance_id: doc
+                .get("droplet_id")
+                .map(|v| v.to_string().trim_matches('"').to_string()),
+            local_ipv4: s("/interfaces/private/0/ipv4/ip_address").and_then(|v| v.parse().ok()),
+            public_ipv4: s("/interfaces/public/0/ipv4/ip_address").and_then(|v| v.parse().ok()),
+            availability_zone: None,
+            region: s("/region"),
+            ssh_authorized_keys: doc
+                .get("public_keys")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(|k| k.trim().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            attributes,
+        })
+    }
+}

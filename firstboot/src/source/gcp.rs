@@ -1,0 +1,108 @@
+//! Google Compute Engine metadata server, `computeMetadata/v1`. Every request carries
+//! `Metadata-Flavor: Google` (the server refuses requests without it). User data is the
+//! instance attribute `user-data`; metadata: hostname, id, zone (and its region),
+//! network-interfaces/0/ip, the first access config's external IP, `ssh-keys` and the
+//! other instance attributes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::http::{text, Http};
+use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
+
+pub(crate) const SOURCE_NAME: &str = "gcp";
+const HEADERS: &[(&str, &str)] = &[("Metadata-Flavor", "Google")];
+
+pub(crate) struct GcpSource {
+    base: String,
+    http: Result<Http, String>,
+}
+
+impl GcpSource {
+    pub fn new(ctx: &SourceContext) -> Self {
+        GcpSource {
+            base: format!("{}/computeMetadata/v1", ctx.endpoint(Platform::Gcp)),
+            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
+        http.get_optional(&format!("{}/{path}", self.base), HEADERS)
+    }
+
+    fn text(&self, path: &str) -> Result<Option<String>, SourceError> {
+        match self.get(path)? {
+            Some(b) => text(SOURCE_NAME, path, b),
+            None => Ok(None),
+        }
+    }
+
+    fn ip(&self, path: &str) -> Result<Option<IpAddr>, SourceError> {
+        self.text(path)?
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    SourceError::format(SOURCE_NAME, format!("{path}: not an IP address: {s}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+impl DataSource for GcpSource {
+    fn name(&self) -> &'static str {
+        SOURCE_NAME
+    }
+
+    fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self
+            .get("instance/attributes/user-data")?
+            .filter(|d| !d.is_empty()))
+    }
+
+    fn metadata(&self) -> Result<Metadata, SourceError> {
+        // "projects/123456/zones/europe-west1-b"
+        let zone = self
+            .text("instance/zone")?
+            .map(|z| z.rsplit('/').next().unwrap_or(&z).to_string());
+        let region = zone
+            .as_ref()
+            .and_then(|z| z.rsplit_once('-').map(|(r, _)| r.to_string()));
+        let mut attributes = BTreeMap::new();
+        let mut keys = Vec::new();
+        if let Some(raw) = self.get("instance/attributes/?recursive=true")? {
+            let doc: BTreeMap<String, serde_json::Value> =
+                serde_json::from_slice(&raw).map_err(|e| {
+                    SourceError::format(SOURCE_NAME, format!("instance/attributes: {e}"))
+                })?;
+            for (k, v) in doc {
+                let Some(v) = v.as_str() else { continue };
+                match k.as_str() {
+                    "user-data" => {}
+                    // "user:ssh-ed25519 AAAA… comment" per line
+                    "ssh-keys" => {
+                        keys.extend(v.lines().filter_map(|l| {
+                            l.split_once(':').map(|(_, key)| key.trim().to_string())
+                        }))
+                    }
+                    _ => {
+                        attributes.insert(k, v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Metadata {
+            hostname: self.text("instance/hostname")?,
+            instance_id: self.text("instance/id")?,
+            local_ipv4: self.ip("instance/network-interfaces/0/ip")?,
+            public_ipv4: self.ip("instance/network-interfaces/0/access-configs/0/external-ip")?,
+            availability_zone: zone,
+            region,
+            ssh_authorized_keys: keys,
+            attributes,
+        })
+    }
+}
