@@ -407,7 +407,10 @@ impl ClusterConfig {
                 return Err(ConfigError::invalid(
                     src,
                     format!("hosts[{i}].bootstrap"),
-                    format!("host {} is a worker; only a master can bootstrap", h.address),
+                    format!(
+                        "host {} is a worker; only a master can bootstrap",
+                        h.address
+                    ),
                 ));
             }
             if let Some(rt) = &h.container_runtime {
@@ -433,7 +436,11 @@ impl ClusterConfig {
                 "hosts[].bootstrap",
                 format!(
                     "more than one bootstrap master: {}",
-                    bootstraps.iter().map(|h| h.address.as_str()).collect::<Vec<_>>().join(", ")
+                    bootstraps
+                        .iter()
+                        .map(|h| h.address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -446,7 +453,11 @@ impl ClusterConfig {
         }
         if let Some(e) = &self.etcd {
             if e.endpoints.is_empty() {
-                return Err(ConfigError::invalid(src, "etcd.endpoints", "expected at least one endpoint"));
+                return Err(ConfigError::invalid(
+                    src,
+                    "etcd.endpoints",
+                    "expected at least one endpoint",
+                ));
             }
         }
         Ok(())
@@ -504,7 +515,8 @@ addons:
 
     #[test]
     fn unknown_addon_names_line() {
-        let e = ClusterConfig::parse("c.yml", "addons:\n  traefik:\n    enabled: true\n").unwrap_err();
+        let e =
+            ClusterConfig::parse("c.yml", "addons:\n  traefik:\n    enabled: true\n").unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("c.yml: "), "{s}");
         assert!(s.contains("unknown field `traefik`"), "{s}");
@@ -513,11 +525,8 @@ addons:
 
     #[test]
     fn overlapping_cidrs_are_refused() {
-        let e = ClusterConfig::parse(
-            "c.yml",
-            "network:\n  service_cidr: 10.32.0.0/16\n",
-        )
-        .unwrap_err();
+        let e =
+            ClusterConfig::parse("c.yml", "network:\n  service_cidr: 10.32.0.0/16\n").unwrap_err();
         assert!(e.to_string().contains("network.service_cidr"), "{e}");
     }
 
@@ -534,6 +543,9 @@ addons:
             "hosts:\n  - {address: a, role: master, bootstrap: true}\n  - {address: b, role: master, bootstrap: true}\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("more than one bootstrap master"), "{e}");
+        assert!(
+            e.to_string().contains("more than one bootstrap master"),
+            "{e}"
+        );
     }
 }

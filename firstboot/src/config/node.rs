@@ -6,7 +6,9 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_yaml, read_file, Addons, Audit, Authentication, Cloud, ConfigError, Network, Role};
+use super::{
+    parse_yaml, read_file, Addons, Audit, Authentication, Cloud, ConfigError, Network, Role,
+};
 
 /// The only node config version this build understands.
 pub const NODE_CONFIG_VERSION: u32 = 1;
@@ -196,7 +198,10 @@ impl std::fmt::Debug for Secrets {
         // Never print secret material.
         f.debug_struct("Secrets")
             .field("ca_certificate", &self.ca_certificate.is_some())
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("private", &self.private_keys_present())
             .finish()
     }
@@ -273,12 +278,23 @@ impl NodeConfig {
             }
         }
         if self.bootstrap && self.role != Role::Master {
-            return Err(ConfigError::invalid(src, "bootstrap", "only a master can bootstrap"));
+            return Err(ConfigError::invalid(
+                src,
+                "bootstrap",
+                "only a master can bootstrap",
+            ));
         }
         if self.cluster.api_endpoint.is_empty() {
-            return Err(ConfigError::invalid(src, "cluster.api_endpoint", "expected `host` or `host:port`"));
+            return Err(ConfigError::invalid(
+                src,
+                "cluster.api_endpoint",
+                "expected `host` or `host:port`",
+            ));
         }
-        if super::overlaps(&self.cluster.network.service_cidr, &self.cluster.network.pod_network_cidr) {
+        if super::overlaps(
+            &self.cluster.network.service_cidr,
+            &self.cluster.network.pod_network_cidr,
+        ) {
             return Err(ConfigError::invalid(
                 src,
                 "cluster.network.service_cidr",
@@ -324,7 +340,10 @@ impl NodeConfig {
                 return Err(ConfigError::invalid(
                     src,
                     "secrets",
-                    format!("a worker must not carry private cluster secrets, found: {}", private.join(", ")),
+                    format!(
+                        "a worker must not carry private cluster secrets, found: {}",
+                        private.join(", ")
+                    ),
                 ));
             }
         }
@@ -341,13 +360,18 @@ pub fn valid_hostname(h: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
 }
 
 /// Kubernetes bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}`.
 pub fn valid_bootstrap_token(t: &str) -> bool {
-    let ok = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
     matches!(t.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
 }
 
@@ -383,13 +407,21 @@ mod tests {
     fn bad_hostname_and_mode_are_named() {
         let e = NodeConfig::parse("n", &MINIMAL.replace("node-1", "Node_1")).unwrap_err();
         assert!(e.to_string().contains("n: hostname:"), "{e}");
-        let e = NodeConfig::parse("n", &format!("{MINIMAL}files:\n  - {{path: /etc/x, mode: \"999\", contents: a}}\n")).unwrap_err();
+        let e = NodeConfig::parse(
+            "n",
+            &format!("{MINIMAL}files:\n  - {{path: /etc/x, mode: \"999\", contents: a}}\n"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("files[0].mode"), "{e}");
     }
 
     #[test]
     fn secrets_debug_redacts() {
-        let s = Secrets { bootstrap_token: Some("abcdef.0123456789abcdef".into()), ca_key: Some("KEY".into()), ..Default::default() };
+        let s = Secrets {
+            bootstrap_token: Some("abcdef.0123456789abcdef".into()),
+            ca_key: Some("KEY".into()),
+            ..Default::default()
+        };
         let d = format!("{s:?}");
         assert!(!d.contains("0123456789abcdef") && !d.contains("KEY"), "{d}");
     }
