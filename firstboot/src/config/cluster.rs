@@ -514,6 +514,8 @@ impl ClusterConfig {
             }
             check_labels(&h.labels)
                 .map_err(|m| ConfigError::invalid(src, format!("hosts[{i}].labels"), m))?;
+            check_kubelet_labels(&h.labels)
+                .map_err(|m| ConfigError::invalid(src, format!("hosts[{i}].labels"), m))?;
         }
         if let Some(e) = &self.etcd {
             for (i, ep) in e.endpoints.iter().enumerate() {
@@ -726,6 +728,52 @@ pub fn valid_label_value(v: &str) -> bool {
         && v.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
 }
 
+/// Whether a kubelet may set this label on its own Node (the NodeRestriction admission
+/// plugin and the kubelet's own check): not in `node-restriction.kubernetes.io`, and in
+/// the `kubernetes.io` / `k8s.io` namespaces only the well-known kubelet labels and the
+/// `kubelet.kubernetes.io/`, `node.kubernetes.io/` namespaces. Node roles
+/// (`node-role.kubernetes.io/*`) are therefore set through the API by the bootstrap
+/// master, not by the kubelet.
+pub fn kubelet_may_set_label(key: &str) -> bool {
+    let ns = match key.split_once('/') {
+        Some((ns, _)) => ns,
+        None => return true,
+    };
+    let under = |ns: &str, d: &str| ns == d || ns.ends_with(&format!(".{d}"));
+    if under(ns, "node-restriction.kubernetes.io") {
+        return false;
+    }
+    if !(under(ns, "kubernetes.io") || under(ns, "k8s.io")) {
+        return true;
+    }
+    const WELL_KNOWN: [&str; 11] = [
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    WELL_KNOWN.contains(&key)
+        || under(ns, "kubelet.kubernetes.io")
+        || under(ns, "node.kubernetes.io")
+}
+
+pub(crate) fn check_kubelet_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    match labels.keys().find(|k| !kubelet_may_set_label(k)) {
+        Some(k) => Err(format!(
+            "`{k}` cannot be set by the node itself (NodeRestriction); node roles are set by nodeimage \
+             (node-role.kubernetes.io/master on masters, node-role.kubernetes.io/node on workers)"
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     for (k, v) in labels {
         if !valid_label_key(k) {
@@ -915,6 +963,23 @@ addons:
         )
         .unwrap();
         assert_eq!(c.etcd.unwrap().endpoints.len(), 1);
+    }
+
+    #[test]
+    fn restricted_labels() {
+        assert!(kubelet_may_set_label("disk") && kubelet_may_set_label("example.com/x"));
+        assert!(
+            kubelet_may_set_label("topology.kubernetes.io/zone")
+                && kubelet_may_set_label("node.kubernetes.io/pool")
+        );
+        assert!(!kubelet_may_set_label("node-role.kubernetes.io/master"));
+        assert!(!kubelet_may_set_label("node-restriction.kubernetes.io/x"));
+        assert!(!kubelet_may_set_label("foo.k8s.io/x"));
+        let e = err("hosts:\n  - {address: a, role: master, labels: {node-role.kubernetes.io/infra: \"\"}}\n");
+        assert!(
+            e.contains("hosts[0].labels") && e.contains("NodeRestriction"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -335,6 +335,8 @@ impl NodeConfig {
             }
         }
         super::check_labels(&self.labels).map_err(|m| ConfigError::invalid(src, "labels", m))?;
+        super::check_kubelet_labels(&self.labels)
+            .map_err(|m| ConfigError::invalid(src, "labels", m))?;
         for (i, t) in self.taints.iter().enumerate() {
             if !super::valid_label_key(&t.key)
                 || !t.value.as_deref().is_none_or(super::valid_label_value)
