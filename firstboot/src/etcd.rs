@@ -252,24 +252,24 @@ pub fn etcd_env(spec: &EtcdMemberSpec, initial_cluster: &str, state: ClusterStat
 /// The systemd unit that runs etcd with the environment file.
 pub fn etcd_unit(etcd_bin: &str) -> String {
     format!(
-        "[Unit]\n\
-Description=etcd member of the cluster's stacked etcd (configured by firstboot)\n\
-Documentation=https://etcd.io/docs/\n\
-After=network-online.target\n\
-Wants=network-online.target\n\
-\n\
-[Service]\n\
-Type=notify\n\
-EnvironmentFile={ENV_FILE}\n\
-ExecStart={etcd_bin}\n\
-Restart=on-failure\n\
-RestartSec=5s\n\
-LimitNOFILE=65536\n\
-Nice=-10\n\
-IOSchedulingClass=best-effort\n\
-IOSchedulingPriority=0\n\
-\n\
-[Install]\n\
+        "[Unit]
+Description=etcd member of the cluster's stacked etcd (configured by firstboot)
+Documentation=https://etcd.io/docs/
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+EnvironmentFile={ENV_FILE}
+ExecStart={etcd_bin}
+Restart=on-failure
+RestartSec=5s
+LimitNOFILE=65536
+Nice=-10
+IOSchedulingClass=best-effort
+IOSchedulingPriority=0
+
+[Install]
 WantedBy=multi-user.target\n"
     )
 }
