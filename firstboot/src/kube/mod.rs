@@ -18,6 +18,9 @@
 //!   `.../control-plane`, workers `node-role.kubernetes.io/node=true` (Tectonic).
 //! * Masters register with the taint `node-role.kubernetes.io/control-plane:NoSchedule`
 //!   (kubelet `registerWithTaints`) unless `taint_masters: false`.
+//! * Kubelet serving certificates: masters serve with the certificate they minted;
+//!   workers request one (`serverTLSBootstrap`), which nothing in Kubernetes approves
+//!   automatically: the bootstrap master approves those that pass [`csr`]'s policy.
 //! * Cloud providers: the in-tree providers are gone (removed from Kubernetes in 1.31,
 //!   and kube-apiserver no longer takes `--cloud-provider`). With `cloud.provider` set,
 //!   the kubelet and kube-controller-manager run with `--cloud-provider=external` and
@@ -30,6 +33,7 @@ use crate::config::{NodeConfig, Role};
 
 pub mod addons;
 pub mod control_plane;
+pub mod csr;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod manifests;
