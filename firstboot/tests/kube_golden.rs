@@ -237,6 +237,19 @@ fn worker_units_and_configs() {
     let inp = inputs(&node, "worker-0", "10.133.0.20");
     let files = kubelet_files(&inp);
     golden_files("worker", &files);
+    let all = firstboot::kube::node_files(&inp);
+    assert!(
+        all.iter().all(|f| !f.path.contains("kube-apiserver")),
+        "no control plane on a worker"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    firstboot::kube::write_files(dir.path(), &all).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("etc/kubernetes/bootstrap-kubelet.conf"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     golden_files("worker", &kube_proxy_files(&inp));
     let boot = files
         .iter()

@@ -184,3 +184,14 @@ pub fn split_token(token: &str) -> Option<(&str, &str)> {
         .then(|| token.split_once('.'))
         .flatten()
 }
+
+/// Every file this node's role needs: control plane (masters), kubelet, kube-proxy.
+pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
+    let mut v = Vec::new();
+    if inp.is_master() {
+        v.extend(control_plane::control_plane_files(inp));
+    }
+    v.extend(kubelet::kubelet_files(inp));
+    v.extend(proxy::kube_proxy_files(inp));
+    v
+}
