@@ -19,7 +19,10 @@ use std::path::Path;
 pub enum ConfigError {
     /// The document is not well-formed or has unknown keys / wrong types.
     #[error("{source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     /// The document parsed but a value is not acceptable.
     #[error("{source_name}: {field}: {message}")]
     Invalid {
@@ -36,7 +39,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn invalid(source_name: &str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        source_name: &str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError::Invalid {
             source_name: source_name.to_string(),
             field: field.into(),

@@ -6,7 +6,9 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_yaml, read_file, Addons, Audit, Authentication, Cloud, ConfigError, Network, Role};
+use super::{
+    parse_yaml, read_file, Addons, Audit, Authentication, Cloud, ConfigError, Network, Role,
+};
 
 /// The only node config version this build understands.
 pub const NODE_CONFIG_VERSION: u32 = 1;
@@ -196,7 +198,10 @@ impl std::fmt::Debug for Secrets {
         // Never print secret material.
         f.debug_struct("Secrets")
             .field("ca_certificate", &self.ca_certificate.is_some())
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("private", &self.private_keys_present())
             .finish()
     }
@@ -273,12 +278,23 @@ impl NodeConfig {
             }
         }
         if self.bootstrap && self.role != Role::Master {
-            return Err(ConfigError::invalid(src, "bootstrap", "only a master can bootstrap"));
+            return Err(ConfigError::invalid(
+                src,
+                "bootstrap",
+                "only a master can bootstrap",
+            ));
         }
         if self.cluster.api_endpoint.is_empty() {
-            return Err(ConfigError::invalid(src, "cluster.api_endpoint", "expected `host` or `host:port`"));
+            return Err(ConfigError::invalid(
+                src,
+                "cluster.api_endpoint",
+                "expected `host` or `host:port`",
+            ));
         }
-        if super::overlaps(&self.cluster.network.service_cidr, &self.cluster.network.pod_network_cidr) {
+        if super::overlaps(
+            &self.cluster.network.service_cidr,
+            &self.cluster.network.pod_network_cidr,
+        ) {
             return Err(ConfigError::invalid(
                 src,
                 "cluster.network.service_cidr",
@@ -318,17 +334,97 @@ impl NodeConfig {
                 ));
             }
         }
+        super::check_labels(&self.labels).map_err(|m| ConfigError::invalid(src, "labels", m))?;
+        super::check_kubelet_labels(&self.labels)
+            .map_err(|m| ConfigError::invalid(src, "labels", m))?;
+        for (i, t) in self.taints.iter().enumerate() {
+            if !super::valid_label_key(&t.key)
+                || !t.value.as_deref().is_none_or(super::valid_label_value)
+            {
+                return Err(ConfigError::invalid(
+                    src,
+                    format!("taints[{i}]"),
+                    format!("`{}` is not a valid taint key/value", t.key),
+                ));
+            }
+        }
+        if self.role == Role::Worker {
+            if self.cluster.etcd.is_some() {
+                return Err(ConfigError::invalid(
+                    src,
+                    "cluster.etcd",
+                    "a worker must not carry the etcd client key",
+                ));
+            }
+            let webhook_key = self
+                .cluster
+                .authentication
+                .as_ref()
+                .and_then(|a| a.token_webhook.as_ref())
+                .is_some_and(|t| t.config.user.client_key.is_some());
+            if webhook_key {
+                return Err(ConfigError::invalid(
+                    src,
+                    "cluster.authentication",
+                    "a worker must not carry the token webhook client key",
+                ));
+            }
+        }
         if self.role == Role::Worker {
             let private = self.secrets.private_keys_present();
             if !private.is_empty() {
                 return Err(ConfigError::invalid(
                     src,
                     "secrets",
-                    format!("a worker must not carry private cluster secrets, found: {}", private.join(", ")),
+                    format!(
+                        "a worker must not carry private cluster secrets, found: {}",
+                        private.join(", ")
+                    ),
                 ));
             }
         }
         Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// The secrets this role needs to join, checked before the first step that uses them
+    /// (kept out of [`NodeConfig::validate`] so partial configs stay usable in tests and
+    /// for preflight). Names the missing keys, never values.
+    pub fn require_join_secrets(&self, src: &str) -> Result<(), ConfigError> {
+        let s = &self.secrets;
+        let mut missing = Vec::new();
+        let mut need = |name: &'static str, v: &Option<String>| {
+            if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                missing.push(name);
+            }
+        };
+        need("ca_certificate", &s.ca_certificate);
+        match self.role {
+            Role::Worker => need("bootstrap_token", &s.bootstrap_token),
+            Role::Master => {
+                need("bootstrap_token", &s.bootstrap_token);
+                need("ca_key", &s.ca_key);
+                need("front_proxy_ca_certificate", &s.front_proxy_ca_certificate);
+                need("front_proxy_ca_key", &s.front_proxy_ca_key);
+                need("service_account_key", &s.service_account_key);
+                need("service_account_public_key", &s.service_account_public_key);
+                need("weave_password", &s.weave_password);
+                if self.cluster.etcd.is_none() {
+                    need("etcd_ca_certificate", &s.etcd_ca_certificate);
+                    need("etcd_ca_key", &s.etcd_ca_key);
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                src,
+                "secrets",
+                format!("a {} needs: {}", self.role, missing.join(", ")),
+            ))
+        }
     }
 }
 
@@ -341,13 +437,18 @@ pub fn valid_hostname(h: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
 }
 
 /// Kubernetes bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}`.
 pub fn valid_bootstrap_token(t: &str) -> bool {
-    let ok = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
     matches!(t.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
 }
 
@@ -383,13 +484,21 @@ mod tests {
     fn bad_hostname_and_mode_are_named() {
         let e = NodeConfig::parse("n", &MINIMAL.replace("node-1", "Node_1")).unwrap_err();
         assert!(e.to_string().contains("n: hostname:"), "{e}");
-        let e = NodeConfig::parse("n", &format!("{MINIMAL}files:\n  - {{path: /etc/x, mode: \"999\", contents: a}}\n")).unwrap_err();
+        let e = NodeConfig::parse(
+            "n",
+            &format!("{MINIMAL}files:\n  - {{path: /etc/x, mode: \"999\", contents: a}}\n"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("files[0].mode"), "{e}");
     }
 
     #[test]
     fn secrets_debug_redacts() {
-        let s = Secrets { bootstrap_token: Some("abcdef.0123456789abcdef".into()), ca_key: Some("KEY".into()), ..Default::default() };
+        let s = Secrets {
+            bootstrap_token: Some("abcdef.0123456789abcdef".into()),
+            ca_key: Some("KEY".into()),
+            ..Default::default()
+        };
         let d = format!("{s:?}");
         assert!(!d.contains("0123456789abcdef") && !d.contains("KEY"), "{d}");
     }
@@ -399,5 +508,52 @@ mod tests {
         assert!(valid_bootstrap_token("abcdef.0123456789abcdef"));
         assert!(!valid_bootstrap_token("ABCDEF.0123456789abcdef"));
         assert!(!valid_bootstrap_token("abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn worker_must_not_carry_etcd_or_webhook_keys() {
+        let e = NodeConfig::parse(
+            "n",
+            &MINIMAL.replace(
+                "  api_endpoint: 10.0.0.1:6443\n",
+                "  api_endpoint: 10.0.0.1:6443\n  etcd: {endpoints: [\"https://e:2379\"], certificate: C, key: K, ca_certificate: CA}\n",
+            ),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster.etcd"), "{e}");
+    }
+
+    #[test]
+    fn join_secrets_by_role() {
+        let w = NodeConfig::parse("n", MINIMAL).unwrap();
+        let e = w.require_join_secrets("n").unwrap_err().to_string();
+        assert!(
+            e.contains("a worker needs: ca_certificate, bootstrap_token"),
+            "{e}"
+        );
+        let ok = NodeConfig::parse(
+            "n",
+            &format!("{MINIMAL}secrets:\n  ca_certificate: C\n  bootstrap_token: abcdef.0123456789abcdef\n"),
+        )
+        .unwrap();
+        ok.require_join_secrets("n").unwrap();
+        let m = NodeConfig::parse("n", &MINIMAL.replace("role: worker", "role: master")).unwrap();
+        let e = m.require_join_secrets("n").unwrap_err().to_string();
+        assert!(
+            e.contains("etcd_ca_key") && e.contains("weave_password"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn labels_and_taints_are_checked() {
+        let e = NodeConfig::parse("n", &format!("{MINIMAL}labels:\n  \"a b\": x\n")).unwrap_err();
+        assert!(e.to_string().contains("n: labels:"), "{e}");
+        let e = NodeConfig::parse(
+            "n",
+            &format!("{MINIMAL}taints:\n  - {{key: \"a b\", effect: NoSchedule}}\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("taints[0]"), "{e}");
     }
 }

@@ -1,0 +1,197 @@
+//! Kubernetes configuration generators: systemd units and flags for the control plane,
+//! the kubelet and kube-proxy, KubeletConfiguration, kubeconfigs, and the manifests the
+//! bootstrap master applies (bootstrap token, RBAC, CoreDNS, Weave Net, addons).
+//!
+//! All of it is pure: values in, text out, golden-file tested. Written from the
+//! Kubernetes v1.35 reference documentation. Decisions worth knowing:
+//!
+//! * The control plane runs as systemd services with the pinned binaries, not as static
+//!   pods: the image has no registry to pull control-plane images from, and etcd is a
+//!   systemd service already.
+//! * kube-proxy is a systemd service on every node for the same reason. It uses the
+//!   kubelet's own client certificate (`/etc/kubernetes/kubelet.conf`); the group
+//!   `system:nodes` is bound to the built-in `system:node-proxier` role.
+//! * Node roles: NodeRestriction forbids a kubelet to set `node-role.kubernetes.io/*` on
+//!   itself (and the kubelet refuses such `--node-labels`). The kubelet sets only the
+//!   operator's labels; the bootstrap master labels Nodes through the API
+//!   ([`manifests::node_role_patch`]): masters `node-role.kubernetes.io/master` and
+//!   `.../control-plane`, workers `node-role.kubernetes.io/node=true` (Tectonic).
+//! * Masters register with the taint `node-role.kubernetes.io/control-plane:NoSchedule`
+//!   (kubelet `registerWithTaints`) unless `taint_masters: false`.
+//! * Kubelet serving certificates: masters serve with the certificate they minted;
+//!   workers request one (`serverTLSBootstrap`), which nothing in Kubernetes approves
+//!   automatically: the bootstrap master approves those that pass [`csr`]'s policy.
+//! * Cloud providers: the in-tree providers are gone (removed from Kubernetes in 1.31,
+//!   and kube-apiserver no longer takes `--cloud-provider`). With `cloud.provider` set,
+//!   the kubelet and kube-controller-manager run with `--cloud-provider=external` and
+//!   the provider's cloud-controller-manager must be deployed (not done here).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::config::{NodeConfig, Role};
+
+pub mod addons;
+pub mod control_plane;
+pub mod csr;
+pub mod kubeconfig;
+pub mod kubelet;
+pub mod manifests;
+pub mod proxy;
+
+/// Where the pinned Kubernetes binaries are on the image.
+pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
+/// containerd's CRI socket.
+pub const CONTAINERD_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// Everything the generators need to know about this node.
+#[derive(Debug, Clone)]
+pub struct KubeInputs<'a> {
+    pub node: &'a NodeConfig,
+    /// The node's name (hostname).
+    pub hostname: &'a str,
+    /// The node's internal address (advertise address, node IP).
+    pub internal_ip: IpAddr,
+    /// Directory of kube-apiserver, kubelet, ... on the image.
+    pub bin_dir: &'a str,
+}
+
+impl KubeInputs<'_> {
+    pub fn is_master(&self) -> bool {
+        self.node.role == Role::Master
+    }
+
+    fn bin(&self, name: &str) -> String {
+        format!("{}/{name}", self.bin_dir.trim_end_matches('/'))
+    }
+}
+
+/// A file to write on the node.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    /// Absolute node path.
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+impl std::fmt::Debug for GeneratedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Contents may be secret (kubeconfigs with tokens, the weave password).
+        write!(
+            f,
+            "GeneratedFile({}, {:o}, {} bytes)",
+            self.path,
+            self.mode,
+            self.contents.len()
+        )
+    }
+}
+
+impl GeneratedFile {
+    fn new(path: &str, mode: u32, contents: String) -> Self {
+        GeneratedFile {
+            path: path.to_string(),
+            mode,
+            contents,
+        }
+    }
+}
+
+/// Write generated files under a root prefix, atomically, with their modes.
+pub fn write_files(root: &Path, files: &[GeneratedFile]) -> std::io::Result<()> {
+    for f in files {
+        crate::util::atomic_write(
+            &crate::util::rooted(root, &f.path),
+            f.contents.as_bytes(),
+            f.mode,
+        )?;
+    }
+    Ok(())
+}
+
+/// Command-line flags, rendered sorted as `--name=value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags(std::collections::BTreeMap<String, String>);
+
+impl Flags {
+    pub fn set(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.0.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// One `--name=value` per element.
+    pub fn to_args(&self) -> Vec<String> {
+        self.iter().map(|(k, v)| format!("--{k}={v}")).collect()
+    }
+}
+
+/// A systemd service unit running `exec` with `flags`, one flag per line.
+pub struct ServiceUnit<'a> {
+    pub description: &'a str,
+    pub documentation: &'a str,
+    pub after: &'a [&'a str],
+    pub wants: &'a [&'a str],
+    pub requires: &'a [&'a str],
+    pub exec: String,
+    pub flags: &'a Flags,
+}
+
+impl ServiceUnit<'_> {
+    pub fn render(&self) -> String {
+        let mut s = String::from("# Written by firstboot.\n[Unit]\n");
+        s.push_str(&format!(
+            "Description={}\nDocumentation={}\n",
+            self.description, self.documentation
+        ));
+        if !self.after.is_empty() {
+            s.push_str(&format!("After={}\n", self.after.join(" ")));
+        }
+        if !self.wants.is_empty() {
+            s.push_str(&format!("Wants={}\n", self.wants.join(" ")));
+        }
+        if !self.requires.is_empty() {
+            s.push_str(&format!("Requires={}\n", self.requires.join(" ")));
+        }
+        s.push_str("\n[Service]\nExecStart=");
+        s.push_str(&self.exec);
+        for a in self.flags.to_args() {
+            // systemd expands `%` specifiers and `$VAR`: escape both.
+            s.push_str(" \\\n    ");
+            s.push_str(&a.replace('%', "%%").replace('$', "$$"));
+        }
+        s.push_str("\nRestart=always\nRestartSec=5s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n");
+        s
+    }
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+pub(crate) fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("string serialises")
+}
+
+/// Split `id.secret` of a bootstrap token.
+pub fn split_token(token: &str) -> Option<(&str, &str)> {
+    crate::config::valid_bootstrap_token(token)
+        .then(|| token.split_once('.'))
+        .flatten()
+}
+
+/// Every file this node's role needs: control plane (masters), kubelet, kube-proxy.
+pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
+    let mut v = Vec::new();
+    if inp.is_master() {
+        v.extend(control_plane::control_plane_files(inp));
+    }
+    v.extend(kubelet::kubelet_files(inp));
+    v.extend(proxy::kube_proxy_files(inp));
+    v
+}

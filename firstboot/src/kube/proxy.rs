@@ -1,0 +1,63 @@
+//! kube-proxy as a systemd service on every node, running the pinned binary. There is
+//! no registry to pull a kube-proxy image from, and a DaemonSet would need one; a
+//! service also works before the pod network exists.
+//!
+//! Credentials: the kubelet's own (`/etc/kubernetes/kubelet.conf`, rotated by the
+//! kubelet). [`super::manifests::rbac`] binds the group `system:nodes` to the built-in
+//! `system:node-proxier` role, which is what kube-proxy needs. The service restarts
+//! until the kubelet has written kubelet.conf (after TLS bootstrapping on workers).
+
+use super::{q, Flags, GeneratedFile, KubeInputs, ServiceUnit};
+use crate::pki::paths;
+
+pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
+pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
+/// kube-proxy healthz: open (Pharos: 10256 OPEN).
+// TODO(ports): derive from ports::
+pub const HEALTHZ_BIND_ADDRESS: &str = "0.0.0.0:10256";
+/// kube-proxy metrics: localhost only (Pharos: 10249 localhost-only).
+// TODO(ports): derive from ports::
+pub const METRICS_BIND_ADDRESS: &str = "127.0.0.1:10249";
+
+/// KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1). Mode `iptables`: Weave
+/// Net and its network-policy controller program iptables as well.
+pub fn kube_proxy_config(inp: &KubeInputs) -> String {
+    let n = &inp.node.cluster.network;
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+bindAddress: 0.0.0.0
+clientConnection:\n  kubeconfig: {kubeconfig}
+clusterCIDR: {cidr}
+hostnameOverride: {host}
+healthzBindAddress: {HEALTHZ_BIND_ADDRESS}
+metricsBindAddress: {METRICS_BIND_ADDRESS}
+mode: iptables\n",
+        kubeconfig = paths::KUBELET_CONF,
+        cidr = n.pod_network_cidr,
+        host = q(inp.hostname),
+    )
+}
+
+pub fn kube_proxy_unit(inp: &KubeInputs) -> String {
+    let mut f = Flags::default();
+    f.set("config", KUBE_PROXY_CONFIG);
+    ServiceUnit {
+        description: "Kubernetes network proxy (kube-proxy)",
+        documentation:
+            "https://kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
+        after: &["network-online.target", "kubelet.service"],
+        wants: &["network-online.target"],
+        requires: &[],
+        exec: inp.bin("kube-proxy"),
+        flags: &f,
+    }
+    .render()
+}
+
+pub fn kube_proxy_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
+    vec![
+        GeneratedFile::new(KUBE_PROXY_CONFIG, 0o644, kube_proxy_config(inp)),
+        GeneratedFile::new(KUBE_PROXY_UNIT, 0o644, kube_proxy_unit(inp)),
+    ]
+}

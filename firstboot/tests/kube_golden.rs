@@ -1,0 +1,397 @@
+//! Golden files for every generated unit, config and manifest (tests/golden/kube/).
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p firstboot --test kube_golden` and
+//! review the diff.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use firstboot::config::NodeConfig;
+use firstboot::etcd::{etcd_env, etcd_unit, ClusterState, EtcdMemberSpec};
+use firstboot::kube::addons::addon_manifests;
+use firstboot::kube::control_plane::{
+    apiserver_flags, control_plane_files, controller_manager_flags, scheduler_flags,
+};
+use firstboot::kube::kubelet::{kubelet_config, kubelet_files, kubelet_flags};
+use firstboot::kube::manifests::{cluster_manifests, node_role_patch, Images};
+use firstboot::kube::proxy::kube_proxy_files;
+use firstboot::kube::{GeneratedFile, KubeInputs};
+
+const MASTER: &str = r#"
+version: 1
+role: master
+hostname: master-0
+bootstrap: true
+address: 203.0.113.10
+private_address: 10.133.0.10
+labels:
+  disk: ssd
+  topology.kubernetes.io/zone: zone-a
+cluster:
+  name: demo
+  api_endpoint: demo-k8s.example.com
+  masters: [10.133.0.10, 10.133.0.11, 10.133.0.12]
+  nodes: [10.133.0.0/24]
+  network:
+    trusted_subnets: [10.133.0.0/16, 172.31.0.0/16]
+  authentication:
+    token_webhook:
+      config:
+        cluster:
+          name: token-reviewer
+          server: http://localhost:9292/token
+          certificate_authority: "-----BEGIN CERTIFICATE-----\nWEBHOOK CA\n-----END CERTIFICATE-----\n"
+        user:
+          name: kube-apiserver
+          client_key: /etc/kubernetes/webhooks/client.key
+          client_certificate: /etc/kubernetes/webhooks/client.crt
+      cache_ttl: 5m
+  audit:
+    server: http://audit.example.com/webhook
+  cloud:
+    provider: aws
+  addons:
+    ingress-nginx:
+      enabled: true
+      node_selector:
+        disk: ssd
+      configmap:
+        load-balance: least_conn
+      default_backend:
+        image: my-custom-image:latest
+    cert-manager:
+      enabled: true
+      issuer:
+        name: letsencrypt-staging
+        server: https://acme-staging-v02.api.letsencrypt.org/directory
+        email: me@domain.com
+    kured:
+      enabled: true
+    kubernetes-dashboard:
+      enabled: true
+    host-upgrades:
+      enabled: true
+      interval: 7d
+secrets:
+  ca_certificate: "-----BEGIN CERTIFICATE-----\nCLUSTER CA\n-----END CERTIFICATE-----\n"
+  bootstrap_token: abcdef.0123456789abcdef
+  ca_key: KEY
+  weave_password: weave-secret-password
+"#;
+
+const WORKER: &str = r#"
+version: 1
+role: worker
+hostname: worker-0
+address: 10.133.0.20
+cluster:
+  name: demo
+  api_endpoint: demo-k8s.example.com:443
+  masters: [10.133.0.10]
+labels:
+  pool: general
+secrets:
+  ca_certificate: "-----BEGIN CERTIFICATE-----\nCLUSTER CA\n-----END CERTIFICATE-----\n"
+  bootstrap_token: abcdef.0123456789abcdef
+"#;
+
+fn images() -> Images {
+    Images {
+        coredns: "registry.k8s.io/coredns/coredns:v1.13.1".into(),
+        weave_kube: "example.invalid/weave-kube:2.8.1".into(),
+        weave_npc: "example.invalid/weave-npc:2.8.1".into(),
+        ingress_nginx_controller: "registry.k8s.io/ingress-nginx/controller:v1.12.0".into(),
+        ingress_default_backend: None,
+        kured: "ghcr.io/kubereboot/kured:1.16.0".into(),
+        kubernetes_dashboard: "docker.io/kubernetesui/dashboard:v2.7.0".into(),
+    }
+}
+
+fn golden(name: &str, actual: &str) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/kube")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, actual).unwrap();
+    }
+    let want = std::fs::read_to_string(&p)
+        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", p.display()));
+    assert_eq!(
+        actual, want,
+        "golden {name} differs; run with UPDATE_GOLDEN=1 and review"
+    );
+}
+
+fn inputs<'a>(node: &'a NodeConfig, host: &'a str, ip: &str) -> KubeInputs<'a> {
+    KubeInputs {
+        node,
+        hostname: host,
+        internal_ip: ip.parse::<IpAddr>().unwrap(),
+        bin_dir: "/usr/bin",
+    }
+}
+
+fn golden_files(dir: &str, files: &[GeneratedFile]) {
+    for f in files {
+        golden(&format!("{dir}{}", f.path), &f.contents);
+    }
+}
+
+/// Every document parses as YAML and names its apiVersion, kind and metadata.name.
+fn check_documents(name: &str, yaml: &str) -> Vec<(String, String)> {
+    use serde::Deserialize;
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no kind in {v:?}"))
+            .to_string();
+        assert!(v["apiVersion"].as_str().is_some(), "{name}: no apiVersion");
+        let n = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {kind} without a name"))
+            .to_string();
+        kinds.push((kind, n));
+    }
+    kinds
+}
+
+#[test]
+fn master_units_and_configs() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let cp = control_plane_files(&inp);
+    golden_files("master", &cp);
+    golden_files("master", &kubelet_files(&inp));
+    golden_files("master", &kube_proxy_files(&inp));
+    let paths: Vec<_> = cp.iter().map(|f| (f.path.as_str(), f.mode)).collect();
+    assert!(paths.contains(&("/etc/kubernetes/audit/webhook.kubeconfig", 0o600)));
+    assert!(paths.contains(&("/etc/kubernetes/webhooks/token-webhook.kubeconfig", 0o600)));
+
+    let a = apiserver_flags(&inp);
+    for (k, v) in [
+        ("authorization-mode", "Node,RBAC"),
+        ("enable-bootstrap-token-auth", "true"),
+        ("enable-admission-plugins", "NodeRestriction"),
+        ("secure-port", "6443"),
+        ("service-cluster-ip-range", "10.96.0.0/12"),
+        ("etcd-servers", "https://127.0.0.1:2379"),
+        ("audit-webhook-mode", "batch"),
+        ("authentication-token-webhook-cache-ttl", "5m"),
+        ("requestheader-allowed-names", "front-proxy-client"),
+        (
+            "service-account-issuer",
+            "https://kubernetes.default.svc.cluster.local",
+        ),
+    ] {
+        assert_eq!(a.get(k), Some(v), "kube-apiserver --{k}");
+    }
+    assert_eq!(
+        a.get("cloud-provider"),
+        None,
+        "kube-apiserver has no --cloud-provider in 1.35"
+    );
+    let c = controller_manager_flags(&inp);
+    assert_eq!(c.get("cluster-cidr"), Some("10.32.0.0/12"));
+    assert_eq!(c.get("bind-address"), Some("127.0.0.1"));
+    assert_eq!(c.get("cloud-provider"), Some("external"));
+    assert!(
+        c.get("controllers").unwrap().contains("bootstrapsigner")
+            && c.get("controllers").unwrap().contains("tokencleaner")
+    );
+    assert_eq!(scheduler_flags(&inp).get("bind-address"), Some("127.0.0.1"));
+
+    let k = kubelet_config(&inp);
+    for line in [
+        "readOnlyPort: 0",
+        "cgroupDriver: systemd",
+        "containerRuntimeEndpoint: unix:///run/containerd/containerd.sock",
+        "  - 10.96.0.10",
+        "healthzBindAddress: 127.0.0.1",
+        "rotateCertificates: true",
+        "  mode: Webhook",
+        "  - key: \"node-role.kubernetes.io/control-plane\"",
+    ] {
+        assert!(
+            k.lines().any(|l| l == line),
+            "kubelet config lacks `{line}`:\n{k}"
+        );
+    }
+    let kf = kubelet_flags(&inp);
+    assert_eq!(
+        kf.get("node-labels"),
+        Some("disk=ssd,topology.kubernetes.io/zone=zone-a")
+    );
+    assert_eq!(kf.get("cloud-provider"), Some("external"));
+    assert_eq!(kf.get("bootstrap-kubeconfig"), None);
+}
+
+#[test]
+fn worker_units_and_configs() {
+    let node = NodeConfig::parse("worker", WORKER).unwrap();
+    let inp = inputs(&node, "worker-0", "10.133.0.20");
+    let files = kubelet_files(&inp);
+    golden_files("worker", &files);
+    let all = firstboot::kube::node_files(&inp);
+    assert!(
+        all.iter().all(|f| !f.path.contains("kube-apiserver")),
+        "no control plane on a worker"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    firstboot::kube::write_files(dir.path(), &all).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("etc/kubernetes/bootstrap-kubelet.conf"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    golden_files("worker", &kube_proxy_files(&inp));
+    let boot = files
+        .iter()
+        .find(|f| f.path == "/etc/kubernetes/bootstrap-kubelet.conf")
+        .unwrap();
+    assert_eq!(boot.mode, 0o600);
+    assert!(boot.contents.contains("token: abcdef.0123456789abcdef"));
+    assert!(boot
+        .contents
+        .contains("server: https://demo-k8s.example.com:443"));
+    let k = kubelet_config(&inp);
+    assert!(
+        k.contains("serverTLSBootstrap: true") && !k.contains("registerWithTaints"),
+        "{k}"
+    );
+    assert_eq!(
+        kubelet_flags(&inp).get("bootstrap-kubeconfig"),
+        Some("/etc/kubernetes/bootstrap-kubelet.conf")
+    );
+}
+
+#[test]
+fn cluster_manifests_and_addons() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let ms = cluster_manifests(&inp, &images()).unwrap();
+    let plan = addon_manifests(&inp, &images());
+    let mut all_kinds = Vec::new();
+    for m in ms.iter().chain(plan.manifests.iter()) {
+        golden(&format!("manifests/{}", m.name), &m.yaml);
+        all_kinds.extend(check_documents(&m.name, &m.yaml));
+    }
+    assert!(ms
+        .iter()
+        .filter(|m| m.secret)
+        .map(|m| m.name.as_str())
+        .eq(["00-bootstrap-token.yaml", "10-weave-net.yaml"]));
+    assert!(
+        !format!("{ms:?}").contains("0123456789abcdef"),
+        "Debug must not print secrets"
+    );
+
+    let token = &ms[0].yaml;
+    for line in [
+        "  name: bootstrap-token-abcdef",
+        "type: bootstrap.kubernetes.io/token",
+        "  token-id: abcdef",
+        "  token-secret: 0123456789abcdef",
+        "  usage-bootstrap-authentication: \"true\"",
+        "  usage-bootstrap-signing: \"true\"",
+        "  auth-extra-groups: system:bootstrappers:kubeadm:default-node-token",
+    ] {
+        assert!(
+            token.lines().any(|l| l == line),
+            "token secret lacks `{line}`"
+        );
+    }
+    let rbac = &ms[1].yaml;
+    for role in [
+        "system:node-bootstrapper",
+        "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+        "system:node-proxier",
+    ] {
+        assert!(rbac.contains(&format!("name: {role}\n")), "{role}");
+    }
+    let weave = &ms[2].yaml;
+    assert!(weave.contains("value: \"10.32.0.0/12\""));
+    assert!(weave.contains("value: \"--trusted-subnets=10.133.0.0/16,172.31.0.0/16\""));
+    assert!(weave.contains("name: weave-passwd\n                  key: weave-passwd"));
+    let dns = &ms[3].yaml;
+    assert!(dns.contains("clusterIP: 10.96.0.10"));
+
+    for (kind, name) in [
+        ("ClusterIssuer", "letsencrypt-staging"),
+        ("DaemonSet", "ingress-nginx-controller"),
+        ("Deployment", "ingress-nginx-default-backend"),
+        ("DaemonSet", "kured"),
+        ("Deployment", "kubernetes-dashboard"),
+        ("Service", "kube-dns"),
+        ("DaemonSet", "weave-net"),
+    ] {
+        assert!(
+            all_kinds.contains(&(kind.to_string(), name.to_string())),
+            "{kind}/{name} missing"
+        );
+    }
+    let ingress = &plan
+        .manifests
+        .iter()
+        .find(|m| m.name == "30-ingress-nginx.yaml")
+        .unwrap()
+        .yaml;
+    assert!(ingress.contains("\"load-balance\": \"least_conn\""));
+    assert!(ingress.contains("image: \"my-custom-image:latest\""));
+    assert!(ingress.contains("\"disk\": \"ssd\""));
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.starts_with("host-upgrades: not supported")),
+        "{:?}",
+        plan.notes
+    );
+}
+
+#[test]
+fn node_roles_are_set_through_the_api() {
+    let masters = vec!["10.133.0.10".to_string()];
+    let p = node_role_patch(&BTreeMap::new(), &["10.133.0.10".into()], &masters).unwrap();
+    assert_eq!(
+        p,
+        serde_json::json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "", "node-role.kubernetes.io/master": ""}}})
+    );
+    let p = node_role_patch(&BTreeMap::new(), &["10.133.0.20".into()], &masters).unwrap();
+    assert_eq!(
+        p,
+        serde_json::json!({"metadata": {"labels": {"node-role.kubernetes.io/node": "true"}}})
+    );
+    let has = BTreeMap::from([(
+        "node-role.kubernetes.io/node".to_string(),
+        "true".to_string(),
+    )]);
+    assert_eq!(
+        node_role_patch(&has, &["10.133.0.20".into()], &masters),
+        None
+    );
+}
+
+#[test]
+fn etcd_env_and_unit() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    let spec =
+        EtcdMemberSpec::from_node_config(&node, "master-0", "10.133.0.10", Path::new("/")).unwrap();
+    let env = etcd_env(
+        &spec,
+        "master-0=https://10.133.0.10:2380",
+        ClusterState::New,
+    );
+    golden("etcd/etcd.env", &env.to_env_file());
+    golden("etcd/etcd.service", &etcd_unit("/usr/bin/etcd"));
+    assert_eq!(
+        spec.other_endpoints(),
+        ["https://10.133.0.11:2379", "https://10.133.0.12:2379"]
+    );
+}
