@@ -31,6 +31,17 @@ enum Command {
     Inspect(nodeimage::disk::InspectArgs),
     /// Print the port policy (firewall and bind addresses) of a role, from the seeds' port tables.
     Ports(nodeimage::ports::PortsArgs),
+    /// Cluster-wide secrets.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Make the user data (node config) for one node, or one per host of a Terraform output.
+    NodeConfig(nodeimage::cluster::NodeConfigArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Create the cluster's CAs, service-account keys, bootstrap token and Weave password (files 0600).
+    New(nodeimage::cluster::ClusterNewArgs),
 }
 
 fn main() {
@@ -54,6 +65,8 @@ fn main() {
         Command::WriteConfig(a) => nodeimage::disk::write_config(a),
         Command::Inspect(a) => nodeimage::disk::inspect(a),
         Command::Ports(a) => nodeimage::ports::run(a),
+        Command::Cluster(ClusterCommand::New(a)) => nodeimage::cluster::cluster_new(a),
+        Command::NodeConfig(a) => nodeimage::cluster::node_config(a),
     };
     if let Err(e) = result {
         eprintln!("nodeimage: error: {e:#}");

@@ -4,6 +4,7 @@
 //! port table, firewall rules, PKI, unit files) and small adapters at the edges
 //! (data sources, block devices, processes). The binary in `main.rs` wires them together.
 
+pub mod assemble;
 pub mod config;
 pub mod etcd;
 pub mod fat;

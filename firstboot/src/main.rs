@@ -203,5 +203,8 @@ fn steps_for<'a>(acquired: &'a Acquired) -> Vec<Step<'a>> {
         steps.push(Step { name: "ignition", apply: Box::new(move |c| staged.apply(&c.opts.root)) });
     }
     steps.push(Step { name: "files", apply: Box::new(|c| run::apply_files(c.opts, c.config)) });
+    if acquired.config.join {
+        steps.extend(firstboot::assemble::steps(&acquired.config));
+    }
     steps
 }

@@ -49,6 +49,11 @@ pub struct NodeConfig {
     pub secrets: Secrets,
     #[serde(default)]
     pub preflight: PreflightSettings,
+    /// Join the cluster (PKI, etcd, control plane, kubelet). `false` provisions only the
+    /// host (preflight, firewall, hostname, files, containerd): for test images and for
+    /// staging machines before they join.
+    #[serde(default = "default_true")]
+    pub join: bool,
 }
 
 /// The cluster facts a node needs (a projection of `cluster.yml`).
