@@ -14,6 +14,17 @@ use qemu_tests::{run, workspace_bin, workspace_root, Vm, VmOptions};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
+/// A worker that provisions only the host: the test image has no Kubernetes payload.
+/// The VM's disk is 4 GiB, so the seeds' 40 GB disk requirement is lowered explicitly.
+const TEST_NODE: &str = "version: 1\nrole: worker\njoin: false\ncluster:\n  name: qemu\n  api_endpoint: 10.0.2.15:6443\npreflight:\n  min_disk_gib: 2\n";
+
+fn b64(s: &str) -> String {
+    use std::io::Write;
+    let out = Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
+    String::from_utf8_lossy(&out.wait_with_output().unwrap().stdout).into_owned()
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -134,7 +145,7 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     let node_yaml = base.join("node.yaml");
     std::fs::write(
         &node_yaml,
-        "version: 1\nrole: worker\nhostname: test-node-1\ncluster:\n  name: qemu\n  api_endpoint: 10.0.2.15:6443\nfiles:\n  - path: /etc/nodeimage-test/hello\n    mode: \"0640\"\n    contents: hello from NODECONFIG\n",
+        format!("{TEST_NODE}hostname: test-node-1\nfiles:\n  - path: /etc/nodeimage-test/hello\n    mode: \"0640\"\n    contents: hello from NODECONFIG\n"),
     )
     .unwrap();
     let disk_a = base.join("node-a.raw");
@@ -161,6 +172,14 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     assert_eq!(status["role"], "worker");
     assert_eq!(status["hostname"], "test-node-1");
     assert_eq!(status["source"], "nodeconfig-partition");
+    let steps: Vec<&str> = status["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["acquire", "preflight", "firewall", "hostname", "files"], "{status}");
+    // Issue 6: the firewall firstboot loaded is the port table's worker ruleset.
+    let ruleset = b64(r1["nft-ruleset"].as_str().expect("the report carries `nft list table inet nodeimage`"));
+    eprintln!("guest ruleset:\n{ruleset}");
+    assert!(ruleset.contains("table inet nodeimage"), "{ruleset}");
+    assert!(ruleset.contains("10250"), "kubelet port missing: {ruleset}");
+    assert!(!ruleset.contains("dport 6443 accept"), "a worker must not open 6443: {ruleset}");
     drop(vm);
 
     // 4. Reboot: firstboot does not run again; hostname and status persist.
@@ -193,4 +212,29 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     assert_eq!(r3["firstboot_result"], "exit-code");
     assert_eq!(r3["done"], false);
     assert_eq!(r3["status"]["state"], "failed");
+    drop(vm);
+
+    // 6. Issue 3: a real data source end to end. No NODECONFIG config; the node config
+    //    comes through QEMU's fw_cfg (platform detected from SMBIOS as QEMU).
+    let disk_c = base.join("node-c.raw");
+    boot_copy(&raw1, &disk_c, 4 << 30);
+    let fw_yaml = base.join("fwcfg-node.yaml");
+    std::fs::write(&fw_yaml, format!("{TEST_NODE}hostname: test-node-fwcfg\n")).unwrap();
+    let mut vm = Vm::start_x86_64_uefi(&VmOptions {
+        disk: disk_c.clone(),
+        memory_mib: 2048,
+        cpus: 2,
+        work_dir: base.clone(),
+        name: "boot4".into(),
+        extra: vec!["-fw_cfg".into(), format!("name=opt/org.nodeimage/config,file={}", fw_yaml.display())],
+        user_net: true,
+    })
+    .unwrap();
+    let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
+    eprintln!("boot 4 (fw_cfg): `{line}` {:.1} s after QEMU start", at.as_secs_f64());
+    assert!(line.starts_with("firstboot: ok role=worker hostname=test-node-fwcfg in "), "{line}");
+    vm.wait_exit(Duration::from_secs(180)).unwrap();
+    let r4 = &vm.report().unwrap()[0];
+    assert_eq!(r4["status"]["source"], "qemu-fw-cfg");
+    eprintln!("boot 4: config acquired in {} ms", r4["status"]["steps"][0]["ms"]);
 }

@@ -28,6 +28,12 @@ impl DataSource for FwCfgSource {
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
         let base = crate::util::rooted(&self.root, "/sys/firmware/qemu_fw_cfg");
+        if !base.exists() && self.root == std::path::Path::new("/") {
+            // Debian builds the sysfs interface as a module that nothing loads by default.
+            let _ = std::process::Command::new("modprobe")
+                .args(["-q", "qemu_fw_cfg"])
+                .status();
+        }
         let raw = base.join("by_name").join(FW_CFG_NAME).join("raw");
         match std::fs::read(&raw) {
             Ok(d) => Ok(Some(d)),
