@@ -311,6 +311,31 @@ addons:
         );
     }
 
+    /// The README carries the same tables (headings one level down) between markers.
+    #[test]
+    fn readme_port_tables_are_current() {
+        const BEGIN: &str = "<!-- ports:begin -->\n";
+        const END: &str = "<!-- ports:end -->";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let shifted: String = render_docs()
+            .unwrap()
+            .lines()
+            .map(|l| if l.starts_with('#') { format!("#{l}\n") } else { format!("{l}\n") })
+            .collect();
+        let (head, rest) = readme.split_once(BEGIN).expect("README.md has a <!-- ports:begin --> marker");
+        let (current, tail) = rest.split_once(END).expect("README.md has a <!-- ports:end --> marker");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, format!("{head}{BEGIN}{shifted}{END}{tail}")).unwrap();
+            return;
+        }
+        assert!(
+            current == shifted,
+            "README.md's port tables are out of date with firstboot/src/ports.rs; regenerate them with\n  \
+             UPDATE_GOLDEN=1 cargo test -p nodeimage --lib ports"
+        );
+    }
+
     #[test]
     fn markdown_for_one_role_with_a_config() {
         let d = tempfile::tempdir().unwrap();
