@@ -142,13 +142,13 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
-                return Ok((clean(line), self.started.elapsed()));
+                return Ok((from_needle(line, needle), self.started.elapsed()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Give the reader threads a moment to drain.
                 std::thread::sleep(Duration::from_millis(200));
                 if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
-                    return Ok((clean(line), self.started.elapsed()));
+                    return Ok((from_needle(line, needle), self.started.elapsed()));
                 }
                 bail!("QEMU exited ({status}) before `{needle}` appeared; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 40));
             }
@@ -206,8 +206,11 @@ fn pump(r: impl std::io::Read, sink: Arc<Mutex<String>>, mut log: std::fs::File)
     }
 }
 
-fn clean(line: &str) -> String {
-    line.trim_matches(|c: char| c == '\r' || c.is_whitespace()).to_string()
+/// The line from `needle` on: drops the kernel's `[   18.13] ` timestamp and any
+/// other prefix the console put before it.
+fn from_needle(line: &str, needle: &str) -> String {
+    let start = line.find(needle).unwrap_or(0);
+    line[start..].trim_matches(|c: char| c == '\r' || c.is_whitespace()).to_string()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -261,6 +264,14 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_lines_lose_the_kernel_timestamp() {
+        assert_eq!(
+            from_needle("[   18.139310] firstboot: ok role=worker\r", "firstboot: "),
+            "firstboot: ok role=worker"
+        );
+    }
 
     #[test]
     fn accel_override_is_honoured() {
