@@ -340,6 +340,12 @@ pub trait DataSource {
     /// `Err(SourceError::Absent)`: the source is not here.
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError>;
 
+    /// What the user data was read from, for messages about it (after `user_data`):
+    /// the source's name, plus the file where there is one.
+    fn document(&self) -> String {
+        self.name().to_string()
+    }
+
     fn hostname(&self) -> Result<Option<String>, SourceError> {
         Ok(None)
     }
@@ -564,7 +570,7 @@ pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
                     ms = t.elapsed().as_millis() as u64,
                     "user data found"
                 );
-                let (node_config, ignition) = userdata::interpret(name, &data, ctx)?;
+                let (node_config, ignition) = userdata::interpret(&source.document(), &data, ctx)?;
                 let metadata = source.metadata()?;
                 return Ok(Acquired {
                     source: name.to_string(),

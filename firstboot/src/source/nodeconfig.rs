@@ -1,8 +1,13 @@
 //! The image's own configuration partition: a FAT filesystem labelled `NODECONFIG`
-//! (written by `nodeimage`) holding `node.yaml`. An empty partition is "present, no user
-//! data", so the platform's sources are tried next.
+//! (written by `nodeimage`) holding `node.yaml` (native) or `config.ign` (Ignition). An
+//! empty partition is "present, no user data", so the platform's sources are tried next.
+
+use std::cell::RefCell;
 
 use crate::config::NODE_CONFIG_FILE_NAME;
+
+/// The Ignition config's file name on the partition (what `nodeimage write-config` writes).
+pub const IGNITION_FILE_NAME: &str = "config.ign";
 
 use super::{read_labelled, DataSource, SourceContext, SourceError};
 
@@ -13,11 +18,13 @@ pub(crate) const SOURCE_NAME: &str = "nodeconfig-partition";
 
 pub(crate) struct NodeConfigPartition {
     ctx: SourceContext,
+    /// `NODECONFIG/<file>` once read, so errors name the file the user edits.
+    found: RefCell<Option<String>>,
 }
 
 impl NodeConfigPartition {
     pub fn new(ctx: &SourceContext) -> Self {
-        NodeConfigPartition { ctx: ctx.clone() }
+        NodeConfigPartition { ctx: ctx.clone(), found: RefCell::new(None) }
     }
 }
 
@@ -27,13 +34,21 @@ impl DataSource for NodeConfigPartition {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        let (vol, data) = read_labelled(
-            &self.ctx,
-            SOURCE_NAME,
-            &[NODECONFIG_LABEL],
-            NODE_CONFIG_FILE_NAME,
-        )?;
-        tracing::debug!(device = %vol.path.display(), found = data.is_some(), "config partition");
-        Ok(data)
+        for file in [NODE_CONFIG_FILE_NAME, IGNITION_FILE_NAME] {
+            let (vol, data) = read_labelled(&self.ctx, SOURCE_NAME, &[NODECONFIG_LABEL], file)?;
+            tracing::debug!(device = %vol.path.display(), file, found = data.is_some(), "config partition");
+            if data.is_some() {
+                *self.found.borrow_mut() = Some(format!("{NODECONFIG_LABEL}/{file}"));
+                return Ok(data);
+            }
+        }
+        Ok(None)
+    }
+
+    fn document(&self) -> String {
+        match &*self.found.borrow() {
+            Some(f) => format!("{SOURCE_NAME} ({f})"),
+            None => SOURCE_NAME.to_string(),
+        }
     }
 }
