@@ -5,6 +5,7 @@
 //! (data sources, block devices, processes). The binary in `main.rs` wires them together.
 
 pub mod config;
+pub mod containerd;
 pub mod etcd;
 pub mod fat;
 pub mod firewall;
