@@ -12,7 +12,11 @@ use oci_support::*;
 const INDEX: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 fn blob(c: char, size: u64) -> BlobRef {
-    BlobRef { media_type: OCI_MANIFEST.into(), digest: Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap(), size }
+    BlobRef {
+        media_type: OCI_MANIFEST.into(),
+        digest: Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap(),
+        size,
+    }
 }
 
 fn locked(name: &str, reference: &str, index: bool) -> LockedImage {
@@ -20,7 +24,11 @@ fn locked(name: &str, reference: &str, index: bool) -> LockedImage {
         name: name.into(),
         reference: reference.into(),
         platform: "linux/amd64".into(),
-        index: index.then(|| BlobRef { media_type: OCI_INDEX.into(), digest: Digest::parse(INDEX).unwrap(), size: 10 }),
+        index: index.then(|| BlobRef {
+            media_type: OCI_INDEX.into(),
+            digest: Digest::parse(INDEX).unwrap(),
+            size: 10,
+        }),
         manifest: blob('2', 20),
         config: blob('3', 30),
         layers: vec![blob('4', 40)],
@@ -29,7 +37,13 @@ fn locked(name: &str, reference: &str, index: bool) -> LockedImage {
 }
 
 fn lock_for(lp: &LoadedProfile, images: Vec<LockedImage>) -> LockFile {
-    LockFile { schema: LOCK_SCHEMA, profile: lp.profile.name.clone(), arch: "x86_64".into(), images_sha256: images_sha256(&lp.profile), images }
+    LockFile {
+        schema: LOCK_SCHEMA,
+        profile: lp.profile.name.clone(),
+        arch: "x86_64".into(),
+        images_sha256: images_sha256(&lp.profile),
+        images,
+    }
 }
 
 fn err(lp: &LoadedProfile) -> String {
@@ -47,7 +61,11 @@ fn profile_without_images_needs_no_lock() {
 fn missing_and_stale_locks_are_refused_naming_the_entry() {
     let d = tempfile::tempdir().unwrap();
     let weave = image_entry("weave-kube", "rajchaudhuri/weave-kube:2.9.0", "");
-    let pause = image_entry("pause", "registry.k8s.io/pause:3.10.1", &format!("digest = \"{INDEX}\"\npurpose = \"sandbox\"\n"));
+    let pause = image_entry(
+        "pause",
+        "registry.k8s.io/pause:3.10.1",
+        &format!("digest = \"{INDEX}\"\npurpose = \"sandbox\"\n"),
+    );
     let lp = write_profile(d.path(), "x", "x86_64", &format!("{pause}{weave}"));
     let profile = lp.path.display().to_string();
     let lock = lock_path(&lp.path).display().to_string();
@@ -60,7 +78,10 @@ fn missing_and_stale_locks_are_refused_naming_the_entry() {
     );
 
     // A lock without the weave-kube entry.
-    let only_pause = lock_for(&lp, vec![locked("pause", "registry.k8s.io/pause:3.10.1", true)]);
+    let only_pause = lock_for(
+        &lp,
+        vec![locked("pause", "registry.k8s.io/pause:3.10.1", true)],
+    );
     write(&lock_path(&lp.path), &only_pause).unwrap();
     assert_eq!(
         err(&lp),
@@ -68,30 +89,60 @@ fn missing_and_stale_locks_are_refused_naming_the_entry() {
     );
 
     // Complete: accepted.
-    let good = lock_for(&lp, vec![locked("pause", "registry.k8s.io/pause:3.10.1", true), locked("weave-kube", "rajchaudhuri/weave-kube:2.9.0", false)]);
+    let good = lock_for(
+        &lp,
+        vec![
+            locked("pause", "registry.k8s.io/pause:3.10.1", true),
+            locked("weave-kube", "rajchaudhuri/weave-kube:2.9.0", false),
+        ],
+    );
     write(&lock_path(&lp.path), &good).unwrap();
     assert_eq!(check_lock(&lp).unwrap().unwrap(), good);
 
     // Role and purpose changes do not need a new lock.
-    let lp2 = write_profile(d.path(), "x", "x86_64", &format!("{pause}{weave}role = \"worker\"\n"));
+    let lp2 = write_profile(
+        d.path(),
+        "x",
+        "x86_64",
+        &format!("{pause}{weave}role = \"worker\"\n"),
+    );
     assert!(check_lock(&lp2).is_ok());
 
     // A new tag makes the entry stale.
-    let lp3 = write_profile(d.path(), "x", "x86_64", &format!("{pause}{}", weave.replace("2.9.0", "2.8.8")));
+    let lp3 = write_profile(
+        d.path(),
+        "x",
+        "x86_64",
+        &format!("{pause}{}", weave.replace("2.9.0", "2.8.8")),
+    );
     let e = err(&lp3);
     assert!(e.contains("image \"weave-kube\" is stale") && e.contains("locked as rajchaudhuri/weave-kube:2.9.0 but the profile says rajchaudhuri/weave-kube:2.8.8"), "{e}");
     assert!(e.ends_with(&format!("run nodeimage lock {profile}")), "{e}");
 
     // A different pinned digest.
     let other = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
-    let lp4 = write_profile(d.path(), "x", "x86_64", &format!("{}{weave}", pause.replace(INDEX, other)));
+    let lp4 = write_profile(
+        d.path(),
+        "x",
+        "x86_64",
+        &format!("{}{weave}", pause.replace(INDEX, other)),
+    );
     let e = err(&lp4);
-    assert!(e.contains("image \"pause\" is stale") && e.contains(&format!("the profile pins {other} but the lock has {INDEX}")), "{e}");
+    assert!(
+        e.contains("image \"pause\" is stale")
+            && e.contains(&format!(
+                "the profile pins {other} but the lock has {INDEX}"
+            )),
+        "{e}"
+    );
 
     // An image removed from the profile.
     let lp5 = write_profile(d.path(), "x", "x86_64", &pause);
     let e = err(&lp5);
-    assert!(e.contains("it has an entry for image \"weave-kube\", which the profile no longer lists"), "{e}");
+    assert!(
+        e.contains("it has an entry for image \"weave-kube\", which the profile no longer lists"),
+        "{e}"
+    );
 
     // Another architecture.
     let lp6 = write_profile(d.path(), "x", "aarch64", &format!("{pause}{weave}"));
@@ -107,5 +158,8 @@ fn missing_and_stale_locks_are_refused_naming_the_entry() {
     // Garbage.
     std::fs::write(lock_path(&lp.path), "{").unwrap();
     let e = err(&lp7);
-    assert!(e.starts_with(&format!("{lock}: not a lock file")) && e.contains("run nodeimage lock"), "{e}");
+    assert!(
+        e.starts_with(&format!("{lock}: not a lock file")) && e.contains("run nodeimage lock"),
+        "{e}"
+    );
 }

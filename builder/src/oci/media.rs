@@ -141,7 +141,7 @@ pub fn platform_string(arch: Arch) -> String {
 
 /// The index entry for `linux/<arch>`. For arm64 an entry with variant `v8` or none is
 /// taken (a `v7`-style variant never matches a 64-bit node).
-pub fn choose<'a>(index: &'a Index, arch: Arch) -> Option<&'a Descriptor> {
+pub fn choose(index: &Index, arch: Arch) -> Option<&Descriptor> {
     let want = oci_arch(arch);
     let fits = |d: &&Descriptor| {
         d.platform.as_ref().is_some_and(|p| {

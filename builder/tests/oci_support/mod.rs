@@ -22,7 +22,11 @@ pub fn sha256(b: &[u8]) -> String {
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `docker-registry` (distribution 2.x) serving a temp dir, killed on drop.
@@ -87,7 +91,10 @@ impl TestRegistry {
     /// The file the registry keeps a blob's bytes in.
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+        self.dir.path().join(format!(
+            "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
     }
 }
 
@@ -151,7 +158,12 @@ pub fn make_image(arch: &str, text: &str) -> TestImage {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
     }))
     .unwrap();
-    TestImage { arch: arch.into(), layer, config, manifest }
+    TestImage {
+        arch: arch.into(),
+        layer,
+        config,
+        manifest,
+    }
 }
 
 /// An index of `images` (linux/<arch> each).
@@ -165,20 +177,40 @@ pub fn make_index(images: &[&TestImage]) -> Vec<u8> {
             })
         })
         .collect();
-    serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap()
+    serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+    )
+    .unwrap()
 }
 
 /// Pushes one blob: POST an upload session, PUT the bytes with ?digest=.
 pub fn push_blob(base: &str, repo: &str, data: &[u8]) {
     let c = reqwest::blocking::Client::new();
-    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().unwrap();
+    let r = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 202, "starting an upload");
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let mut url = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+    let mut url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(&format!("digest={}", sha256(data)));
-    let r = c.put(url).header("content-type", "application/octet-stream").body(data.to_vec()).send().unwrap();
-    assert_eq!(r.status().as_u16(), 201, "finishing an upload: {:?}", r.text());
+    let r = c
+        .put(url)
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "finishing an upload: {:?}",
+        r.text()
+    );
 }
 
 pub fn push_manifest(base: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
@@ -215,7 +247,11 @@ pub fn push_multiarch(base: &str, repo: &str, tag: &str) -> (TestImage, TestImag
 /// Writes `dir/<name>.toml` for `arch` with `images` ([[image]] TOML snippets) and loads it.
 pub fn write_profile(dir: &Path, name: &str, arch: &str, images: &str) -> LoadedProfile {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, format!("name = \"{name}\"\narch = \"{arch}\"\n[debian]\nsuite = \"bookworm\"\n{images}")).unwrap();
+    std::fs::write(
+        &path,
+        format!("name = \"{name}\"\narch = \"{arch}\"\n[debian]\nsuite = \"bookworm\"\n{images}"),
+    )
+    .unwrap();
     profile::load(&path).unwrap()
 }
 
