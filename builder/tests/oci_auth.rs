@@ -1,6 +1,7 @@
 //! Bearer-token auth: a small proxy in front of docker-registry demands
 //! `Authorization: Bearer <token>` (401 + `WWW-Authenticate: Bearer realm=…,service=…`
-//! otherwise) and serves the token at /token, for Basic credentials from an auth file.
+//! otherwise), serves the token at /token for Basic credentials from an auth file, and
+//! redirects blob requests to the registry itself (as registry.k8s.io does to storage).
 //! (A raw `TcpListener`, one exchange per connection: tiny_http sometimes held a request
 //! back on parallel keep-alive connections.)
 
@@ -34,10 +35,21 @@ fn respond(mut s: TcpStream, status: u16, headers: &[(String, String)], body: &[
     let _ = s.write_all(body);
 }
 
+/// Like `respond`, for HEAD: the length of `body` but not its bytes.
+fn respond_head(mut s: TcpStream, status: u16, headers: &[(String, String)], len: usize) {
+    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {len}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes());
+}
+
 fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
+    let method = line.split_whitespace().next().unwrap_or("GET").to_string();
     let url = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut headers = Vec::new();
     loop {
@@ -82,6 +94,16 @@ fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
         );
         return;
     }
+    // Blobs live elsewhere (as registry.k8s.io sends them to storage): redirect there.
+    if url.contains("/blobs/") {
+        respond(
+            stream,
+            307,
+            &[("Location".into(), format!("{backend}{url}"))],
+            b"",
+        );
+        return;
+    }
     let mut fwd = reqwest::blocking::Client::new().get(format!("{backend}{url}"));
     if let Some(a) = header("accept") {
         fwd = fwd.header("Accept", a);
@@ -98,7 +120,11 @@ fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
                 })
                 .collect();
             let body = r.bytes().map(|b| b.to_vec()).unwrap_or_default();
-            respond(stream, status, &copied, &body);
+            if method == "HEAD" {
+                respond_head(stream, status, &copied, body.len());
+            } else {
+                respond(stream, status, &copied, &body);
+            }
         }
         Err(_) => respond(stream, 502, &[], b"backend down"),
     }

@@ -140,7 +140,33 @@ fn is_unauthorized(e: &FetchError) -> bool {
     }
 }
 
-/// Fetches the blobs of `locked` that the cache lacks, trying each endpoint in turn.
+/// One fetch request per blob the cache lacks, at `url_of(blob, kind)`.
+fn requests(
+    image: &Image,
+    missing: &[(&BlobRef, &'static str)],
+    url_of: &mut dyn FnMut(&BlobRef, &'static str) -> Result<(String, Option<String>)>,
+) -> Result<Vec<FetchRequest>> {
+    missing
+        .iter()
+        .map(|(b, kind)| {
+            let (url, auth) = url_of(b, kind)?;
+            let mut req = FetchRequest::new(url, b.digest)
+                .with_size(b.size)
+                .with_label(format!("{} {}", image.name, &b.digest.hex()[..12]));
+            if *kind == "manifests" {
+                req = req.with_header("Accept", media::accept_header());
+            }
+            if let Some(a) = auth {
+                req = req.with_header("Authorization", a);
+            }
+            Ok(req)
+        })
+        .collect()
+}
+
+/// Fetches the blobs of `locked` that the cache lacks: from file mirrors (`--mirror`,
+/// laid out as `<mirror>/<registry>/v2/<repo>/blobs/<digest>`), then from each registry
+/// endpoint in turn (registry mirrors first).
 fn fetch_missing(
     image: &Image,
     r: &Reference,
@@ -160,76 +186,80 @@ fn fetch_missing(
         tracing::debug!(image = %image.name, "every blob is cached");
         return Ok(());
     }
-    let mut errors = Vec::new();
-    // Mirrors first, then the registry; with --mirror-only the registry URL is still
-    // passed so the fetcher can serve it from a file mirror, but it is never contacted.
     let endpoints: Vec<Endpoint> = registry.endpoints(r, false);
-    for ep in &endpoints {
-        if opts.fetch.offline && ep.mirror {
-            continue;
-        }
-        let fetch_opts = if ep.mirror {
-            // A registry mirror is a source in its own right: no file mirrors, no mirror_only.
+    let upstream = endpoints
+        .last()
+        .expect("the registry itself is always listed")
+        .clone();
+    let canonical = |b: &BlobRef, kind: &'static str| {
+        Ok((
+            upstream.url(&r.repository, kind, &b.digest.to_string()),
+            None,
+        ))
+    };
+    let mut errors = Vec::new();
+
+    // File mirrors and the cache only: no network.
+    if !opts.fetch.mirrors.is_empty() || opts.fetch.offline || opts.fetch.mirror_only {
+        let local = Fetcher::new(
+            cache.clone(),
             FetchOptions {
-                mirrors: Vec::new(),
-                mirror_only: false,
+                mirror_only: true,
                 ..opts.fetch.clone()
-            }
-        } else {
-            opts.fetch.clone()
-        };
-        let contacts_network = !opts.fetch.offline && (ep.mirror || !opts.fetch.mirror_only);
-        let fetcher = Fetcher::new(cache.clone(), fetch_opts)?;
+            },
+        )?;
+        match local.fetch_all(&requests(image, &missing(), &mut { canonical })?) {
+            Ok(_) => return Ok(()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if opts.fetch.offline {
+        bail!(
+            "image `{}` ({}): {}",
+            image.name,
+            image.reference.get_ref(),
+            errors.join("\n  ")
+        );
+    }
+    // Registry mirrors, then (unless --mirror-only) the registry; redirects are followed
+    // and authenticated by the registry client, the fetcher downloads from where they end.
+    let network = FetchOptions {
+        mirrors: Vec::new(),
+        mirror_only: false,
+        ..opts.fetch.clone()
+    };
+    let fetcher = Fetcher::new(cache.clone(), network)?;
+    for ep in endpoints
+        .iter()
+        .filter(|e| e.mirror || !opts.fetch.mirror_only)
+    {
         for attempt in 0..2 {
-            let auth = if contacts_network {
-                match registry.authorization(ep, &r.repository) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        errors.push(format!("{ep}: {e:#}"));
-                        break;
-                    }
-                }
-            } else {
-                None
+            let mut locate = |b: &BlobRef, kind: &'static str| {
+                registry.locate(ep, &r.repository, kind, &b.digest.to_string())
             };
-            let requests: Vec<FetchRequest> = missing()
-                .into_iter()
-                .map(|(b, kind)| {
-                    let mut req = FetchRequest::new(
-                        ep.url(&r.repository, kind, &b.digest.to_string()),
-                        b.digest,
-                    )
-                    .with_size(b.size)
-                    .with_label(format!(
-                        "{} {}",
-                        image.name,
-                        &b.digest.hex()[..12]
-                    ));
-                    if kind == "manifests" {
-                        req = req.with_header("Accept", media::accept_header());
-                    }
-                    if let Some(a) = &auth {
-                        req = req.with_header("Authorization", a.clone());
-                    }
-                    req
-                })
-                .collect();
-            match fetcher.fetch_all(&requests) {
+            let reqs = match requests(image, &missing(), &mut locate) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(format!("{ep}: {e:#}"));
+                    break;
+                }
+            };
+            match fetcher.fetch_all(&reqs) {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt == 0 && auth.is_some() && is_unauthorized(&e) => {
-                    // The token expired during a long pull: get a new one and go on.
-                    registry.forget_authorization(ep, &r.repository);
-                    continue;
+                Err(e) if attempt == 0 && is_unauthorized(&e) => {
+                    // A token expired during a long pull: get new ones and go on.
+                    registry.forget_authorization(&r.repository);
                 }
                 Err(e) => {
-                    if endpoints.len() > 1 {
-                        tracing::warn!(image = %image.name, endpoint = %ep, error = %e, "pulling from this endpoint failed");
-                    }
+                    tracing::warn!(image = %image.name, endpoint = %ep, error = %e, "pulling from this endpoint failed");
                     errors.push(format!("{ep}: {e}"));
                     break;
                 }
             }
         }
+    }
+    if opts.fetch.mirror_only && !endpoints.iter().any(|e| e.mirror) {
+        errors.push(format!("--mirror-only is set: {} was not contacted; pass --registry-mirror {}=URL or --mirror DIR", upstream, r.registry));
     }
     bail!(
         "image `{}` ({}): {}",

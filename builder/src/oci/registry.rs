@@ -57,10 +57,7 @@ impl Endpoint {
     }
 
     fn host(&self) -> String {
-        match self.base.port() {
-            Some(p) => format!("{}:{p}", self.base.host_str().unwrap_or("")),
-            None => self.base.host_str().unwrap_or("").to_string(),
-        }
+        host_port(&self.base)
     }
 }
 
@@ -112,6 +109,7 @@ impl Registry {
             .user_agent(concat!("nodeimage/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("creating the HTTP client")?;
         Ok(Registry {
@@ -155,81 +153,83 @@ impl Registry {
         v
     }
 
-    /// The `Authorization` header value for pulling `repo` from `ep` (None when the
-    /// registry answers `/v2/` without auth). Cached per endpoint and repository.
-    pub fn authorization(&self, ep: &Endpoint, repo: &str) -> Result<Option<String>> {
-        let key = (ep.base.to_string(), repo.to_string());
-        if let Some(v) = self
-            .auth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(v.clone());
-        }
-        let url = format!("{}/v2/", ep.base.as_str().trim_end_matches('/'));
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .map_err(|e| anyhow!("GET {url}: {}", cause(&e)))?;
-        let value = match resp.status() {
-            StatusCode::UNAUTHORIZED => Some(self.authenticate(ep, repo, &resp)?),
-            s if s.is_success() => None,
-            s => bail!("GET {url}: {s}: not an OCI registry API endpoint"),
-        };
+    fn cached_auth(&self, origin: &str, repo: &str) -> Option<String> {
         self.auth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, value.clone());
-        Ok(value)
+            .get(&(origin.to_string(), repo.to_string()))
+            .cloned()
+            .flatten()
     }
 
-    /// Drops the cached authorization (an expired token) so the next call asks again.
-    pub fn forget_authorization(&self, ep: &Endpoint, repo: &str) {
+    fn remember_auth(&self, origin: &str, repo: &str, value: String) {
         self.auth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(ep.base.to_string(), repo.to_string()));
+            .insert((origin.to_string(), repo.to_string()), Some(value));
     }
 
-    /// Answers a 401: gets a bearer token from the challenge's realm (with Basic
-    /// credentials from the auth file, when it has some for this host), or uses Basic
-    /// auth directly.
-    fn authenticate(&self, ep: &Endpoint, repo: &str, resp: &Response) -> Result<String> {
+    /// Drops every cached authorization for `repo` (an expired token) so the next
+    /// request asks again.
+    pub fn forget_authorization(&self, repo: &str) {
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, r), _| r != repo);
+    }
+
+    /// Answers a 401 from `url`: a bearer token from the challenge's realm for the
+    /// challenge's scope (else `repository:<repo>:pull`), with Basic credentials from the
+    /// auth file when it has some for this host or the endpoint's; or Basic auth directly.
+    fn authenticate(
+        &self,
+        ep: &Endpoint,
+        url: &Url,
+        repo: &str,
+        resp: &Response,
+    ) -> Result<String> {
         let header = resp
             .headers()
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        let host = host_port(url);
         let challenge: Challenge = parse_challenge(header).with_context(|| {
-            format!("{ep} answered 401 without a usable WWW-Authenticate header (`{header}`)")
+            format!("{host} answered 401 without a usable WWW-Authenticate header (`{header}`)")
         })?;
-        let creds = self.auth_file.lookup(&ep.host());
+        let creds = self
+            .auth_file
+            .lookup(&host)
+            .or_else(|| self.auth_file.lookup(&ep.host()));
         match challenge.scheme.as_str() {
             "bearer" => {
                 let realm = challenge
                     .params
                     .get("realm")
                     .context("Bearer challenge without realm")?;
-                let mut url = Url::parse(realm)
+                let mut token_url = Url::parse(realm)
                     .with_context(|| format!("Bearer realm `{realm}` is not a URL"))?;
+                let scope = challenge
+                    .params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| format!("repository:{repo}:pull"));
                 {
-                    let mut q = url.query_pairs_mut();
+                    let mut q = token_url.query_pairs_mut();
                     if let Some(s) = challenge.params.get("service") {
                         q.append_pair("service", s);
                     }
-                    q.append_pair("scope", &format!("repository:{repo}:pull"));
+                    q.append_pair("scope", &scope);
                 }
-                let mut rb = self.http.get(url.clone());
+                let mut rb = self.http.get(token_url.clone());
                 if let Some(c) = creds {
                     rb = rb.header(AUTHORIZATION, c.basic_header());
                 }
                 let shown = format!(
                     "{}://{}{}",
-                    url.scheme(),
-                    url.host_str().unwrap_or(""),
-                    url.path()
+                    token_url.scheme(),
+                    token_url.host_str().unwrap_or(""),
+                    token_url.path()
                 );
                 let r = rb
                     .send()
@@ -240,10 +240,7 @@ impl Registry {
                     } else {
                         String::new()
                     };
-                    bail!(
-                        "token request to {shown} for repository:{repo}:pull: {}{hint}",
-                        r.status()
-                    );
+                    bail!("token request to {shown} for {scope}: {}{hint}", r.status());
                 }
                 #[derive(serde::Deserialize)]
                 struct TokenResponse {
@@ -265,15 +262,73 @@ impl Registry {
             "basic" => match creds {
                 Some(c) => Ok(c.basic_header()),
                 None => bail!(
-                    "{ep} wants Basic credentials: pass --auth-file with an entry for {}",
+                    "{host} wants Basic credentials: pass --auth-file with an entry for {}",
                     ep.host()
                 ),
             },
-            other => bail!("{ep} asks for unsupported authentication scheme `{other}`"),
+            other => bail!("{host} asks for unsupported authentication scheme `{other}`"),
         }
     }
 
-    /// GET with the cached Authorization; on 401 authenticates once and retries.
+    /// Sends `method url`, following redirects itself (so a token only ever goes to the
+    /// origin that asked for it, and a redirect target can ask for its own) and answering
+    /// a 401 challenge once per hop. Returns the final response and URL, and the
+    /// Authorization value the final origin accepted.
+    fn send(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        method: reqwest::Method,
+        url: &str,
+        make: &dyn Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(Response, Url, Option<String>)> {
+        let mut url = Url::parse(url).with_context(|| format!("bad URL {url}"))?;
+        for _ in 0..8 {
+            let origin = url.origin().ascii_serialization();
+            let send = |auth: Option<&String>| {
+                let mut rb = make(self.http.request(method.clone(), url.clone()));
+                if let Some(a) = auth {
+                    rb = rb.header(AUTHORIZATION, a.as_str());
+                }
+                rb.send()
+                    .map_err(|e| anyhow!("{method} {}: {}", redact_query(&url), cause(&e)))
+            };
+            let mut auth = self.cached_auth(&origin, repo);
+            let mut resp = send(auth.as_ref())?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                let value = self.authenticate(ep, &url, repo, &resp)?;
+                self.remember_auth(&origin, repo, value.clone());
+                resp = send(Some(&value))?;
+                auth = Some(value);
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    bail!(
+                        "{method} {}: still 401 Unauthorized after authenticating",
+                        redact_query(&url)
+                    );
+                }
+            }
+            if resp.status().is_redirection() {
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .with_context(|| {
+                        format!(
+                            "{method} {}: {} without Location",
+                            redact_query(&url),
+                            resp.status()
+                        )
+                    })?;
+                url = url
+                    .join(location)
+                    .with_context(|| format!("bad redirect Location `{location}`"))?;
+                continue;
+            }
+            return Ok((resp, url, auth));
+        }
+        bail!("{method} {}: too many redirects", redact_query(&url))
+    }
+
     fn get(
         &self,
         ep: &Endpoint,
@@ -281,35 +336,30 @@ impl Registry {
         url: &str,
         make: &dyn Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response> {
-        let key = (ep.base.to_string(), repo.to_string());
-        let cached = self
-            .auth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned()
-            .flatten();
-        let send = |auth: Option<&String>| {
-            let mut rb = make(self.http.get(url));
-            if let Some(a) = auth {
-                rb = rb.header(AUTHORIZATION, a.as_str());
-            }
-            rb.send().map_err(|e| anyhow!("GET {url}: {}", cause(&e)))
-        };
-        let resp = send(cached.as_ref())?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
+        self.send(ep, repo, reqwest::Method::GET, url, make)
+            .map(|(r, _, _)| r)
+    }
+
+    /// Where to download a manifest (`kind` = `manifests`) or blob (`blobs`) of `repo`
+    /// from, with the Authorization value to send there: `ep`'s redirects followed with
+    /// HEAD requests (registry.k8s.io sends every API request on to its backing registry,
+    /// which may send blobs on to storage).
+    pub fn locate(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        kind: &str,
+        object: &str,
+    ) -> Result<(String, Option<String>)> {
+        let url = ep.url(repo, kind, object);
+        let accept = media::accept_header();
+        let (resp, last, auth) = self.send(ep, repo, reqwest::Method::HEAD, &url, &|rb| {
+            rb.header(ACCEPT, accept.as_str())
+        })?;
+        if !resp.status().is_success() {
+            bail!("HEAD {}: {}", redact_query(&last), resp.status());
         }
-        let auth = self.authenticate(ep, repo, &resp)?;
-        self.auth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, Some(auth.clone()));
-        let resp = send(Some(&auth))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            bail!("GET {url}: still 401 Unauthorized after authenticating");
-        }
-        Ok(resp)
+        Ok((last.to_string(), auth))
     }
 
     /// The manifest or index `object` (a tag or a digest) of `repo`, hash-checked: a
@@ -382,6 +432,21 @@ impl Registry {
         }
         Ok(body)
     }
+}
+
+/// `host` or `host:port` of a URL.
+fn host_port(u: &Url) -> String {
+    match u.port() {
+        Some(p) => format!("{}:{p}", u.host_str().unwrap_or("")),
+        None => u.host_str().unwrap_or("").to_string(),
+    }
+}
+
+/// A URL for messages: no query (signed storage URLs carry credentials there).
+fn redact_query(u: &Url) -> String {
+    let mut u = u.clone();
+    u.set_query(None);
+    u.to_string()
 }
 
 fn read_limited(resp: Response, max: u64) -> Result<Vec<u8>> {
