@@ -140,11 +140,14 @@ fn is_unauthorized(e: &FetchError) -> bool {
     }
 }
 
+/// Where to fetch a blob of a kind (`manifests`/`blobs`) from: URL and Authorization.
+type Locator<'a> = dyn FnMut(&BlobRef, &'static str) -> Result<(String, Option<String>)> + 'a;
+
 /// One fetch request per blob the cache lacks, at `url_of(blob, kind)`.
 fn requests(
     image: &Image,
     missing: &[(&BlobRef, &'static str)],
-    url_of: &mut dyn FnMut(&BlobRef, &'static str) -> Result<(String, Option<String>)>,
+    url_of: &mut Locator,
 ) -> Result<Vec<FetchRequest>> {
     missing
         .iter()
