@@ -52,6 +52,9 @@ pub struct BuildArgs {
     /// Keep the work directory (the unpacked root filesystem) for inspection.
     #[arg(long)]
     pub keep_work: bool,
+    /// Container registry options for the profile's images.
+    #[command(flatten)]
+    pub registry: crate::oci::RegistryOptions,
 }
 
 /// What a build produced.
@@ -143,6 +146,8 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let started = Instant::now();
     let lp = profile::load(&args.profile)?;
     let p = &lp.profile;
+    // Like `cargo --locked`: images come only from an up-to-date lock file.
+    let lock = crate::oci::check_lock(&lp)?;
     let epoch = epoch_for(&args.profile, args.source_date_epoch);
     if args.install_deps {
         tools::install_missing(tools::BUILD_TOOLS)?;
@@ -207,6 +212,14 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         });
         installs.push(rootfs::Install { source: file, dest: a.install.get_ref().clone(), mode: a.mode_bits() });
     }
+    // Container images by digest, as OCI archives under /usr/share/nodeimage/images.
+    let mut image_records = Vec::new();
+    if let Some(lock) = &lock {
+        let opts = crate::oci::PullOptions { fetch: fetcher.options().clone(), registry: args.registry.clone(), epoch };
+        let pulled = crate::oci::pull_images(&lp, lock, fetcher.cache(), &opts, &work.join("images"))?;
+        installs.extend(pulled.installs());
+        image_records = pulled.records();
+    }
     let (fb_sha, fb_size) = sha256_file(&firstboot_bin)?;
     installs.push(rootfs::Install { source: firstboot_bin.clone(), dest: "/usr/bin/firstboot".into(), mode: 0o755 });
 
@@ -220,7 +233,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let custom = rootfs::customize(&base, &root, &boot, &installs, &overlays, &["firstboot.service", "nodeimage-firewall.service", "systemd-networkd.service"], epoch)?;
 
     // 3. Identity of this build: every GUID, serial and timestamp derives from it.
-    let inputs = inputs_digest(&lp, &spec, &custom.packages, &artifact_records, &fb_sha, &overlays, epoch)?;
+    let inputs = inputs_digest(&lp, &spec, &custom.packages, &artifact_records, &image_records, &fb_sha, &overlays, epoch)?;
     let guid = |what: &str| disk::derive_guid(what, inputs.as_bytes());
     let root_guid = guid("root-partition");
     let cmdline = format!("{} {}", base_cmdline(&root_guid), p.kernel.cmdline).trim().to_string();
@@ -240,6 +253,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         kernel: KernelRecord { version: custom.kernel_version.clone(), cmdline: cmdline.clone(), vmlinuz_sha256: vmlinuz_sha, initrd_sha256: initrd_sha },
         firstboot: FileRecord { path: "/usr/bin/firstboot".into(), sha256: fb_sha, size: fb_size },
         artifacts: artifact_records,
+        images: image_records,
         debian: DebianRecord { suite: p.debian.suite.clone(), mirror, variant: p.debian.variant.clone(), packages: custom.packages.clone() },
         partitions: Vec::new(),
         disk_guid: None,
@@ -365,12 +379,14 @@ fn volume_id(g: &uuid::Uuid) -> u32 {
 }
 
 /// Hash of every input: profile text, Debian base spec and resolved package versions,
-/// artifact digests, firstboot, overlay contents, epoch.
+/// artifact digests, image digests, firstboot, overlay contents, epoch.
+#[allow(clippy::too_many_arguments)]
 fn inputs_digest(
     lp: &LoadedProfile,
     spec: &rootfs::BaseSpec,
     packages: &BTreeMap<String, String>,
     artifacts: &[ArtifactRecord],
+    images: &[ImageRecord],
     firstboot_sha: &str,
     overlays: &[PathBuf],
     epoch: i64,
@@ -381,6 +397,9 @@ fn inputs_digest(
     h.update(serde_json::to_vec(spec)?);
     h.update(serde_json::to_vec(packages)?);
     h.update(serde_json::to_vec(artifacts)?);
+    if !images.is_empty() {
+        h.update(serde_json::to_vec(images)?);
+    }
     h.update(firstboot_sha.as_bytes());
     for o in overlays {
         hash_tree(&mut h, o, o)?;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Build a node image from a profile.
     Build(nodeimage::build::BuildArgs),
+    /// Resolve a profile's container images to per-arch digests (writes NAME.lock.json beside it).
+    Lock(nodeimage::oci::LockArgs),
     /// Put a node config (node.yaml or an Ignition config) into an image's NODECONFIG partition.
     WriteConfig(nodeimage::disk::WriteConfigArgs),
     /// Print an image's partitions, manifest and node config (secrets redacted).
@@ -62,6 +64,7 @@ fn main() {
         Command::Build(a) => nodeimage::build::build(a).map(|r| {
             println!("{}", r.raw.display());
         }),
+        Command::Lock(a) => nodeimage::oci::run_lock(a),
         Command::WriteConfig(a) => nodeimage::disk::write_config(a),
         Command::Inspect(a) => nodeimage::disk::inspect(a),
         Command::Ports(a) => nodeimage::ports::run(a),

@@ -20,6 +20,26 @@ pub struct ArtifactRecord {
     pub size: u64,
 }
 
+/// A container image baked into the root filesystem (`/usr/share/nodeimage/images`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    pub name: String,
+    /// The normalised reference containerd names it by.
+    pub reference: String,
+    /// The digest the reference resolves to (the index's, else the manifest's).
+    pub digest: String,
+    /// The manifest for the image's platform.
+    pub manifest_digest: String,
+    pub platform: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Path of the OCI archive in the image, its sha256 and size.
+    pub install: String,
+    pub archive_sha256: String,
+    pub size: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PartitionRecord {
     pub number: u32,
@@ -52,6 +72,8 @@ pub struct Manifest {
     pub kernel: KernelRecord,
     pub firstboot: FileRecord,
     pub artifacts: Vec<ArtifactRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageRecord>,
     pub debian: DebianRecord,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionRecord>,

@@ -61,6 +61,10 @@ pub struct Profile {
     /// Pinned files installed into the root filesystem.
     #[serde(default, rename = "artifact")]
     pub artifacts: Vec<Artifact>,
+    /// Container images baked into the image, pulled by digest from `<profile>.lock.json`
+    /// (see `crate::oci`; `nodeimage lock` writes the lock).
+    #[serde(default, rename = "image")]
+    pub images: Vec<Image>,
     #[serde(default)]
     pub disk: DiskSettings,
     #[serde(default)]
@@ -140,6 +144,31 @@ impl Artifact {
     pub fn mode_bits(&self) -> u32 {
         u32::from_str_radix(self.mode.get_ref(), 8).expect("validated")
     }
+}
+
+/// A container image baked into the root filesystem as an OCI archive and imported into
+/// containerd on first boot.
+///
+/// `digest`, when given, pins what `reference` points to: the multi-arch index (manifest
+/// list) digest when the registry publishes one (as the registry.k8s.io promoter
+/// manifests record them), else the single-platform manifest's digest. The per-arch
+/// manifest, config and layer digests are not written here but in the lock file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Short name: the archive's file name and the lock file's key (`[a-z0-9._-]+`).
+    pub name: String,
+    /// `registry/repository:tag` (no registry means Docker Hub, as in `docker pull`).
+    pub reference: Spanned<String>,
+    #[serde(default)]
+    pub digest: Option<Spanned<String>>,
+    /// Which nodes import the image: `all` (default), `master` or `worker`.
+    #[serde(default)]
+    pub role: firstboot::containerd::ImageRole,
+    /// What the image is for (`[a-z0-9-]+`); `sandbox` makes it containerd's sandbox
+    /// (pause) image and needs `role = "all"`.
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +293,41 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             return Err(at(Some(a.mode.span()), format!("{ctx}: mode: expected an octal mode like \"0755\", found \"{mode}\"")));
         }
     }
+    let mut image_names = BTreeSet::new();
+    let mut sandboxes = 0;
+    for i in &p.images {
+        let ctx = format!("image `{}`", i.name);
+        if i.name.is_empty() || !i.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)) || i.name.starts_with('.') {
+            return Err(at(Some(i.reference.span()), format!("image name: expected [a-z0-9._-]+, found `{}`", i.name)));
+        }
+        if !image_names.insert(i.name.clone()) {
+            return Err(at(Some(i.reference.span()), format!("{ctx}: the name is used twice")));
+        }
+        let r = crate::oci::Reference::parse(i.reference.get_ref()).map_err(|m| at(Some(i.reference.span()), format!("{ctx}: reference: {m}")))?;
+        if r.digest.is_some() || r.tag.is_none() {
+            return Err(at(Some(i.reference.span()), format!("{ctx}: reference: expected `registry/repository:tag` (put a digest in `digest`), found `{}`", i.reference.get_ref())));
+        }
+        if let Some(d) = &i.digest {
+            let ok = d.get_ref().strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            if !ok {
+                return Err(at(Some(d.span()), format!("{ctx}: digest: expected `sha256:<64 lowercase hex characters>`, found `{}`", d.get_ref())));
+            }
+        }
+        if let Some(purpose) = &i.purpose {
+            if purpose.is_empty() || !purpose.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                return Err(at(Some(i.reference.span()), format!("{ctx}: purpose: expected [a-z0-9-]+, found `{purpose}`")));
+            }
+            if purpose == "sandbox" {
+                sandboxes += 1;
+                if i.role != firstboot::containerd::ImageRole::All {
+                    return Err(at(Some(i.reference.span()), format!("{ctx}: the sandbox (pause) image is needed on every node: role must be `all`")));
+                }
+            }
+        }
+    }
+    if sandboxes > 1 {
+        return Err(at(None, "image: only one image may have purpose = \"sandbox\"".to_string()));
+    }
     for o in &p.overlays {
         if o.is_empty() || o.contains('/') || o.starts_with('.') {
             return Err(at(None, format!("overlays: expected a directory name under overlays/, found `{o}`")));
@@ -342,6 +406,31 @@ install = "/usr/bin/tool"
         let e = parse("p.toml", &GOOD.replace("x86_64", "riscv64")).unwrap_err().to_string();
         assert!(e.starts_with("p.toml:3:"), "{e}");
         assert!(e.contains("x86_64") && e.contains("aarch64"), "{e}");
+    }
+
+    const IMAGE: &str = "[[image]]\nname = \"pause\"\nreference = \"registry.k8s.io/pause:3.10.1\"\ndigest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\npurpose = \"sandbox\"\n";
+
+    #[test]
+    fn images_parse_with_defaults() {
+        let p = parse("p.toml", &format!("{GOOD}{IMAGE}[[image]]\nname = \"dns\"\nreference = \"coredns/coredns:1\"\nrole = \"master\"\n")).unwrap();
+        assert_eq!(p.images.len(), 2);
+        assert_eq!(p.images[0].role, firstboot::containerd::ImageRole::All);
+        assert_eq!(p.images[1].role, firstboot::containerd::ImageRole::Master);
+        assert!(p.images[1].digest.is_none());
+    }
+
+    #[test]
+    fn bad_images_are_refused_with_their_line() {
+        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace(":3.10.1", ""))).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:14:") && e.contains("expected `registry/repository:tag`"), "{e}");
+        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace("sha256:0", "sha256:"))).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:15:") && e.contains("digest: expected `sha256:<64"), "{e}");
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}{IMAGE}")).unwrap_err().to_string();
+        assert!(e.contains("image `pause`: the name is used twice"), "{e}");
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}role = \"worker\"\n")).unwrap_err().to_string();
+        assert!(e.contains("role must be `all`"), "{e}");
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}tag = \"x\"\n")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `tag`"), "{e}");
     }
 
     #[test]

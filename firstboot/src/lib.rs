@@ -6,6 +6,7 @@
 
 pub mod assemble;
 pub mod config;
+pub mod containerd;
 pub mod etcd;
 pub mod fat;
 pub mod firewall;

@@ -203,6 +203,8 @@ fn steps_for<'a>(acquired: &'a Acquired) -> Vec<Step<'a>> {
         steps.push(Step { name: "ignition", apply: Box::new(move |c| staged.apply(&c.opts.root)) });
     }
     steps.push(Step { name: "files", apply: Box::new(|c| run::apply_files(c.opts, c.config)) });
+    steps.push(Step { name: "containerd-config", apply: Box::new(|c| firstboot::containerd::write_config(&c.opts.root, c.config, c.opts.live)) });
+    steps.push(Step { name: "images", apply: Box::new(|c| firstboot::containerd::import_images(&c.opts.root, c.opts.live, c.config.role)) });
     if acquired.config.join {
         steps.extend(firstboot::assemble::steps(&acquired.config));
     }

@@ -1,0 +1,754 @@
+//! containerd on the node: its configuration for Kubernetes, and the import of the
+//! container images baked into the image.
+//!
+//! * **Config.** containerd 2.x reads config version 3 (CRI split into
+//!   `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`, the sandbox image
+//!   under `pinned_images.sandbox`); containerd 1.6/1.7 (Debian bookworm ships 1.6.20)
+//!   reads version 2 (everything under `io.containerd.grpc.v1.cri`, `sandbox_image`).
+//!   The installed version is asked (`containerd --version`) and the matching schema is
+//!   rendered. Both enable CRI, the systemd cgroup driver for runc, the pinned pause image
+//!   and registry mirrors through `config_path` + one `hosts.toml` per registry.
+//! * **Images.** `nodeimage build` puts each pinned image as an OCI image-layout archive
+//!   under [`IMAGES_DIR`] with an index, [`IMAGES_INDEX`] ([`BakedImages`]). The `images`
+//!   step imports those this node's role needs into containerd's `k8s.io` namespace
+//!   (the one the CRI plugin and so the kubelet use), skipping any already present with
+//!   the same digest.
+//!
+//! The types of `images.json` live here because both programs use them: `nodeimage`
+//! writes the file, `firstboot` reads it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{NodeConfig, Role};
+use crate::util::{atomic_write, rooted};
+
+/// Where the baked image archives live in the root filesystem.
+pub const IMAGES_DIR: &str = "/usr/share/nodeimage/images";
+/// The index of the baked images, in [`IMAGES_DIR`].
+pub const IMAGES_INDEX: &str = "images.json";
+/// containerd's configuration file.
+pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
+/// The registry hosts directory (`config_path`): `<dir>/<registry>/hosts.toml`.
+pub const CERTS_DIR: &str = "/etc/containerd/certs.d";
+/// containerd's gRPC socket.
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+/// The containerd namespace the CRI plugin uses.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+/// First line of every file this module writes: marks files it may replace or remove.
+const MARKER: &str = "# Written by firstboot (nodeimage); changes are overwritten.";
+/// How long to wait for containerd's socket after (re)starting it.
+const SOCKET_WAIT: Duration = Duration::from_secs(90);
+
+// ------------------------------------------------------------------ images.json ---
+
+/// Which nodes need an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageRole {
+    /// Every node (e.g. the pause image, the CNI).
+    #[default]
+    All,
+    /// Masters only (e.g. CoreDNS and the addons scheduled on masters).
+    Master,
+    /// Workers only.
+    Worker,
+}
+
+impl ImageRole {
+    pub fn applies_to(self, role: Role) -> bool {
+        match self {
+            ImageRole::All => true,
+            ImageRole::Master => role == Role::Master,
+            ImageRole::Worker => role == Role::Worker,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageRole::All => "all",
+            ImageRole::Master => "master",
+            ImageRole::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `images.json`: the images baked into the root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakedImages {
+    pub schema: u32,
+    pub images: Vec<BakedImage>,
+}
+
+/// One baked image: an OCI image-layout archive whose `index.json` names it
+/// (`io.containerd.image.name` = [`BakedImage::reference`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakedImage {
+    /// The profile's name for the image (`pause`, `coredns`, ...).
+    pub name: String,
+    /// The full, normalised reference containerd gets (`registry.k8s.io/pause:3.10.1`,
+    /// `docker.io/rajchaudhuri/weave-kube:2.9.0`).
+    pub reference: String,
+    /// The digest of the image's target in the archive: the multi-arch index when the
+    /// registry published one (what `ctr images ls` shows and kubelet's RepoDigests
+    /// hold), else the manifest.
+    pub digest: String,
+    /// The digest of the manifest for this node's platform.
+    pub manifest_digest: String,
+    /// `linux/amd64` or `linux/arm64`.
+    pub platform: String,
+    pub role: ImageRole,
+    /// What the image is for; `sandbox` marks the pause image (containerd's sandbox image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The archive's file name in [`IMAGES_DIR`].
+    pub file: String,
+    /// The archive's size in bytes.
+    pub size: u64,
+}
+
+pub const BAKED_IMAGES_SCHEMA: u32 = 1;
+
+impl BakedImages {
+    /// Reads `<root>/usr/share/nodeimage/images/images.json`; `None` when the image has
+    /// no baked images.
+    pub fn load(root: &Path) -> Result<Option<BakedImages>> {
+        let path = rooted(root, &format!("{IMAGES_DIR}/{IMAGES_INDEX}"));
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let b: BakedImages =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if b.schema != BAKED_IMAGES_SCHEMA {
+            bail!(
+                "{}: schema {} (this firstboot reads schema {BAKED_IMAGES_SCHEMA})",
+                path.display(),
+                b.schema
+            );
+        }
+        Ok(Some(b))
+    }
+
+    /// The image marked `purpose = "sandbox"` (the pause image).
+    pub fn sandbox(&self) -> Option<&BakedImage> {
+        self.images
+            .iter()
+            .find(|i| i.purpose.as_deref() == Some("sandbox"))
+    }
+
+    /// The images a node of `role` imports, in order.
+    pub fn for_role(&self, role: Role) -> impl Iterator<Item = &BakedImage> {
+        self.images.iter().filter(move |i| i.role.applies_to(role))
+    }
+}
+
+// ------------------------------------------------------------------ config ---
+
+/// containerd's config file schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSchema {
+    /// `version = 2`: containerd 1.x (Debian bookworm's 1.6.20).
+    V2,
+    /// `version = 3`: containerd 2.x (the profiles' pinned 2.2.1).
+    V3,
+}
+
+impl ConfigSchema {
+    pub fn for_version(v: &ContainerdVersion) -> ConfigSchema {
+        if v.major >= 2 {
+            ConfigSchema::V3
+        } else {
+            ConfigSchema::V2
+        }
+    }
+    pub fn number(self) -> u32 {
+        match self {
+            ConfigSchema::V2 => 2,
+            ConfigSchema::V3 => 3,
+        }
+    }
+}
+
+/// A containerd (or ctr) version, from `--version` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Parses `containerd --version` / `ctr --version` output, e.g.
+/// `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3` or
+/// `containerd github.com/containerd/containerd/v2 v2.2.1 <commit>`: the first word that
+/// looks like `[v]MAJOR.MINOR[.PATCH]`.
+pub fn parse_version(output: &str) -> Option<ContainerdVersion> {
+    output.split_whitespace().find_map(|w| {
+        let w = w.strip_prefix('v').unwrap_or(w);
+        let end = w
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(w.len());
+        let mut it = w[..end].split('.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(ContainerdVersion {
+            major,
+            minor,
+            patch,
+        })
+    })
+}
+
+/// Runs `<binary> --version`; `None` when the binary is not installed.
+pub fn installed_version(binary: &str) -> Result<Option<ContainerdVersion>> {
+    let out = match Command::new(binary).arg("--version").output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("running {binary} --version")),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_version(&text)
+        .map(Some)
+        .with_context(|| format!("{binary} --version printed no version: {}", text.trim()))
+}
+
+/// What the config says, whatever the schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerdSettings {
+    /// The sandbox (pause) image; containerd's built-in default when `None`.
+    pub sandbox_image: Option<String>,
+    /// The registry hosts directory; always set so mirrors can be added without a restart.
+    pub config_path: String,
+}
+
+impl ContainerdSettings {
+    pub fn new(sandbox_image: Option<String>) -> Self {
+        ContainerdSettings {
+            sandbox_image,
+            config_path: CERTS_DIR.to_string(),
+        }
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// containerd's `config.toml` for a Kubernetes node.
+pub fn render_config(s: &ContainerdSettings, schema: ConfigSchema) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "{MARKER}");
+    let _ = writeln!(t, "# containerd for Kubernetes: CRI on, runc with the systemd cgroup driver, the pinned pause");
+    let _ = writeln!(
+        t,
+        "# image as sandbox image, registry mirrors in {} (one hosts.toml per registry).",
+        s.config_path
+    );
+    let _ = writeln!(t, "version = {}", schema.number());
+    // The CRI plugin must not be disabled (some packages ship `disabled_plugins = ["cri"]`).
+    let _ = writeln!(t, "disabled_plugins = []");
+    t.push('\n');
+    match schema {
+        ConfigSchema::V3 => {
+            let images = "plugins.\"io.containerd.cri.v1.images\"";
+            let runtime = "plugins.\"io.containerd.cri.v1.runtime\"";
+            if let Some(img) = &s.sandbox_image {
+                let _ = writeln!(t, "[{images}.pinned_images]");
+                let _ = writeln!(t, "  sandbox = {}", toml_str(img));
+                t.push('\n');
+            }
+            let _ = writeln!(t, "[{images}.registry]");
+            let _ = writeln!(t, "  config_path = {}", toml_str(&s.config_path));
+            t.push('\n');
+            let _ = writeln!(t, "[{runtime}.containerd]");
+            let _ = writeln!(t, "  default_runtime_name = \"runc\"");
+            t.push('\n');
+            let _ = writeln!(t, "[{runtime}.containerd.runtimes.runc]");
+            let _ = writeln!(t, "  runtime_type = \"io.containerd.runc.v2\"");
+            t.push('\n');
+            let _ = writeln!(t, "[{runtime}.containerd.runtimes.runc.options]");
+            let _ = writeln!(t, "  SystemdCgroup = true");
+        }
+        ConfigSchema::V2 => {
+            let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+            let _ = writeln!(t, "[{cri}]");
+            if let Some(img) = &s.sandbox_image {
+                let _ = writeln!(t, "  sandbox_image = {}", toml_str(img));
+            }
+            t.push('\n');
+            // Debian's packaged config points CNI at /usr/lib/cni; the node's plugins (and
+            // Weave's) live in /opt/cni/bin.
+            let _ = writeln!(t, "[{cri}.cni]");
+            let _ = writeln!(t, "  bin_dir = \"/opt/cni/bin\"");
+            let _ = writeln!(t, "  conf_dir = \"/etc/cni/net.d\"");
+            t.push('\n');
+            let _ = writeln!(t, "[{cri}.registry]");
+            let _ = writeln!(t, "  config_path = {}", toml_str(&s.config_path));
+            t.push('\n');
+            let _ = writeln!(t, "[{cri}.containerd]");
+            let _ = writeln!(t, "  default_runtime_name = \"runc\"");
+            t.push('\n');
+            let _ = writeln!(t, "[{cri}.containerd.runtimes.runc]");
+            let _ = writeln!(t, "  runtime_type = \"io.containerd.runc.v2\"");
+            t.push('\n');
+            let _ = writeln!(t, "[{cri}.containerd.runtimes.runc.options]");
+            let _ = writeln!(t, "  SystemdCgroup = true");
+        }
+    }
+    t
+}
+
+/// The upstream server of a registry host, as containerd's hosts.toml `server` wants it.
+pub fn registry_server(host: &str) -> String {
+    match host {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+            "https://registry-1.docker.io".into()
+        }
+        h => format!("https://{h}"),
+    }
+}
+
+/// `hosts.toml` for one registry: pull from the mirrors in order, then the registry.
+pub fn render_hosts(host: &str, mirrors: &[String]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "{MARKER}");
+    let _ = writeln!(t, "server = {}", toml_str(&registry_server(host)));
+    for m in mirrors {
+        let url = if m.contains("://") {
+            m.trim_end_matches('/').to_string()
+        } else {
+            format!("https://{}", m.trim_end_matches('/'))
+        };
+        t.push('\n');
+        let _ = writeln!(t, "[host.{}]", toml_str(&url));
+        let _ = writeln!(t, "  capabilities = [\"pull\", \"resolve\"]");
+    }
+    t
+}
+
+/// A registry host usable as a directory name under certs.d (`host` or `host:port`).
+fn valid_registry_dir(host: &str) -> bool {
+    !host.is_empty()
+        && host != "."
+        && host != ".."
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:_[]".contains(c))
+}
+
+/// Writes `content` unless the file already holds it; true when it changed.
+fn write_if_changed(path: &Path, content: &str, mode: u32) -> Result<bool> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(false);
+    }
+    atomic_write(path, content.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
+
+/// Writes config.toml and the hosts.toml files for `schema` under `root`. Returns
+/// whether anything changed and a one-line summary.
+pub fn write_config_for(
+    root: &Path,
+    config: &NodeConfig,
+    schema: ConfigSchema,
+) -> Result<(bool, String)> {
+    let baked = BakedImages::load(root)?;
+    let sandbox = baked
+        .as_ref()
+        .and_then(|b| b.sandbox())
+        .map(|i| i.reference.clone());
+    let settings = ContainerdSettings::new(sandbox.clone());
+    let mut changed = write_if_changed(
+        &rooted(root, CONFIG_PATH),
+        &render_config(&settings, schema),
+        0o644,
+    )?;
+
+    let certs = rooted(root, &settings.config_path);
+    for (host, mirrors) in &config.cluster.registry_mirrors {
+        if !valid_registry_dir(host) {
+            bail!("cluster.registry_mirrors: `{host}` is not a registry host (expected host or host:port)");
+        }
+        changed |= write_if_changed(
+            &certs.join(host).join("hosts.toml"),
+            &render_hosts(host, mirrors),
+            0o644,
+        )?;
+    }
+    // Mirrors removed from the config: remove the hosts.toml files we wrote for them.
+    if let Ok(dir) = std::fs::read_dir(&certs) {
+        for e in dir.flatten() {
+            let host = e.file_name().to_string_lossy().into_owned();
+            let file = e.path().join("hosts.toml");
+            if !config.cluster.registry_mirrors.contains_key(&host)
+                && std::fs::read_to_string(&file).is_ok_and(|t| t.starts_with(MARKER))
+            {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing {}", file.display()))?;
+                let _ = std::fs::remove_dir(e.path());
+                changed = true;
+            }
+        }
+    }
+    let summary = format!(
+        "config version {}, sandbox {}, {} registry mirror host(s){}",
+        schema.number(),
+        sandbox.as_deref().unwrap_or("(containerd default)"),
+        config.cluster.registry_mirrors.len(),
+        if changed { "" } else { ", unchanged" }
+    );
+    Ok((changed, summary))
+}
+
+/// The `containerd-config` step. On a live node the installed containerd's version
+/// picks the schema, and containerd is restarted when the config changed; under a root
+/// prefix (tests, image inspection) version 3 (the profiles' pinned containerd 2.x) is
+/// written and nothing is restarted.
+pub fn write_config(root: &Path, config: &NodeConfig, live: bool) -> Result<String> {
+    if !live {
+        let (_, summary) = write_config_for(root, config, ConfigSchema::V3)?;
+        return Ok(summary);
+    }
+    let Some(version) = installed_version("containerd")? else {
+        return Ok("containerd is not installed; nothing to configure".into());
+    };
+    let schema = ConfigSchema::for_version(&version);
+    let (changed, summary) = write_config_for(root, config, schema)?;
+    if changed {
+        systemctl(&["restart", "containerd"])?;
+        wait_for_socket(Path::new(SOCKET), SOCKET_WAIT)?;
+    }
+    Ok(format!(
+        "containerd {version}: {summary}{}",
+        if changed { ", restarted" } else { "" }
+    ))
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .context("running systemctl")?;
+    if !out.status.success() {
+        bail!(
+            "systemctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Waits until something accepts connections on the unix socket `path`.
+pub fn wait_for_socket(path: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "containerd's socket {} did not come up within {} s",
+                path.display(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ------------------------------------------------------------------ import ---
+
+/// How to reach containerd with `ctr`.
+#[derive(Debug, Clone)]
+pub struct Ctr {
+    /// The `ctr` binary.
+    pub binary: PathBuf,
+    /// containerd's socket (`ctr -a`).
+    pub address: PathBuf,
+    /// The namespace (`ctr -n`), `k8s.io` for the kubelet.
+    pub namespace: String,
+    /// Pass `--local` to `images import`: containerd 2.x's ctr imports through the
+    /// Transfer API by default, which has had import bugs; `--local` keeps the classic
+    /// client-side import that 1.x always uses (1.6's ctr has no such flag).
+    pub local_import: bool,
+    /// Extra environment for ctr (e.g. `CONTAINERD_SNAPSHOTTER`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Ctr {
+    /// The node's ctr: `ctr` on PATH, the system socket, `k8s.io`.
+    pub fn system() -> Result<Ctr> {
+        let version =
+            installed_version("ctr")?.context("ctr is not installed (it comes with containerd)")?;
+        Ok(Ctr {
+            binary: "ctr".into(),
+            address: SOCKET.into(),
+            namespace: K8S_NAMESPACE.into(),
+            local_import: version.major >= 2,
+            env: Vec::new(),
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(&self.namespace);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Result<String> {
+        let mut c = self.command();
+        c.args(args);
+        let out = c
+            .output()
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        if !out.status.success() {
+            let shown: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            bail!(
+                "ctr {}: {}",
+                shown.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Image name -> target digest, from `ctr images ls`.
+    pub fn images(&self) -> Result<BTreeMap<String, String>> {
+        let out = self.run(&["images".as_ref(), "ls".as_ref()])?;
+        Ok(parse_images_ls(&out))
+    }
+
+    /// `ctr images import` of one archive, for one platform.
+    pub fn import(&self, archive: &Path, platform: &str) -> Result<()> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["images".as_ref(), "import".as_ref()];
+        if self.local_import {
+            args.push("--local".as_ref());
+        }
+        args.push("--platform".as_ref());
+        args.push(platform.as_ref());
+        args.push(archive.as_os_str());
+        self.run(&args).map(|_| ())
+    }
+}
+
+/// Parses `ctr images ls` (columns REF TYPE DIGEST SIZE PLATFORMS LABELS).
+pub fn parse_images_ls(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            let _type = w.next()?;
+            let digest = w.next()?;
+            (name != "REF" && digest.starts_with("sha256:"))
+                .then(|| (name.to_string(), digest.to_string()))
+        })
+        .collect()
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportReport {
+    /// (image name, milliseconds) of each image imported.
+    pub imported: Vec<(String, u128)>,
+    /// Names of images already present with the same digest.
+    pub present: Vec<String>,
+}
+
+impl ImportReport {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} imported, {} already present",
+            self.imported.len(),
+            self.present.len()
+        );
+        if !self.imported.is_empty() {
+            let times: Vec<String> = self
+                .imported
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms} ms"))
+                .collect();
+            s.push_str(&format!(" ({})", times.join(", ")));
+        }
+        s
+    }
+}
+
+/// Imports the baked images `role` needs through `ctr`, skipping those present with the
+/// same digest, then checks each is listed with its digest.
+pub fn import_images_with(root: &Path, role: Role, ctr: &Ctr) -> Result<ImportReport> {
+    let mut report = ImportReport {
+        imported: Vec::new(),
+        present: Vec::new(),
+    };
+    let Some(baked) = BakedImages::load(root)? else {
+        return Ok(report);
+    };
+    let dir = rooted(root, IMAGES_DIR);
+    let wanted: Vec<&BakedImage> = baked.for_role(role).collect();
+    if wanted.is_empty() {
+        return Ok(report);
+    }
+    let have = ctr.images()?;
+    for img in &wanted {
+        if have.get(&img.reference) == Some(&img.digest) {
+            tracing::info!(image = %img.name, reference = %img.reference, "already present");
+            report.present.push(img.name.clone());
+            continue;
+        }
+        let archive = dir.join(&img.file);
+        let t = Instant::now();
+        ctr.import(&archive, &img.platform).with_context(|| {
+            format!(
+                "importing image `{}` ({}) from {}",
+                img.name,
+                img.reference,
+                archive.display()
+            )
+        })?;
+        let ms = t.elapsed().as_millis();
+        tracing::info!(image = %img.name, reference = %img.reference, ms = ms as u64, "imported");
+        report.imported.push((img.name.clone(), ms));
+    }
+    if !report.imported.is_empty() {
+        let have = ctr.images()?;
+        for img in &wanted {
+            match have.get(&img.reference) {
+                Some(d) if *d == img.digest => {}
+                Some(d) => bail!(
+                    "after import, {} has digest {d}, expected {}",
+                    img.reference,
+                    img.digest
+                ),
+                None => bail!("after import, containerd does not list {}", img.reference),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The `images` step: import the baked images this node's role needs into containerd's
+/// `k8s.io` namespace before the kubelet starts. Under a root prefix (not live) it only
+/// checks that every archive the role needs is there.
+pub fn import_images(root: &Path, live: bool, role: Role) -> Result<String> {
+    let Some(baked) = BakedImages::load(root)? else {
+        return Ok("no baked images".into());
+    };
+    if !live {
+        let dir = rooted(root, IMAGES_DIR);
+        let mut n = 0;
+        for img in baked.for_role(role) {
+            let p = dir.join(&img.file);
+            if !p.is_file() {
+                bail!("image `{}`: {} is missing", img.name, p.display());
+            }
+            n += 1;
+        }
+        return Ok(format!(
+            "{n} image archive(s) for {role} present (not live: nothing imported)"
+        ));
+    }
+    let socket = Path::new(SOCKET);
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        systemctl(&["start", "containerd"])?;
+        wait_for_socket(socket, SOCKET_WAIT)?;
+    }
+    let report = import_images_with(root, role, &Ctr::system()?)?;
+    Ok(report.summary())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = parse_version(
+            "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+        )
+        .unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 6, 20));
+        assert_eq!(ConfigSchema::for_version(&v), ConfigSchema::V2);
+        let v = parse_version("containerd github.com/containerd/containerd/v2 v2.2.1 dea7da592f5d1d2b7755e3a161be07f43fad8f75").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (2, 2, 1));
+        assert_eq!(ConfigSchema::for_version(&v), ConfigSchema::V3);
+        assert_eq!(
+            parse_version("ctr github.com/containerd/containerd v1.7.24")
+                .unwrap()
+                .to_string(),
+            "1.7.24"
+        );
+        assert!(parse_version("no version here").is_none());
+    }
+
+    #[test]
+    fn images_ls() {
+        let out = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n\
+registry.k8s.io/pause:3.10.1 application/vnd.oci.image.index.v1+json sha256:aaaa 300.0 KiB linux/amd64 -\n";
+        let m = parse_images_ls(out);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["registry.k8s.io/pause:3.10.1"], "sha256:aaaa");
+    }
+
+    #[test]
+    fn role_filter() {
+        assert!(ImageRole::All.applies_to(Role::Worker));
+        assert!(ImageRole::Master.applies_to(Role::Master));
+        assert!(!ImageRole::Master.applies_to(Role::Worker));
+        assert!(!ImageRole::Worker.applies_to(Role::Master));
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(toml_str("x\u{1}"), "\"x\\u0001\"");
+    }
+}
