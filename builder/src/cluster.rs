@@ -480,6 +480,7 @@ pub fn build_node_config(
         files: Vec::new(),
         secrets: node_secrets,
         preflight: Default::default(),
+        join: true,
     };
     // What we hand out must be what firstboot accepts.
     let text = c.to_yaml();
