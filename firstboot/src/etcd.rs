@@ -165,7 +165,7 @@ impl EtcdMemberSpec {
         let mut masters = c.cluster.masters.clone();
         if loopback_only {
             masters = vec![address.clone()];
-        } else if !masters.iter().any(|m| *m == address) {
+        } else if !masters.contains(&address) {
             masters.push(address.clone());
         }
         Ok(EtcdMemberSpec {
@@ -1021,13 +1021,9 @@ mod tests {
 
     #[test]
     fn env_file_is_sorted_and_mutual_tls() {
-        let spec = EtcdMemberSpec::from_node_config(
-            &master_config(""),
-            "m1",
-            "10.0.0.1",
-            Path::new("/"),
-        )
-        .unwrap();
+        let spec =
+            EtcdMemberSpec::from_node_config(&master_config(""), "m1", "10.0.0.1", Path::new("/"))
+                .unwrap();
         let e = etcd_env(&spec, "m1=https://10.0.0.1:2380", ClusterState::New);
         assert_eq!(e.get("ETCD_CLIENT_CERT_AUTH"), Some("true"));
         assert_eq!(e.get("ETCD_PEER_CLIENT_CERT_AUTH"), Some("true"));

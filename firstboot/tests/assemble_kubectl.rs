@@ -91,12 +91,13 @@ fn manifests_are_applied_server_side_with_retries_and_redaction() {
             false,
         ),
     ];
-    let report =
-        assemble::apply_manifests(&k, &ms, &[TOKEN], &quick(), &progress).unwrap();
+    let report = assemble::apply_manifests(&k, &ms, &[TOKEN], &quick(), &progress).unwrap();
     assert_eq!(report.applied, ["00-bootstrap-token.yaml", "01-rbac.yaml"]);
     assert_eq!(report.skipped.len(), 1);
     assert_eq!(report.skipped[0].0, "40-cert-manager-issuer.yaml");
-    assert!(report.skipped[0].1.contains("no matches for kind \"ClusterIssuer\""));
+    assert!(report.skipped[0]
+        .1
+        .contains("no matches for kind \"ClusterIssuer\""));
     // Four apply calls: the refused first one was retried.
     assert_eq!(state(root, "applies").trim(), "4");
     let calls = state(root, "calls.log");
@@ -112,7 +113,10 @@ fn manifests_are_applied_server_side_with_retries_and_redaction() {
     ] {
         assert!(first.contains(part), "{first} lacks {part}");
     }
-    assert!(state(root, "applied.yaml").contains(TOKEN), "the manifest went through stdin");
+    assert!(
+        state(root, "applied.yaml").contains(TOKEN),
+        "the manifest went through stdin"
+    );
     assert!(!calls.contains(TOKEN), "secrets never on the command line");
 
     // A manifest the API keeps refusing: the error names it, with secrets redacted.
@@ -124,8 +128,14 @@ fn manifests_are_applied_server_side_with_retries_and_redaction() {
     let e = assemble::apply_manifests(&k, &bad, &[TOKEN, WEAVE_PASSWORD], &quick(), &progress)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("waiting for the API to accept 10-weave-net.yaml"), "{e}");
-    assert!(e.contains("Error from server (Invalid)") && e.contains("<redacted>"), "{e}");
+    assert!(
+        e.contains("waiting for the API to accept 10-weave-net.yaml"),
+        "{e}"
+    );
+    assert!(
+        e.contains("Error from server (Invalid)") && e.contains("<redacted>"),
+        "{e}"
+    );
     assert!(!e.contains(WEAVE_PASSWORD), "{e}");
 }
 
@@ -202,16 +212,32 @@ fn approve_csrs_approves_only_what_the_node_may_ask_for_and_labels_nodes() {
         .collect();
     assert_eq!(approvals, ["csr-good"]);
     assert!(calls.contains(&format!("--kubeconfig={}", conf.display())));
-    let patches: Vec<&str> = calls.lines().filter(|l| l.contains(" patch node ")).collect();
+    let patches: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.contains(" patch node "))
+        .collect();
     assert_eq!(patches.len(), 2, "{calls}");
     assert!(patches[0].contains("patch node master-1 --type=merge -p {\"metadata\":{\"labels\":{\"node-role.kubernetes.io/control-plane\":\"\",\"node-role.kubernetes.io/master\":\"\"}}}"), "{}", patches[0]);
     assert!(patches[1].contains("patch node worker-1 --type=merge -p {\"metadata\":{\"labels\":{\"node-role.kubernetes.io/node\":\"true\"}}}"), "{}", patches[1]);
 
     // The policy's verdicts, for the record.
     let verdicts = assemble::plan_csr_approvals(&csrs, &nodes);
-    let by_name = |n: &str| verdicts.iter().find(|d| d.name == n).unwrap().verdict.clone();
+    let by_name = |n: &str| {
+        verdicts
+            .iter()
+            .find(|d| d.name == n)
+            .unwrap()
+            .verdict
+            .clone()
+    };
     assert_eq!(by_name("csr-good"), Ok(()));
     assert!(by_name("csr-other-ip").unwrap_err().contains("10.10.0.99"));
-    assert!(by_name("csr-unregistered").unwrap_err().contains("no Node worker-9"));
-    assert_eq!(verdicts.len(), 3, "approved and client CSRs are not considered");
+    assert!(by_name("csr-unregistered")
+        .unwrap_err()
+        .contains("no Node worker-9"));
+    assert_eq!(
+        verdicts.len(),
+        3,
+        "approved and client CSRs are not considered"
+    );
 }

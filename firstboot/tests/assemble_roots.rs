@@ -55,7 +55,10 @@ fn assert_node_binds(root: &Path, p: &PortPolicy) {
     assert_eq!(k["address"].as_str().unwrap(), kubelet.ip().to_string());
     assert_eq!(k["port"].as_u64().unwrap(), kubelet.port() as u64);
     let hz = bind(p, Service::KubeletHealthz);
-    assert_eq!(k["healthzBindAddress"].as_str().unwrap(), hz.ip().to_string());
+    assert_eq!(
+        k["healthzBindAddress"].as_str().unwrap(),
+        hz.ip().to_string()
+    );
     assert_eq!(k["healthzPort"].as_u64().unwrap(), hz.port() as u64);
     assert_eq!(p.bind_address(Service::KubeletReadOnly).unwrap(), None);
     assert_eq!(k["readOnlyPort"].as_u64(), Some(0));
@@ -81,18 +84,30 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
     let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["join-check", "pki", "etcd", "control-plane", "kubelet", "cluster-objects"]
+        [
+            "join-check",
+            "pki",
+            "etcd",
+            "control-plane",
+            "kubelet",
+            "cluster-objects"
+        ]
     );
     let detail = |n: &str| steps.iter().find(|(s, _)| s == n).unwrap().1.clone();
     assert!(
-        detail("join-check").starts_with("master (bootstrap) master-1 (10.10.0.11, from private_address)"),
+        detail("join-check")
+            .starts_with("master (bootstrap) master-1 (10.10.0.11, from private_address)"),
         "{}",
         detail("join-check")
     );
     for s in ["control-plane", "kubelet"] {
         assert!(detail(s).ends_with(NOT_LIVE), "{s}: {}", detail(s));
     }
-    assert!(detail("etcd").starts_with("etcd new cluster:"), "{}", detail("etcd"));
+    assert!(
+        detail("etcd").starts_with("etcd new cluster:"),
+        "{}",
+        detail("etcd")
+    );
     assert!(detail("cluster-objects").contains("not applied (not live)"));
 
     // PKI: keys 0600, certificates 0644.
@@ -132,8 +147,14 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
     let p = policy(&c);
     let api = read(root, "/etc/systemd/system/kube-apiserver.service");
     let a = bind(&p, Service::KubeApiserver);
-    assert_eq!(unit_flag(&api, "bind-address"), Some(a.ip().to_string().as_str()));
-    assert_eq!(unit_flag(&api, "secure-port"), Some(a.port().to_string().as_str()));
+    assert_eq!(
+        unit_flag(&api, "bind-address"),
+        Some(a.ip().to_string().as_str())
+    );
+    assert_eq!(
+        unit_flag(&api, "secure-port"),
+        Some(a.port().to_string().as_str())
+    );
     assert_eq!(unit_flag(&api, "advertise-address"), Some("10.10.0.11"));
     let etcd_loopback = p
         .listen_addresses(Service::EtcdClient)
@@ -151,9 +172,20 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
     ] {
         let text = read(root, &format!("/etc/systemd/system/{unit}.service"));
         let b = bind(&p, svc);
-        assert!(b.ip().is_loopback(), "{unit} is localhost-only in the table");
-        assert_eq!(unit_flag(&text, "bind-address"), Some(b.ip().to_string().as_str()), "{unit}");
-        assert_eq!(unit_flag(&text, "secure-port"), Some(b.port().to_string().as_str()), "{unit}");
+        assert!(
+            b.ip().is_loopback(),
+            "{unit} is localhost-only in the table"
+        );
+        assert_eq!(
+            unit_flag(&text, "bind-address"),
+            Some(b.ip().to_string().as_str()),
+            "{unit}"
+        );
+        assert_eq!(
+            unit_flag(&text, "secure-port"),
+            Some(b.port().to_string().as_str()),
+            "{unit}"
+        );
     }
     let env = read(root, "/etc/etcd/etcd.env");
     let line = |k: &str| {
@@ -162,17 +194,30 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
             .unwrap_or_else(|| panic!("{k} missing:\n{env}"))
             .to_string()
     };
-    assert_eq!(line("ETCD_LISTEN_CLIENT_URLS"), p.etcd_listen_client_urls().unwrap().join(","));
-    assert_eq!(line("ETCD_LISTEN_PEER_URLS"), p.etcd_listen_peer_urls().unwrap().join(","));
+    assert_eq!(
+        line("ETCD_LISTEN_CLIENT_URLS"),
+        p.etcd_listen_client_urls().unwrap().join(",")
+    );
+    assert_eq!(
+        line("ETCD_LISTEN_PEER_URLS"),
+        p.etcd_listen_peer_urls().unwrap().join(",")
+    );
     assert_eq!(line("ETCD_INITIAL_CLUSTER_STATE"), "new");
-    assert_eq!(line("ETCD_INITIAL_CLUSTER"), "master-1=https://10.10.0.11:2380");
+    assert_eq!(
+        line("ETCD_INITIAL_CLUSTER"),
+        "master-1=https://10.10.0.11:2380"
+    );
     assert!(read(root, "/etc/systemd/system/etcd.service").contains("ExecStart=/usr/bin/etcd"));
     assert_node_binds(root, &p);
 
     // The master's kubelet uses the certificate it minted, against the local API server.
     let kc = Kubeconfig::parse(&read(root, "/etc/kubernetes/kubelet.conf")).unwrap();
-    assert_eq!(kc.server(), Some(format!("https://127.0.0.1:{}", a.port()).as_str()));
-    assert!(read(root, "/var/lib/kubelet/config.yaml").contains("node-role.kubernetes.io/control-plane"));
+    assert_eq!(
+        kc.server(),
+        Some(format!("https://127.0.0.1:{}", a.port()).as_str())
+    );
+    assert!(read(root, "/var/lib/kubelet/config.yaml")
+        .contains("node-role.kubernetes.io/control-plane"));
 
     // Manifests for auditing: secret ones 0600.
     let dir = "/etc/kubernetes/manifests-applied";
@@ -185,9 +230,18 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
         .contains(&format!("value: \"{}\"", bind(&p, Service::WeaveStatus))));
     for (m, wanted) in [
         ("01-rbac.yaml", "system:node-proxier"),
-        ("02-nodeimage-csr-approver.yaml", "kubernetes.io/kubelet-serving"),
-        ("20-coredns.yaml", "registry.k8s.io/coredns/coredns:v1.13.1@sha256:"),
-        ("30-ingress-nginx.yaml", "registry.k8s.io/ingress-nginx/controller:"),
+        (
+            "02-nodeimage-csr-approver.yaml",
+            "kubernetes.io/kubelet-serving",
+        ),
+        (
+            "20-coredns.yaml",
+            "registry.k8s.io/coredns/coredns:v1.13.1@sha256:",
+        ),
+        (
+            "30-ingress-nginx.yaml",
+            "registry.k8s.io/ingress-nginx/controller:",
+        ),
         ("50-kured.yaml", "ghcr.io/kubereboot/kured:"),
     ] {
         let f = format!("{dir}/{m}");
@@ -198,8 +252,10 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
     let ak = Kubeconfig::parse(&read(root, "/etc/kubernetes/csr-approver.conf")).unwrap();
     assert_eq!(ak.users[0].name, "nodeimage:csr-approver");
     assert_eq!(ak.ca_pem().as_deref(), Some(s.ca.cert_pem.as_str()));
-    assert!(read(root, "/etc/systemd/system/nodeimage-csr-approver.service")
-        .contains("ExecStart=/usr/bin/firstboot approve-csrs"));
+    assert!(
+        read(root, "/etc/systemd/system/nodeimage-csr-approver.service")
+            .contains("ExecStart=/usr/bin/firstboot approve-csrs")
+    );
     assert!(read(root, "/etc/systemd/system/nodeimage-csr-approver.timer").contains("[Timer]"));
     let roles: serde_json::Value =
         serde_json::from_str(&read(root, "/etc/nodeimage/cluster-roles.json")).unwrap();
@@ -216,7 +272,10 @@ fn second_master_mints_its_own_certificates_and_joins_etcd_later() {
     let c = s.node(Role::Master, false, "master-2", MASTERS[1]);
     let steps = run(root, &c);
     let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["join-check", "pki", "etcd", "control-plane", "kubelet"]);
+    assert_eq!(
+        names,
+        ["join-check", "pki", "etcd", "control-plane", "kubelet"]
+    );
     assert_eq!(
         steps[2].1,
         format!("etcd joins https://10.10.0.11:2379,https://10.10.0.13:2379: 1 files changed; {NOT_LIVE}")
@@ -234,8 +293,14 @@ fn second_master_mints_its_own_certificates_and_joins_etcd_later() {
     let pem = read(root, "/etc/kubernetes/pki/etcd/peer.crt");
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
     let cert = p.parse_x509().unwrap();
-    let sans = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value);
-    assert!(sans.contains("10.10.0.12") || sans.contains("[10, 10, 0, 12]"), "{sans}");
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(
+        sans.contains("10.10.0.12") || sans.contains("[10, 10, 0, 12]"),
+        "{sans}"
+    );
     let p = policy(&c);
     assert_node_binds(root, &p);
     let api = read(root, "/etc/systemd/system/kube-apiserver.service");
@@ -309,7 +374,11 @@ fn a_missing_binary_is_named_with_the_profile_that_has_it() {
     assert!(!path(root, "/etc/kubernetes").exists());
     // The step that needs it checks again (a resumed run skips join-check).
     let e = assemble::require_binaries(root, &["/usr/bin/kube-apiserver"]).unwrap_err();
-    assert!(e.to_string().starts_with("kube-apiserver is not in this image"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("kube-apiserver is not in this image"),
+        "{e}"
+    );
     // Present but not executable.
     std::fs::write(path(root, "/usr/bin/kube-apiserver"), "").unwrap();
     let e = assemble::require_binaries(root, &["/usr/bin/kube-apiserver"]).unwrap_err();
@@ -324,12 +393,21 @@ fn missing_join_secrets_and_unknown_address_are_reported_before_any_change() {
     node_root(root, &["/usr/bin/kubelet", "/usr/bin/kube-proxy"]);
     let mut c = s.node(Role::Worker, false, "worker-1", WORKER_IP);
     c.secrets.bootstrap_token = None;
-    let e = format!("{:#}", assemble::run_steps_once(&opts(root), &c, "worker-1").unwrap_err());
-    assert!(e.contains("secrets: a worker needs: bootstrap_token"), "{e}");
+    let e = format!(
+        "{:#}",
+        assemble::run_steps_once(&opts(root), &c, "worker-1").unwrap_err()
+    );
+    assert!(
+        e.contains("secrets: a worker needs: bootstrap_token"),
+        "{e}"
+    );
     let mut c = s.node(Role::Worker, false, "worker-1", WORKER_IP);
     c.address = None;
     c.private_address = None;
-    let e = format!("{:#}", assemble::run_steps_once(&opts(root), &c, "worker-1").unwrap_err());
+    let e = format!(
+        "{:#}",
+        assemble::run_steps_once(&opts(root), &c, "worker-1").unwrap_err()
+    );
     assert!(e.contains("the node's internal address is unknown"), "{e}");
     assert!(!path(root, "/etc").exists() && !path(root, "/var").exists());
 }
@@ -349,7 +427,11 @@ fn a_second_run_changes_nothing() {
         run(root, &c);
         let first = snapshot(root);
         let again = run(root, &c);
-        assert_eq!(snapshot(root), first, "{host}: the second run changed files");
+        assert_eq!(
+            snapshot(root),
+            first,
+            "{host}: the second run changed files"
+        );
         for (step, detail) in &again {
             assert!(
                 !detail.contains(" created") || detail.contains(" 0 created"),
@@ -382,12 +464,21 @@ fn external_etcd_writes_client_certificates_and_no_member() {
     c.secrets.etcd_ca_key = None;
     let steps = run(root, &c);
     let etcd = &steps.iter().find(|(n, _)| n == "etcd").unwrap().1;
-    assert!(etcd.starts_with("external etcd (https://etcd-1.example.com:2379)"), "{etcd}");
-    assert_eq!(mode(root, "/etc/kubernetes/pki/etcd-external/client.key"), 0o600);
+    assert!(
+        etcd.starts_with("external etcd (https://etcd-1.example.com:2379)"),
+        "{etcd}"
+    );
+    assert_eq!(
+        mode(root, "/etc/kubernetes/pki/etcd-external/client.key"),
+        0o600
+    );
     assert!(!path(root, "/etc/systemd/system/etcd.service").exists());
     assert!(!path(root, "/etc/kubernetes/pki/etcd/ca.key").exists());
     let api = read(root, "/etc/systemd/system/kube-apiserver.service");
-    assert_eq!(unit_flag(&api, "etcd-servers"), Some("https://etcd-1.example.com:2379"));
+    assert_eq!(
+        unit_flag(&api, "etcd-servers"),
+        Some("https://etcd-1.example.com:2379")
+    );
 }
 
 fn firstboot_run(root: &Path, c: &NodeConfig, extra: &[&str]) -> (i32, String) {
@@ -416,7 +507,13 @@ fn status(root: &Path) -> serde_json::Value {
 fn the_firstboot_binary_assembles_each_role_under_a_root() {
     let s = ClusterSecrets::new();
     for (role, bootstrap, host, ip, last) in [
-        (Role::Master, true, "master-1", MASTERS[0], "cluster-objects"),
+        (
+            Role::Master,
+            true,
+            "master-1",
+            MASTERS[0],
+            "cluster-objects",
+        ),
         (Role::Worker, false, "worker-1", WORKER_IP, "kubelet"),
     ] {
         let d = tempfile::tempdir().unwrap();
@@ -425,8 +522,14 @@ fn the_firstboot_binary_assembles_each_role_under_a_root() {
         let c = s.node(role, bootstrap, host, ip);
         let (code, out) = firstboot_run(root, &c, &[]);
         assert_eq!(code, 0, "{host}: {out}");
-        assert!(out.contains(&format!("firstboot: ok role={role} hostname={host}")), "{out}");
-        assert!(!out.contains(TOKEN) && !out.contains(WEAVE_PASSWORD), "secrets in the output: {out}");
+        assert!(
+            out.contains(&format!("firstboot: ok role={role} hostname={host}")),
+            "{out}"
+        );
+        assert!(
+            !out.contains(TOKEN) && !out.contains(WEAVE_PASSWORD),
+            "secrets in the output: {out}"
+        );
         let st = status(root);
         let steps: Vec<&str> = st["steps"]
             .as_array()
@@ -435,14 +538,20 @@ fn the_firstboot_binary_assembles_each_role_under_a_root() {
             .map(|s| s["name"].as_str().unwrap())
             .collect();
         assert_eq!(steps.last(), Some(&last), "{steps:?}");
-        assert!(steps.contains(&"join-check") && steps.contains(&"firewall"), "{steps:?}");
+        assert!(
+            steps.contains(&"join-check") && steps.contains(&"firewall"),
+            "{steps:?}"
+        );
         assert!(path(root, "/var/lib/firstboot/done").exists());
         let text = read(root, "/var/lib/firstboot/status.json");
         assert!(!text.contains(TOKEN) && !text.contains(WEAVE_PASSWORD));
         // The kubelet's node IP is the configured address.
         let ip: IpAddr = ip.parse().unwrap();
         assert_eq!(
-            unit_flag(&read(root, "/etc/systemd/system/kubelet.service"), "node-ip"),
+            unit_flag(
+                &read(root, "/etc/systemd/system/kubelet.service"),
+                "node-ip"
+            ),
             Some(ip.to_string().as_str())
         );
     }
@@ -457,7 +566,8 @@ fn the_firstboot_binary_reports_a_missing_kubelet() {
     let c = s.node(Role::Worker, false, "worker-1", WORKER_IP);
     let (code, out) = firstboot_run(root, &c, &[]);
     assert_eq!(code, 1, "{out}");
-    let want = "step join-check: kubelet is not in this image (/usr/bin/kubelet): build the image from a \
+    let want =
+        "step join-check: kubelet is not in this image (/usr/bin/kubelet): build the image from a \
                 profile that pins the Kubernetes payload (profiles/k8s-1.35-*.toml)";
     assert!(out.contains(&format!("firstboot: error: {want}")), "{out}");
     let st = status(root);

@@ -26,7 +26,10 @@ pub fn internal_ip(root: &Path, live: bool, config: &NodeConfig) -> Result<NodeA
         ("private_address", &config.private_address),
         ("address", &config.address),
     ] {
-        if let Some(ip) = value.as_deref().and_then(|v| v.trim().parse::<IpAddr>().ok()) {
+        if let Some(ip) = value
+            .as_deref()
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
             return Ok(NodeAddress {
                 ip,
                 source: field.to_string(),
@@ -164,7 +167,8 @@ pub fn interface_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
 mod tests {
     use super::*;
 
-    const ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0
 eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
 eth0\t0000000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0

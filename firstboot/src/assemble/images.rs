@@ -154,10 +154,9 @@ pub fn resolve_images(root: &Path, config: &NodeConfig) -> Result<(Images, Strin
     let path = rooted(root, IMAGES_JSON);
     let needed = needed_images(config);
     let entries = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(
-            parse_images_json(&text)
-                .with_context(|| format!("{IMAGES_JSON}: expected a list of {{name, reference, digest, role}}"))?,
-        ),
+        Ok(text) => Some(parse_images_json(&text).with_context(|| {
+            format!("{IMAGES_JSON}: expected a list of {{name, reference, digest, role}}")
+        })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
@@ -206,7 +205,9 @@ mod tests {
     fn config(addons: &str) -> NodeConfig {
         NodeConfig::parse(
             "n",
-            &format!("version: 1\nrole: master\ncluster:\n  name: d\n  api_endpoint: 10.0.0.1\n{addons}"),
+            &format!(
+                "version: 1\nrole: master\ncluster:\n  name: d\n  api_endpoint: 10.0.0.1\n{addons}"
+            ),
         )
         .unwrap()
     }
@@ -215,7 +216,9 @@ mod tests {
     fn defaults_without_the_file() {
         let d = tempfile::tempdir().unwrap();
         let (i, src) = resolve_images(d.path(), &config("")).unwrap();
-        assert!(i.coredns.starts_with("registry.k8s.io/coredns/coredns:v1.13.1@sha256:"));
+        assert!(i
+            .coredns
+            .starts_with("registry.k8s.io/coredns/coredns:v1.13.1@sha256:"));
         assert_eq!(i.ingress_default_backend, None);
         assert!(src.starts_with("defaults"), "{src}");
     }
@@ -236,13 +239,25 @@ mod tests {
         )
         .unwrap();
         let (i, src) = resolve_images(d.path(), &config("")).unwrap();
-        assert_eq!(i.coredns, "registry.k8s.io/coredns/coredns:v1.13.1@sha256:bb");
-        assert_eq!(i.weave_kube, "docker.io/weaveworks/weave-kube:2.8.1", "matched by repository");
-        assert_eq!(i.weave_npc, "docker.io/weaveworks/weave-npc:2.8.1@sha256:cc");
+        assert_eq!(
+            i.coredns,
+            "registry.k8s.io/coredns/coredns:v1.13.1@sha256:bb"
+        );
+        assert_eq!(
+            i.weave_kube, "docker.io/weaveworks/weave-kube:2.8.1",
+            "matched by repository"
+        );
+        assert_eq!(
+            i.weave_npc,
+            "docker.io/weaveworks/weave-npc:2.8.1@sha256:cc"
+        );
         assert!(src.contains("4 images"), "{src}");
-        let e = resolve_images(d.path(), &config("  addons:\n    kured:\n      enabled: true\n"))
-            .unwrap_err()
-            .to_string();
+        let e = resolve_images(
+            d.path(),
+            &config("  addons:\n    kured:\n      enabled: true\n"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("the kured image is needed but not in this image's /usr/share/nodeimage/images/images.json (it lists: pause, coredns, weave, weave-npc)"),
             "{e}"
@@ -254,7 +269,12 @@ mod tests {
 
     #[test]
     fn repository_of_references() {
-        let e = |r: &str| ImageEntry { name: "x".into(), reference: r.into(), digest: None, role: None };
+        let e = |r: &str| ImageEntry {
+            name: "x".into(),
+            reference: r.into(),
+            digest: None,
+            role: None,
+        };
         assert_eq!(e("localhost:5000/a/b:1").repository(), "localhost:5000/a/b");
         assert_eq!(e("localhost:5000/a/b").repository(), "localhost:5000/a/b");
         assert_eq!(e("a/b@sha256:00").repository(), "a/b");

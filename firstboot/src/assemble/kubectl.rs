@@ -63,7 +63,11 @@ impl Kubectl {
             .arg(format!("--cache-dir={}", self.cache_dir.display()))
             .arg("--request-timeout=30s")
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c
@@ -243,7 +247,11 @@ pub struct CsrDecision {
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -251,12 +259,19 @@ fn strs(v: &Value) -> Vec<String> {
 fn node_addresses(nodes: &Value) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
     let mut m = std::collections::BTreeMap::new();
     for n in nodes["items"].as_array().into_iter().flatten() {
-        let Some(name) = n["metadata"]["name"].as_str() else { continue };
+        let Some(name) = n["metadata"]["name"].as_str() else {
+            continue;
+        };
         let addrs = n["status"]["addresses"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|a| Some((a["type"].as_str()?.to_string(), a["address"].as_str()?.to_string())))
+            .filter_map(|a| {
+                Some((
+                    a["type"].as_str()?.to_string(),
+                    a["address"].as_str()?.to_string(),
+                ))
+            })
             .collect();
         m.insert(name.to_string(), addrs);
     }
@@ -282,7 +297,10 @@ pub fn plan_csr_approvals(csrs: &Value, nodes: &Value) -> Vec<CsrDecision> {
         if decided {
             continue;
         }
-        let name = c["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = c["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let username = spec["username"].as_str().unwrap_or_default().to_string();
         let groups = strs(&spec["groups"]);
         let usages = strs(&spec["usages"]);
@@ -320,7 +338,9 @@ pub fn plan_node_labels(nodes: &Value, masters: &[String]) -> Vec<(String, Value
     let addrs = node_addresses(nodes);
     let mut out = Vec::new();
     for n in nodes["items"].as_array().into_iter().flatten() {
-        let Some(name) = n["metadata"]["name"].as_str() else { continue };
+        let Some(name) = n["metadata"]["name"].as_str() else {
+            continue;
+        };
         let labels: std::collections::BTreeMap<String, String> = n["metadata"]["labels"]
             .as_object()
             .map(|o| {
@@ -366,7 +386,8 @@ pub fn label_nodes(kubectl: &Kubectl, masters: &[String]) -> Result<usize> {
 pub fn read_cluster_roles(root: &Path) -> Result<Vec<String>> {
     let p = rooted(root, CLUSTER_ROLES_FILE);
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
     Ok(strs(&v["masters"]))
 }
 
@@ -416,7 +437,10 @@ mod tests {
     #[test]
     fn redaction_and_missing_kinds() {
         assert_eq!(
-            redact("bad token abcdef.0123456789abcdef here", &["abcdef.0123456789abcdef", "x"]),
+            redact(
+                "bad token abcdef.0123456789abcdef here",
+                &["abcdef.0123456789abcdef", "x"]
+            ),
             "bad token <redacted> here"
         );
         assert!(missing_kind(
@@ -434,7 +458,13 @@ mod tests {
         let p = plan_node_labels(&nodes, &["10.0.0.1".to_string()]);
         let names: Vec<_> = p.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["m1", "w2"]);
-        assert_eq!(p[0].1["metadata"]["labels"]["node-role.kubernetes.io/master"], "");
-        assert_eq!(p[1].1["metadata"]["labels"]["node-role.kubernetes.io/node"], "true");
+        assert_eq!(
+            p[0].1["metadata"]["labels"]["node-role.kubernetes.io/master"],
+            ""
+        );
+        assert_eq!(
+            p[1].1["metadata"]["labels"]["node-role.kubernetes.io/node"],
+            "true"
+        );
     }
 }

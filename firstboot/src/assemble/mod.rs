@@ -25,14 +25,13 @@ pub use address::{
     pick_address, NodeAddress,
 };
 pub use images::{
-    needed_images, parse_images_json, resolve_images, ImageEntry, ImageKey, IMAGES_JSON,
-    IMAGE_KEYS,
+    needed_images, parse_images_json, resolve_images, ImageEntry, ImageKey, IMAGES_JSON, IMAGE_KEYS,
 };
 pub use kubectl::{
-    apply_manifests, approve_csrs, approver_rbac, approver_units, label_nodes,
-    plan_csr_approvals, plan_node_labels, read_cluster_roles, redact, ApplyReport, CsrDecision,
-    Kubectl, KubectlOutput, APPROVER_SERVICE, APPROVER_TIMER, APPROVER_TIMER_UNIT,
-    CLUSTER_ROLES_FILE, CSR_APPROVER_CONF, CSR_APPROVER_USER, FIELD_MANAGER, KUBECTL,
+    apply_manifests, approve_csrs, approver_rbac, approver_units, label_nodes, plan_csr_approvals,
+    plan_node_labels, read_cluster_roles, redact, ApplyReport, CsrDecision, Kubectl, KubectlOutput,
+    APPROVER_SERVICE, APPROVER_TIMER, APPROVER_TIMER_UNIT, CLUSTER_ROLES_FILE, CSR_APPROVER_CONF,
+    CSR_APPROVER_USER, FIELD_MANAGER, KUBECTL,
 };
 pub use wait::{readyz, wait_until, Progress, WaitOptions};
 
@@ -219,7 +218,11 @@ fn join_check(c: &StepContext) -> Result<String> {
     let mut detail = format!(
         "{}{} {} ({}, from {})",
         cfg.role,
-        if cfg.is_bootstrap_master() { " (bootstrap)" } else { "" },
+        if cfg.is_bootstrap_master() {
+            " (bootstrap)"
+        } else {
+            ""
+        },
         c.hostname,
         addr.ip,
         addr.source
@@ -402,15 +405,20 @@ pub fn wait_local_api(
         wait::read_rooted(root, paths::APISERVER_KUBELET_CLIENT_KEY)?
     );
     let client = wait::https_client(&ca, Some(id), Duration::from_secs(5))?;
-    wait_until(progress, &format!("the API server at {url}/readyz"), w, || {
-        readyz(&client, url).map_err(|e| {
-            if live_units {
-                format!("{e} ({})", wait::unit_states(&CONTROL_PLANE_UNITS))
-            } else {
-                e
-            }
-        })
-    })
+    wait_until(
+        progress,
+        &format!("the API server at {url}/readyz"),
+        w,
+        || {
+            readyz(&client, url).map_err(|e| {
+                if live_units {
+                    format!("{e} ({})", wait::unit_states(&CONTROL_PLANE_UNITS))
+                } else {
+                    e
+                }
+            })
+        },
+    )
 }
 
 /// Masters: kube-apiserver, kube-controller-manager and kube-scheduler units (plus
@@ -653,7 +661,11 @@ fn cluster_objects_step(c: &StepContext) -> Result<String> {
 
 /// Run the cluster steps of `config` once, in order, without the journal (for tests
 /// and tools); stops at the first error. Returns (step, detail) pairs.
-pub fn run_steps_once(opts: &RunOptions, config: &NodeConfig, hostname: &str) -> Result<Vec<(String, String)>> {
+pub fn run_steps_once(
+    opts: &RunOptions,
+    config: &NodeConfig,
+    hostname: &str,
+) -> Result<Vec<(String, String)>> {
     let ctx = StepContext {
         opts,
         config,

@@ -58,7 +58,14 @@ impl<'a> Progress<'a> {
     /// `every`, and not in the first `every` (most waits are short).
     pub fn waiting(&self, what: &str, attempt: u32, last: &str) {
         let waited = self.started.elapsed();
-        tracing::info!(step = self.step, waiting_for = what, attempt, waited_s = waited.as_secs(), last = last, "waiting");
+        tracing::info!(
+            step = self.step,
+            waiting_for = what,
+            attempt,
+            waited_s = waited.as_secs(),
+            last = last,
+            "waiting"
+        );
         let due = match self.last.get() {
             None => waited >= self.every,
             Some(t) => t.elapsed() >= self.every,
@@ -225,9 +232,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 3);
-        let e = wait_until(&p, "the impossible", &w, || Err("connection refused".into()))
-            .unwrap_err()
-            .to_string();
+        let e = wait_until(
+            &p,
+            "the impossible",
+            &w,
+            || Err("connection refused".into()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("waiting for the impossible; last: connection refused"),
             "{e}"

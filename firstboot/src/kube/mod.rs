@@ -252,7 +252,8 @@ pub(crate) fn q(s: &str) -> String {
 pub(crate) fn yaml_addr(s: &str) -> String {
     let plain = !s.is_empty()
         && !s.starts_with(':')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':');
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':');
     if plain {
         s.to_string()
     } else {

@@ -114,8 +114,7 @@ pub fn path(root: &Path, node_path: &str) -> PathBuf {
 }
 
 pub fn read(root: &Path, node_path: &str) -> String {
-    std::fs::read_to_string(path(root, node_path))
-        .unwrap_or_else(|e| panic!("{node_path}: {e}"))
+    std::fs::read_to_string(path(root, node_path)).unwrap_or_else(|e| panic!("{node_path}: {e}"))
 }
 
 pub fn mode(root: &Path, node_path: &str) -> u32 {
