@@ -104,13 +104,11 @@ pub fn steps<'a>(config: &NodeConfig) -> Vec<Step<'a>> {
 // ---------------------------------------------------------------- binaries ---
 
 /// The binaries a step runs, by node path.
-fn control_plane_binaries() -> [&'static str; 3] {
-    [
-        "/usr/bin/kube-apiserver",
-        "/usr/bin/kube-controller-manager",
-        "/usr/bin/kube-scheduler",
-    ]
-}
+const CONTROL_PLANE_BINARIES: [&str; 3] = [
+    "/usr/bin/kube-apiserver",
+    "/usr/bin/kube-controller-manager",
+    "/usr/bin/kube-scheduler",
+];
 const NODE_BINARIES: [&str; 2] = ["/usr/bin/kubelet", "/usr/bin/kube-proxy"];
 
 /// Every binary this node's role runs.
@@ -120,7 +118,7 @@ pub fn required_binaries(config: &NodeConfig) -> Vec<&'static str> {
         if config.cluster.etcd.is_none() {
             v.push(ETCD_BIN);
         }
-        v.extend(control_plane_binaries());
+        v.extend(CONTROL_PLANE_BINARIES);
     }
     v.extend(NODE_BINARIES);
     if config.is_bootstrap_master() {
@@ -429,7 +427,7 @@ pub fn wait_local_api(
 /// audit/webhook files); started when live, then the API's `/readyz` is awaited.
 fn control_plane_step(c: &StepContext) -> Result<String> {
     let root = &c.opts.root;
-    require_binaries(root, &control_plane_binaries())?;
+    require_binaries(root, &CONTROL_PLANE_BINARIES)?;
     let addr = node_address(c)?;
     let inp = inputs(c, addr.ip)?;
     let files = kube::control_plane::control_plane_files(&inp);
