@@ -357,6 +357,7 @@ fn etcd_step(c: &StepContext) -> Result<String> {
         let changed = write_changed(root, &files)?;
         return Ok(format!("etcd {what}: {changed} files changed; {NOT_LIVE}"));
     }
+    wait::check_start_order(&[etcd::UNIT_NAME])?;
     let client = etcd::HttpEtcdClient::from_tls(&spec.tls, Duration::from_secs(5))?;
     let api = ProgressEtcd {
         inner: client,
