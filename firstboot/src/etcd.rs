@@ -28,14 +28,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::NodeConfig;
 use crate::pki::paths;
 
-/// etcd client port.
-// TODO(ports): derive from ports::
+/// etcd client port as the port table has it (for tests and tools; a node takes its
+/// ports and listeners from [`crate::ports::PortPolicy`], and a test keeps the two equal).
 pub const CLIENT_PORT: u16 = 2379;
-/// etcd peer port.
-// TODO(ports): derive from ports::
+/// etcd peer port as the port table has it (see [`CLIENT_PORT`]).
 pub const PEER_PORT: u16 = 2380;
-/// etcd metrics/health listener, plain HTTP on localhost only.
-// TODO(ports): derive from ports::
+/// etcd metrics/health listener, plain HTTP on loopback. Not a row of the port table:
+/// nothing outside the node uses it, and the firewall drops every port it does not list.
 pub const LOCAL_METRICS_URL: &str = "http://127.0.0.1:2381";
 /// Where the etcd environment file lives on the node.
 pub const ENV_FILE: &str = "/etc/etcd/etcd.env";
@@ -104,6 +103,11 @@ pub struct EtcdMemberSpec {
     pub tls: EtcdTls,
     pub client_port: u16,
     pub peer_port: u16,
+    /// `listen-client-urls`, from the port table (the private address and 127.0.0.1;
+    /// 127.0.0.1 only with `network.etcd_localhost_only`). Empty: the advertised URL.
+    pub listen_client_urls: Vec<String>,
+    /// `listen-peer-urls`, from the port table. Empty: the advertised peer URL.
+    pub listen_peer_urls: Vec<String>,
 }
 
 fn url(host: &str, port: u16) -> String {
@@ -117,31 +121,65 @@ fn url(host: &str, port: u16) -> String {
 impl EtcdMemberSpec {
     /// From a master's node config. `address` is the master's internal address as the
     /// other masters know it (its `private_address`, else `address`, else detected).
+    /// Ports and listeners come from the port table; with `network.etcd_localhost_only`
+    /// the member advertises 127.0.0.1 (a single master, as validation requires).
     pub fn from_node_config(
         c: &NodeConfig,
         hostname: &str,
         address: &str,
         root: &Path,
     ) -> Result<Self, EtcdError> {
+        use crate::ports::Service;
         if c.cluster.etcd.is_some() {
             return Err(EtcdError::Config(
                 "external etcd is configured: no stacked etcd member".into(),
             ));
         }
+        let ip: std::net::IpAddr = address.parse().map_err(|_| {
+            EtcdError::Config(format!(
+                "the master's internal address `{address}` is not an IP address"
+            ))
+        })?;
+        let ports = |e: crate::ports::PortsError| EtcdError::Config(e.to_string());
+        let policy = crate::kube::port_policy(c, ip).map_err(ports)?;
+        let (Some(client_port), Some(peer_port)) = (
+            policy.port(Service::EtcdClient),
+            policy.port(Service::EtcdPeer),
+        ) else {
+            return Err(EtcdError::Config(
+                "the port table has no etcd rows for this master".into(),
+            ));
+        };
+        let listen_client_urls = policy.etcd_listen_client_urls().map_err(ports)?;
+        let listen_peer_urls = policy.etcd_listen_peer_urls().map_err(ports)?;
+        let loopback_only = policy
+            .listen_addresses(Service::EtcdClient)
+            .map_err(ports)?
+            .iter()
+            .all(|a| a.ip().is_loopback());
+        let address = if loopback_only {
+            "127.0.0.1".to_string()
+        } else {
+            address.to_string()
+        };
         let mut masters = c.cluster.masters.clone();
-        if !masters.iter().any(|m| m == address) {
-            masters.push(address.to_string());
+        if loopback_only {
+            masters = vec![address.clone()];
+        } else if !masters.contains(&address) {
+            masters.push(address.clone());
         }
         Ok(EtcdMemberSpec {
             name: hostname.to_string(),
-            address: address.to_string(),
+            address,
             masters,
             bootstrap: c.bootstrap,
             data_dir: crate::util::rooted(root, DATA_DIR),
             cluster_token: c.cluster.name.clone(),
             tls: EtcdTls::under(root),
-            client_port: CLIENT_PORT,
-            peer_port: PEER_PORT,
+            client_port,
+            peer_port,
+            listen_client_urls,
+            listen_peer_urls,
         })
     }
 
@@ -202,19 +240,22 @@ impl EtcdEnv {
     }
 }
 
-/// The environment for this member. Clients are served on the internal address and on
-/// 127.0.0.1 (the local kube-apiserver); peers only on the internal address. Client and
-/// peer connections both need a certificate signed by the etcd CA.
+/// The environment for this member. It listens where the port table says (the internal
+/// address and 127.0.0.1, so the local kube-apiserver need not know the node's address)
+/// and advertises the internal address. Client and peer connections both need a
+/// certificate signed by the etcd CA.
 pub fn etcd_env(spec: &EtcdMemberSpec, initial_cluster: &str, state: ClusterState) -> EtcdEnv {
     let p = |x: &Path| x.display().to_string();
     let client = spec.client_url();
-    // TODO(ports): derive the localhost client listener from ports::
-    let local_client = url("127.0.0.1", spec.client_port);
-    let listen_client = if spec.address == "127.0.0.1" {
-        client.clone()
-    } else {
-        format!("{client},{local_client}")
+    let listen = |urls: &[String], advertised: String| {
+        if urls.is_empty() {
+            advertised
+        } else {
+            urls.join(",")
+        }
     };
+    let listen_client = listen(&spec.listen_client_urls, client.clone());
+    let listen_peer = listen(&spec.listen_peer_urls, spec.peer_url());
     let mut v = BTreeMap::new();
     let mut set = |k: &str, val: String| {
         v.insert(k.to_string(), val);
@@ -223,7 +264,7 @@ pub fn etcd_env(spec: &EtcdMemberSpec, initial_cluster: &str, state: ClusterStat
     set("ETCD_DATA_DIR", p(&spec.data_dir));
     set("ETCD_LISTEN_CLIENT_URLS", listen_client);
     set("ETCD_ADVERTISE_CLIENT_URLS", client);
-    set("ETCD_LISTEN_PEER_URLS", spec.peer_url());
+    set("ETCD_LISTEN_PEER_URLS", listen_peer);
     set("ETCD_INITIAL_ADVERTISE_PEER_URLS", spec.peer_url());
     set("ETCD_LISTEN_METRICS_URLS", LOCAL_METRICS_URL.to_string());
     set("ETCD_INITIAL_CLUSTER", initial_cluster.to_string());
@@ -914,7 +955,40 @@ mod tests {
             tls: EtcdTls::under(Path::new("/")),
             client_port: CLIENT_PORT,
             peer_port: PEER_PORT,
+            listen_client_urls: vec![],
+            listen_peer_urls: vec![],
         };
+        let e = etcd_env(&spec, "m1=https://10.0.0.1:2380", ClusterState::New);
+        assert_eq!(
+            e.get("ETCD_LISTEN_CLIENT_URLS"),
+            Some("https://10.0.0.1:2379")
+        );
+        assert_eq!(
+            e.get("ETCD_LISTEN_PEER_URLS"),
+            Some("https://10.0.0.1:2380")
+        );
+        assert_eq!(e.get("ETCD_CLIENT_CERT_AUTH"), Some("true"));
+        assert_eq!(spec.other_endpoints(), ["https://10.0.0.2:2379"]);
+    }
+
+    fn master_config(extra_network: &str) -> NodeConfig {
+        NodeConfig::parse(
+            "m",
+            &format!(
+                "version: 1\nrole: master\nbootstrap: true\nprivate_address: 10.0.0.1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\n  masters: [10.0.0.1, 10.0.0.2]\n  network:\n    node_port_range: 30000-32767\n{extra_network}"
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn listeners_come_from_the_port_table() {
+        use crate::ports::{PortPolicy, Service};
+        let c = master_config("");
+        let spec = EtcdMemberSpec::from_node_config(&c, "m1", "10.0.0.1", Path::new("/")).unwrap();
+        let policy = PortPolicy::for_node(&c).unwrap();
+        assert_eq!(policy.port(Service::EtcdClient), Some(CLIENT_PORT));
+        assert_eq!(policy.port(Service::EtcdPeer), Some(PEER_PORT));
         let e = etcd_env(&spec, "m1=https://10.0.0.1:2380", ClusterState::New);
         assert_eq!(
             e.get("ETCD_LISTEN_CLIENT_URLS"),
@@ -922,10 +996,46 @@ mod tests {
         );
         assert_eq!(
             e.get("ETCD_LISTEN_PEER_URLS"),
-            Some("https://10.0.0.1:2380")
+            Some("https://10.0.0.1:2380,https://127.0.0.1:2380")
         );
+        assert_eq!(
+            e.get("ETCD_ADVERTISE_CLIENT_URLS"),
+            Some("https://10.0.0.1:2379")
+        );
+        // Localhost-only etcd (one master): listen and advertise on 127.0.0.1.
+        let mut one = master_config("    etcd_localhost_only: true\n");
+        one.cluster.masters = vec!["10.0.0.1".into()];
+        let spec =
+            EtcdMemberSpec::from_node_config(&one, "m1", "10.0.0.1", Path::new("/")).unwrap();
+        let e = etcd_env(&spec, "m1=https://127.0.0.1:2380", ClusterState::New);
+        assert_eq!(
+            e.get("ETCD_LISTEN_CLIENT_URLS"),
+            Some("https://127.0.0.1:2379")
+        );
+        assert_eq!(
+            e.get("ETCD_ADVERTISE_CLIENT_URLS"),
+            Some("https://127.0.0.1:2379")
+        );
+        assert!(spec.other_endpoints().is_empty());
+    }
+
+    #[test]
+    fn env_file_is_sorted_and_mutual_tls() {
+        let spec =
+            EtcdMemberSpec::from_node_config(&master_config(""), "m1", "10.0.0.1", Path::new("/"))
+                .unwrap();
+        let e = etcd_env(&spec, "m1=https://10.0.0.1:2380", ClusterState::New);
         assert_eq!(e.get("ETCD_CLIENT_CERT_AUTH"), Some("true"));
         assert_eq!(e.get("ETCD_PEER_CLIENT_CERT_AUTH"), Some("true"));
         assert_eq!(spec.other_endpoints(), ["https://10.0.0.2:2379"]);
+        let file = e.to_env_file();
+        let keys: Vec<&str> = file
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
     }
 }

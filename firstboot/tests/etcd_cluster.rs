@@ -324,6 +324,11 @@ fn three_masters_form_and_repair_an_etcd_cluster() {
                 tls: tls.clone(),
                 client_port: CLIENT_PORT,
                 peer_port: PEER_PORT,
+                listen_client_urls: vec![
+                    format!("https://{}:{CLIENT_PORT}", addr(i)),
+                    format!("https://127.0.0.1:{CLIENT_PORT}"),
+                ],
+                listen_peer_urls: vec![format!("https://{}:{PEER_PORT}", addr(i))],
             };
             let svc = ChildEtcd {
                 netns: net.members[i].clone(),

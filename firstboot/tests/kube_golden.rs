@@ -124,12 +124,7 @@ fn golden(name: &str, actual: &str) {
 }
 
 fn inputs<'a>(node: &'a NodeConfig, host: &'a str, ip: &str) -> KubeInputs<'a> {
-    KubeInputs {
-        node,
-        hostname: host,
-        internal_ip: ip.parse::<IpAddr>().unwrap(),
-        bin_dir: "/usr/bin",
-    }
+    KubeInputs::new(node, host, ip.parse::<IpAddr>().unwrap(), "/usr/bin").unwrap()
 }
 
 fn golden_files(dir: &str, files: &[GeneratedFile]) {

@@ -16,18 +16,18 @@ pub const AUDIT_POLICY: &str = "/etc/kubernetes/audit/policy.yaml";
 pub const AUDIT_WEBHOOK_KUBECONFIG: &str = "/etc/kubernetes/audit/webhook.kubeconfig";
 pub const TOKEN_WEBHOOK_KUBECONFIG: &str = "/etc/kubernetes/webhooks/token-webhook.kubeconfig";
 
-/// The stacked etcd member on this master.
-// TODO(ports): derive from ports::
-pub const LOCAL_ETCD_URL: &str = "https://127.0.0.1:2379";
-/// kube-apiserver secure port.
-// TODO(ports): derive from ports::
-pub const APISERVER_SECURE_PORT: u16 = 6443;
-/// kube-apiserver listens on every address (clients, kubelets, load balancers).
-// TODO(ports): derive from ports::
-pub const APISERVER_BIND_ADDRESS: &str = "0.0.0.0";
-/// Controller manager and scheduler serve health and metrics on localhost only.
-// TODO(ports): derive from ports::
-pub const LOCAL_BIND_ADDRESS: &str = "127.0.0.1";
+/// `https://addr` for a socket address (IPv6 in brackets).
+fn https(a: std::net::SocketAddr) -> String {
+    format!("https://{a}")
+}
+
+/// `--bind-address` and `--secure-port` of a component, from the port table.
+fn set_bind(f: &mut Flags, bind: Option<std::net::SocketAddr>) {
+    if let Some(a) = bind {
+        f.set("bind-address", a.ip().to_string())
+            .set("secure-port", a.port().to_string());
+    }
+}
 
 /// kube-apiserver flags.
 pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
@@ -36,7 +36,6 @@ pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
     f.set("advertise-address", inp.internal_ip.to_string())
         .set("allow-privileged", "true")
         .set("authorization-mode", "Node,RBAC")
-        .set("bind-address", APISERVER_BIND_ADDRESS)
         .set("client-ca-file", paths::CA_CRT)
         .set("enable-admission-plugins", "NodeRestriction")
         .set("enable-bootstrap-token-auth", "true")
@@ -56,7 +55,6 @@ pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
         .set("requestheader-extra-headers-prefix", "X-Remote-Extra-")
         .set("requestheader-group-headers", "X-Remote-Group")
         .set("requestheader-username-headers", "X-Remote-User")
-        .set("secure-port", APISERVER_SECURE_PORT.to_string())
         .set(
             "service-account-issuer",
             format!(
@@ -73,10 +71,15 @@ pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
         .set("service-node-port-range", c.network.node_port_range.clone())
         .set("tls-cert-file", paths::APISERVER_CRT)
         .set("tls-private-key-file", paths::APISERVER_KEY);
+    // Every address (clients, kubelets, load balancers); the firewall admits anyone.
+    set_bind(&mut f, inp.binds.apiserver);
     match &c.etcd {
         None => {
-            f.set("etcd-servers", LOCAL_ETCD_URL)
-                .set("etcd-cafile", paths::ETCD_CA_CRT)
+            // The stacked member's loopback listener: no dependence on the node's address.
+            if let Some(a) = inp.binds.etcd_local_client {
+                f.set("etcd-servers", https(a));
+            }
+            f.set("etcd-cafile", paths::ETCD_CA_CRT)
                 .set("etcd-certfile", paths::APISERVER_ETCD_CLIENT_CRT)
                 .set("etcd-keyfile", paths::APISERVER_ETCD_CLIENT_KEY);
         }
@@ -115,7 +118,6 @@ pub fn controller_manager_flags(inp: &KubeInputs) -> Flags {
     f.set("allocate-node-cidrs", "true")
         .set("authentication-kubeconfig", paths::CONTROLLER_MANAGER_CONF)
         .set("authorization-kubeconfig", paths::CONTROLLER_MANAGER_CONF)
-        .set("bind-address", LOCAL_BIND_ADDRESS)
         .set("client-ca-file", paths::CA_CRT)
         .set("cluster-cidr", c.network.pod_network_cidr.to_string())
         .set("cluster-name", c.name.clone())
@@ -135,6 +137,8 @@ pub fn controller_manager_flags(inp: &KubeInputs) -> Flags {
             c.network.service_cidr.to_string(),
         )
         .set("use-service-account-credentials", "true");
+    // Health and metrics on localhost only (the port table's row).
+    set_bind(&mut f, inp.binds.controller_manager);
     if c.cloud.is_some() {
         f.set("cloud-provider", "external");
     }
@@ -142,13 +146,14 @@ pub fn controller_manager_flags(inp: &KubeInputs) -> Flags {
 }
 
 /// kube-scheduler flags.
-pub fn scheduler_flags(_inp: &KubeInputs) -> Flags {
+pub fn scheduler_flags(inp: &KubeInputs) -> Flags {
     let mut f = Flags::default();
     f.set("authentication-kubeconfig", paths::SCHEDULER_CONF)
         .set("authorization-kubeconfig", paths::SCHEDULER_CONF)
-        .set("bind-address", LOCAL_BIND_ADDRESS)
         .set("kubeconfig", paths::SCHEDULER_CONF)
         .set("leader-elect", "true");
+    // Health and metrics on localhost only (the port table's row).
+    set_bind(&mut f, inp.binds.scheduler);
     f
 }
 

@@ -3,7 +3,7 @@
 //! bootstrapping), a kubeconfig pointing at the minted client certificate on masters.
 
 use super::kubeconfig::{Kubeconfig, KubeconfigUser};
-use super::{q, Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
+use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
 use crate::config::TaintEffect;
 use crate::pki::{self, paths};
 
@@ -11,17 +11,6 @@ pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 pub const KUBELET_UNIT: &str = "/etc/systemd/system/kubelet.service";
 /// Taint on masters (the key current Kubernetes and its addons tolerate).
 pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
-/// Kubelet API.
-// TODO(ports): derive from ports::
-pub const KUBELET_ADDRESS: &str = "0.0.0.0";
-// TODO(ports): derive from ports::
-pub const KUBELET_PORT: u16 = 10250;
-/// Kubelet healthz: localhost only.
-// TODO(ports): derive from ports::
-pub const KUBELET_HEALTHZ_ADDRESS: &str = "127.0.0.1";
-// TODO(ports): derive from ports::
-pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
-
 /// `(key, value, effect)` taints this node registers with.
 pub fn register_taints(inp: &KubeInputs) -> Vec<(String, Option<String>, TaintEffect)> {
     let mut v: Vec<_> = inp
@@ -60,12 +49,27 @@ pub fn kubelet_config(inp: &KubeInputs) -> String {
     let n = &inp.node.cluster.network;
     let mut s = String::new();
     s.push_str("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n");
+    // Listeners from the port table: the API on every address (the firewall admits the
+    // masters), healthz on localhost, the read-only port off (0) unless a row enables it.
+    let b = &inp.binds;
+    if let Some(a) = b.kubelet {
+        s.push_str(&format!(
+            "address: {}\nport: {}\n",
+            yaml_addr(&a.ip().to_string()),
+            a.port()
+        ));
+    }
     s.push_str(&format!(
-        "address: {KUBELET_ADDRESS}\nport: {KUBELET_PORT}\nreadOnlyPort: 0\n"
+        "readOnlyPort: {}\n",
+        b.kubelet_read_only.map_or(0, |a| a.port())
     ));
-    s.push_str(&format!(
-        "healthzBindAddress: {KUBELET_HEALTHZ_ADDRESS}\nhealthzPort: {KUBELET_HEALTHZ_PORT}\n"
-    ));
+    if let Some(a) = b.kubelet_healthz {
+        s.push_str(&format!(
+            "healthzBindAddress: {}\nhealthzPort: {}\n",
+            yaml_addr(&a.ip().to_string()),
+            a.port()
+        ));
+    }
     s.push_str("authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n    cacheTTL: 2m0s\n");
     s.push_str(&format!("  x509:\n    clientCAFile: {}\n", paths::CA_CRT));
     s.push_str("authorization:\n  mode: Webhook\n  webhook:\n    cacheAuthorizedTTL: 5m0s\n    cacheUnauthorizedTTL: 30s\n");

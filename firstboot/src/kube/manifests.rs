@@ -235,10 +235,6 @@ spec:
     ]
 }
 
-/// Weave Net status/metrics listener: localhost only (Pharos: 6782 localhost-only).
-// TODO(ports): derive from ports::
-pub const WEAVE_STATUS_ADDR: &str = "127.0.0.1:6782";
-
 /// Weave Net: RBAC, the `weave-passwd` Secret and the DaemonSet (weave + weave-npc).
 /// `IPALLOC_RANGE` is the pod network; traffic is encrypted with the shared password
 /// except between peers in `trusted_subnets` (`--trusted-subnets` via `EXTRA_ARGS`,
@@ -249,10 +245,17 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<String> {
         "            - name: HOSTNAME\n              valueFrom:\n                fieldRef:\n                  apiVersion: v1\n                  fieldPath: spec.nodeName
             - name: INIT_CONTAINER\n              value: \"true\"
             - name: IPALLOC_RANGE\n              value: {range}
-            - name: WEAVE_STATUS_ADDR\n              value: {status}
-            - name: WEAVE_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: weave-passwd\n                  key: weave-passwd\n",
+{status}            - name: WEAVE_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: weave-passwd\n                  key: weave-passwd\n",
         range = q(&n.pod_network_cidr.to_string()),
-        status = q(WEAVE_STATUS_ADDR),
+        // The weave-status row of the port table (the same for every node).
+        status = inp
+            .binds
+            .weave_status
+            .map(|a| format!(
+                "            - name: WEAVE_STATUS_ADDR\n              value: {}\n",
+                q(&a.to_string())
+            ))
+            .unwrap_or_default(),
     );
     if !n.trusted_subnets.is_empty() {
         let subnets: Vec<String> = n.trusted_subnets.iter().map(|s| s.to_string()).collect();

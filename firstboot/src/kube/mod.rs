@@ -26,10 +26,11 @@
 //!   the kubelet and kube-controller-manager run with `--cloud-provider=external` and
 //!   the provider's cloud-controller-manager must be deployed (not done here).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use crate::config::{NodeConfig, Role};
+use crate::ports::{NodeFacts, PortPolicy, PortsError, Service};
 
 pub mod addons;
 pub mod control_plane;
@@ -44,6 +45,55 @@ pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 /// containerd's CRI socket.
 pub const CONTAINERD_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
+/// Where this node's components listen, resolved once from the port table
+/// ([`PortPolicy::bind_address`]) so the firewall and the configs cannot drift apart.
+/// `None`: the service does not run on this node, or its row disables it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binds {
+    pub apiserver: Option<SocketAddr>,
+    pub controller_manager: Option<SocketAddr>,
+    pub scheduler: Option<SocketAddr>,
+    /// The stacked etcd's loopback client listener (what the local kube-apiserver uses).
+    pub etcd_local_client: Option<SocketAddr>,
+    pub kubelet: Option<SocketAddr>,
+    pub kubelet_healthz: Option<SocketAddr>,
+    /// The read-only kubelet port; the table disables it (`readOnlyPort: 0`).
+    pub kubelet_read_only: Option<SocketAddr>,
+    pub kube_proxy_healthz: Option<SocketAddr>,
+    pub kube_proxy_metrics: Option<SocketAddr>,
+    pub weave_status: Option<SocketAddr>,
+}
+
+impl Binds {
+    pub fn from_policy(p: &PortPolicy) -> Result<Self, PortsError> {
+        let b = |s: Service| p.bind_address(s);
+        let etcd_local_client = p
+            .listen_addresses(Service::EtcdClient)?
+            .into_iter()
+            .find(|a| a.ip().is_loopback());
+        Ok(Binds {
+            apiserver: b(Service::KubeApiserver)?,
+            controller_manager: b(Service::KubeControllerManager)?,
+            scheduler: b(Service::KubeScheduler)?,
+            etcd_local_client,
+            kubelet: b(Service::Kubelet)?,
+            kubelet_healthz: b(Service::KubeletHealthz)?,
+            kubelet_read_only: b(Service::KubeletReadOnly)?,
+            kube_proxy_healthz: b(Service::KubeProxyHealthz)?,
+            kube_proxy_metrics: b(Service::KubeProxyMetrics)?,
+            weave_status: b(Service::WeaveStatus)?,
+        })
+    }
+}
+
+/// The port policy of the node a config describes, with `internal_ip` as its address
+/// (detected when the config names none).
+pub fn port_policy(node: &NodeConfig, internal_ip: IpAddr) -> Result<PortPolicy, PortsError> {
+    let mut facts = NodeFacts::from_node_config(node)?;
+    facts.node_address = Some(internal_ip);
+    PortPolicy::new(facts)
+}
+
 /// Everything the generators need to know about this node.
 #[derive(Debug, Clone)]
 pub struct KubeInputs<'a> {
@@ -54,14 +104,33 @@ pub struct KubeInputs<'a> {
     pub internal_ip: IpAddr,
     /// Directory of kube-apiserver, kubelet, ... on the image.
     pub bin_dir: &'a str,
+    /// Bind addresses from the port table.
+    pub binds: Binds,
 }
 
-impl KubeInputs<'_> {
+impl<'a> KubeInputs<'a> {
+    /// Inputs for a node, with its bind addresses resolved from the port table.
+    pub fn new(
+        node: &'a NodeConfig,
+        hostname: &'a str,
+        internal_ip: IpAddr,
+        bin_dir: &'a str,
+    ) -> Result<Self, PortsError> {
+        let binds = Binds::from_policy(&port_policy(node, internal_ip)?)?;
+        Ok(KubeInputs {
+            node,
+            hostname,
+            internal_ip,
+            bin_dir,
+            binds,
+        })
+    }
+
     pub fn is_master(&self) -> bool {
         self.node.role == Role::Master
     }
 
-    fn bin(&self, name: &str) -> String {
+    pub fn bin(&self, name: &str) -> String {
         format!("{}/{name}", self.bin_dir.trim_end_matches('/'))
     }
 }
@@ -176,6 +245,20 @@ impl ServiceUnit<'_> {
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
 pub(crate) fn q(s: &str) -> String {
     serde_json::to_string(s).expect("string serialises")
+}
+
+/// A YAML scalar for an address: plain when that is unambiguous (`0.0.0.0:10256`,
+/// `127.0.0.1`), double-quoted otherwise (`"::"`, `"[::]:10256"`).
+pub(crate) fn yaml_addr(s: &str) -> String {
+    let plain = !s.is_empty()
+        && !s.starts_with(':')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':');
+    if plain {
+        s.to_string()
+    } else {
+        q(s)
+    }
 }
 
 /// Split `id.secret` of a bootstrap token.

@@ -7,22 +7,18 @@
 //! `system:node-proxier` role, which is what kube-proxy needs. The service restarts
 //! until the kubelet has written kubelet.conf (after TLS bootstrapping on workers).
 
-use super::{q, Flags, GeneratedFile, KubeInputs, ServiceUnit};
+use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit};
 use crate::pki::paths;
 
 pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
 pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
-/// kube-proxy healthz: open (Pharos: 10256 OPEN).
-// TODO(ports): derive from ports::
-pub const HEALTHZ_BIND_ADDRESS: &str = "0.0.0.0:10256";
-/// kube-proxy metrics: localhost only (Pharos: 10249 localhost-only).
-// TODO(ports): derive from ports::
-pub const METRICS_BIND_ADDRESS: &str = "127.0.0.1:10249";
-
 /// KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1). Mode `iptables`: Weave
 /// Net and its network-policy controller program iptables as well.
+/// Health (cluster nodes, for load balancers) and metrics (localhost) listeners come from
+/// the port table.
 pub fn kube_proxy_config(inp: &KubeInputs) -> String {
     let n = &inp.node.cluster.network;
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     format!(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -30,12 +26,14 @@ bindAddress: 0.0.0.0
 clientConnection:\n  kubeconfig: {kubeconfig}
 clusterCIDR: {cidr}
 hostnameOverride: {host}
-healthzBindAddress: {HEALTHZ_BIND_ADDRESS}
-metricsBindAddress: {METRICS_BIND_ADDRESS}
+healthzBindAddress: {healthz}
+metricsBindAddress: {metrics}
 mode: iptables\n",
         kubeconfig = paths::KUBELET_CONF,
         cidr = n.pod_network_cidr,
         host = q(inp.hostname),
+        healthz = yaml_addr(&addr(inp.binds.kube_proxy_healthz)),
+        metrics = yaml_addr(&addr(inp.binds.kube_proxy_metrics)),
     )
 }
 
