@@ -281,6 +281,36 @@ pub fn announce(opts: &RunOptions, line: &str) {
     }
 }
 
+/// Where the node's ruleset is kept; `nodeimage-firewall.service` loads it on every boot.
+pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
+
+/// Check the seeds' host requirements before anything is changed.
+pub fn apply_preflight(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
+    let policy = crate::ports::PortPolicy::for_node(config)?;
+    let report = crate::preflight::run(&opts.root, &config.preflight, &policy);
+    if !report.passed {
+        let failures: Vec<String> = report.failures().map(|c| c.line()).collect();
+        anyhow::bail!("{}", failures.join("; "));
+    }
+    Ok(format!("{} checks passed", report.checks.len()))
+}
+
+/// Render this role's nftables ruleset from the port table, keep it under /etc, and load
+/// it on a live node (before any Kubernetes component starts).
+pub fn apply_firewall(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
+    let policy = crate::ports::PortPolicy::for_node(config)?;
+    let ruleset = crate::firewall::render_nft(&policy);
+    let path = rooted(&opts.root, FIREWALL_RULESET);
+    atomic_write(&path, ruleset.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if opts.live {
+        crate::firewall::apply(&ruleset, &crate::firewall::nft_binary())?;
+        Ok(format!("{} rules loaded", policy.rules.len()))
+    } else {
+        Ok(format!("{} rules written", policy.rules.len()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,35 +397,5 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(d.path().join("etc/demo/motd")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o640);
-    }
-}
-
-/// Where the node's ruleset is kept; `nodeimage-firewall.service` loads it on every boot.
-pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
-
-/// Check the seeds' host requirements before anything is changed.
-pub fn apply_preflight(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = crate::ports::PortPolicy::for_node(config)?;
-    let report = crate::preflight::run(&opts.root, &config.preflight, &policy);
-    if !report.passed {
-        let failures: Vec<String> = report.failures().map(|c| c.line()).collect();
-        anyhow::bail!("{}", failures.join("; "));
-    }
-    Ok(format!("{} checks passed", report.checks.len()))
-}
-
-/// Render this role's nftables ruleset from the port table, keep it under /etc, and load
-/// it on a live node (before any Kubernetes component starts).
-pub fn apply_firewall(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = crate::ports::PortPolicy::for_node(config)?;
-    let ruleset = crate::firewall::render_nft(&policy);
-    let path = rooted(&opts.root, FIREWALL_RULESET);
-    atomic_write(&path, ruleset.as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", path.display()))?;
-    if opts.live {
-        crate::firewall::apply(&ruleset, &crate::firewall::nft_binary())?;
-        Ok(format!("{} rules loaded", policy.rules.len()))
-    } else {
-        Ok(format!("{} rules written", policy.rules.len()))
     }
 }
