@@ -321,10 +321,20 @@ addons:
         let shifted: String = render_docs()
             .unwrap()
             .lines()
-            .map(|l| if l.starts_with('#') { format!("#{l}\n") } else { format!("{l}\n") })
+            .map(|l| {
+                if l.starts_with('#') {
+                    format!("#{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
             .collect();
-        let (head, rest) = readme.split_once(BEGIN).expect("README.md has a <!-- ports:begin --> marker");
-        let (current, tail) = rest.split_once(END).expect("README.md has a <!-- ports:end --> marker");
+        let (head, rest) = readme
+            .split_once(BEGIN)
+            .expect("README.md has a <!-- ports:begin --> marker");
+        let (current, tail) = rest
+            .split_once(END)
+            .expect("README.md has a <!-- ports:end --> marker");
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, format!("{head}{BEGIN}{shifted}{END}{tail}")).unwrap();
             return;

@@ -184,7 +184,10 @@ pub struct DiskSettings {
 
 impl Default for DiskSettings {
     fn default() -> Self {
-        DiskSettings { esp_size_mib: default_esp_mib(), config_size_mib: default_config_mib() }
+        DiskSettings {
+            esp_size_mib: default_esp_mib(),
+            config_size_mib: default_config_mib(),
+        }
     }
 }
 fn default_esp_mib() -> u64 {
@@ -212,7 +215,9 @@ pub struct Outputs {
 
 impl Default for Outputs {
     fn default() -> Self {
-        Outputs { formats: default_formats() }
+        Outputs {
+            formats: default_formats(),
+        }
     }
 }
 fn default_formats() -> Vec<OutputFormat> {
@@ -250,47 +255,107 @@ pub fn load(path: &Path) -> anyhow::Result<LoadedProfile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading profile {}: {e}", path.display()))?;
     let profile = parse(&path.display().to_string(), &text)?;
-    Ok(LoadedProfile { path: path.to_path_buf(), text, profile })
+    Ok(LoadedProfile {
+        path: path.to_path_buf(),
+        text,
+        profile,
+    })
 }
 
 /// Parse and validate a profile.
 pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
     let at = |span: Option<std::ops::Range<usize>>, message: String| {
         let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-        ProfileError { file: file.to_string(), line, column, message }
+        ProfileError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
     };
     let p: Profile = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
 
-    if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(at(None, format!("name: expected [A-Za-z0-9._-]+, found `{}`", p.name)));
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(at(
+            None,
+            format!("name: expected [A-Za-z0-9._-]+, found `{}`", p.name),
+        ));
     }
     let mut names = BTreeSet::new();
     let mut installs = BTreeSet::new();
     for a in &p.artifacts {
         let ctx = format!("artifact `{}`", a.name);
         if !names.insert(a.name.clone()) {
-            return Err(at(Some(a.url.span()), format!("{ctx}: the name is used twice")));
+            return Err(at(
+                Some(a.url.span()),
+                format!("{ctx}: the name is used twice"),
+            ));
         }
         let url = a.url.get_ref();
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://") || url.starts_with('/')) {
-            return Err(at(Some(a.url.span()), format!("{ctx}: url: expected http(s)://, file:// or an absolute path, found `{url}`")));
+        if !(url.starts_with("https://")
+            || url.starts_with("http://")
+            || url.starts_with("file://")
+            || url.starts_with('/'))
+        {
+            return Err(at(
+                Some(a.url.span()),
+                format!(
+                    "{ctx}: url: expected http(s)://, file:// or an absolute path, found `{url}`"
+                ),
+            ));
         }
         match (&a.sha256, &a.sha512) {
-            (None, None) => return Err(at(Some(a.url.span()), format!("{ctx}: expected `sha256` or `sha512` (every artifact is pinned by hash)"))),
-            (Some(_), Some(h)) => return Err(at(Some(h.span()), format!("{ctx}: give one of `sha256` or `sha512`, not both"))),
-            (Some(h), None) => check_hex(h, 64).map_err(|m| at(Some(h.span()), format!("{ctx}: sha256: {m}")))?,
-            (None, Some(h)) => check_hex(h, 128).map_err(|m| at(Some(h.span()), format!("{ctx}: sha512: {m}")))?,
+            (None, None) => {
+                return Err(at(
+                    Some(a.url.span()),
+                    format!(
+                        "{ctx}: expected `sha256` or `sha512` (every artifact is pinned by hash)"
+                    ),
+                ))
+            }
+            (Some(_), Some(h)) => {
+                return Err(at(
+                    Some(h.span()),
+                    format!("{ctx}: give one of `sha256` or `sha512`, not both"),
+                ))
+            }
+            (Some(h), None) => {
+                check_hex(h, 64).map_err(|m| at(Some(h.span()), format!("{ctx}: sha256: {m}")))?
+            }
+            (None, Some(h)) => {
+                check_hex(h, 128).map_err(|m| at(Some(h.span()), format!("{ctx}: sha512: {m}")))?
+            }
         }
         let install = a.install.get_ref();
-        if !install.starts_with('/') || install.ends_with('/') || install.split('/').any(|c| c == "..") {
-            return Err(at(Some(a.install.span()), format!("{ctx}: install: expected an absolute file path, found `{install}`")));
+        if !install.starts_with('/')
+            || install.ends_with('/')
+            || install.split('/').any(|c| c == "..")
+        {
+            return Err(at(
+                Some(a.install.span()),
+                format!("{ctx}: install: expected an absolute file path, found `{install}`"),
+            ));
         }
         if !installs.insert(install.clone()) {
-            return Err(at(Some(a.install.span()), format!("{ctx}: install: `{install}` is installed by another artifact too")));
+            return Err(at(
+                Some(a.install.span()),
+                format!("{ctx}: install: `{install}` is installed by another artifact too"),
+            ));
         }
         let mode = a.mode.get_ref();
-        if u32::from_str_radix(mode, 8).map(|m| m > 0o7777).unwrap_or(true) {
-            return Err(at(Some(a.mode.span()), format!("{ctx}: mode: expected an octal mode like \"0755\", found \"{mode}\"")));
+        if u32::from_str_radix(mode, 8)
+            .map(|m| m > 0o7777)
+            .unwrap_or(true)
+        {
+            return Err(at(
+                Some(a.mode.span()),
+                format!("{ctx}: mode: expected an octal mode like \"0755\", found \"{mode}\""),
+            ));
         }
     }
     let mut image_names = BTreeSet::new();
@@ -330,22 +395,44 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
     }
     for o in &p.overlays {
         if o.is_empty() || o.contains('/') || o.starts_with('.') {
-            return Err(at(None, format!("overlays: expected a directory name under overlays/, found `{o}`")));
+            return Err(at(
+                None,
+                format!("overlays: expected a directory name under overlays/, found `{o}`"),
+            ));
         }
     }
     if p.disk.esp_size_mib < 64 {
-        return Err(at(None, format!("disk.esp_size_mib: expected at least 64, found {}", p.disk.esp_size_mib)));
+        return Err(at(
+            None,
+            format!(
+                "disk.esp_size_mib: expected at least 64, found {}",
+                p.disk.esp_size_mib
+            ),
+        ));
     }
     if p.disk.config_size_mib < 2 {
-        return Err(at(None, format!("disk.config_size_mib: expected at least 2, found {}", p.disk.config_size_mib)));
+        return Err(at(
+            None,
+            format!(
+                "disk.config_size_mib: expected at least 2, found {}",
+                p.disk.config_size_mib
+            ),
+        ));
     }
     Ok(p)
 }
 
 fn check_hex(h: &Spanned<String>, len: usize) -> Result<(), String> {
     let v = h.get_ref();
-    if v.len() != len || !v.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
-        return Err(format!("expected {len} lowercase hex characters, found {} characters `{v}`", v.len()));
+    if v.len() != len
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(format!(
+            "expected {len} lowercase hex characters, found {} characters `{v}`",
+            v.len()
+        ));
     }
     Ok(())
 }
@@ -381,29 +468,40 @@ install = "/usr/bin/tool"
         assert_eq!(p.arch, Arch::X86_64);
         assert_eq!(p.debian.variant, "minbase");
         assert_eq!(p.artifacts[0].mode_bits(), 0o755);
-        assert_eq!(p.outputs.formats, vec![OutputFormat::Raw, OutputFormat::RawZst]);
+        assert_eq!(
+            p.outputs.formats,
+            vec![OutputFormat::Raw, OutputFormat::RawZst]
+        );
         assert!(p.artifacts[0].digest_string().starts_with("sha256:"));
     }
 
     #[test]
     fn unknown_key_names_file_and_line() {
-        let e = parse("p.toml", &GOOD.replace("suite =", "suit =")).unwrap_err().to_string();
+        let e = parse("p.toml", &GOOD.replace("suite =", "suit ="))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:5:1:"), "{e}");
         assert!(e.contains("unknown field `suit`"), "{e}");
     }
 
     #[test]
     fn short_hash_names_line_and_expected_form() {
-        let e = parse("p.toml", &GOOD.replace("\"0000000000", "\"000000000")).unwrap_err().to_string();
+        let e = parse("p.toml", &GOOD.replace("\"0000000000", "\"000000000"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:10:"), "{e}");
         assert!(e.contains("expected 64 lowercase hex characters"), "{e}");
     }
 
     #[test]
     fn missing_hash_and_bad_arch_are_refused() {
-        let e = parse("p.toml", &GOOD.replace("sha256 = ", "# ")).unwrap_err().to_string();
+        let e = parse("p.toml", &GOOD.replace("sha256 = ", "# "))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected `sha256` or `sha512`"), "{e}");
-        let e = parse("p.toml", &GOOD.replace("x86_64", "riscv64")).unwrap_err().to_string();
+        let e = parse("p.toml", &GOOD.replace("x86_64", "riscv64"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("p.toml:3:"), "{e}");
         assert!(e.contains("x86_64") && e.contains("aarch64"), "{e}");
     }
@@ -435,9 +533,16 @@ install = "/usr/bin/tool"
 
     #[test]
     fn relative_install_and_bad_mode_are_refused() {
-        let e = parse("p.toml", &GOOD.replace("\"/usr/bin/tool\"", "\"usr/bin/tool\"")).unwrap_err().to_string();
+        let e = parse(
+            "p.toml",
+            &GOOD.replace("\"/usr/bin/tool\"", "\"usr/bin/tool\""),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("install: expected an absolute file path"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}mode = \"0999\"\n")).unwrap_err().to_string();
+        let e = parse("p.toml", &format!("{GOOD}mode = \"0999\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mode: expected an octal mode"), "{e}");
     }
 }

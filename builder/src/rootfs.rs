@@ -59,11 +59,16 @@ pub fn resolve_mirror(profile_mirror: Option<&str>) -> Result<String> {
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
         files.sort();
-        for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "sources")) {
+        for f in files
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "sources"))
+        {
             let text = fs::read_to_string(&f).unwrap_or_default();
             for stanza in text.split("\n\n") {
                 let field = |k: &str| {
-                    stanza.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                    stanza
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
                 };
                 if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) {
                     if !suites.split_whitespace().any(|s| s.ends_with("-security")) {
@@ -73,7 +78,10 @@ pub fn resolve_mirror(profile_mirror: Option<&str>) -> Result<String> {
             }
         }
     }
-    for line in fs::read_to_string("/etc/apt/sources.list").unwrap_or_default().lines() {
+    for line in fs::read_to_string("/etc/apt/sources.list")
+        .unwrap_or_default()
+        .lines()
+    {
         let mut w = line.split_whitespace().filter(|w| !w.starts_with('['));
         if w.next() == Some("deb") {
             if let (Some(uri), Some(suite)) = (w.next(), w.next()) {
@@ -147,7 +155,11 @@ pub fn debian_base(spec: &BaseSpec, cache_dir: &Path) -> Result<PathBuf> {
     } else {
         let _ = fs::remove_file(&tmp);
     }
-    let mode = if unsafe { libc::geteuid() } == 0 { "root" } else { "unshare" };
+    let mode = if unsafe { libc::geteuid() } == 0 {
+        "root"
+    } else {
+        "unshare"
+    };
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg(format!("--mode={mode}"))
         .arg(format!("--variant={}", spec.variant))
@@ -185,7 +197,12 @@ fn ensure_binfmt(spec: &BaseSpec) -> Result<()> {
     };
     let status = Path::new("/proc/sys/fs/binfmt_misc/status");
     if !status.exists() {
-        let _ = tools::run(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"]));
+        let _ = tools::run(Command::new("mount").args([
+            "-t",
+            "binfmt_misc",
+            "binfmt_misc",
+            "/proc/sys/fs/binfmt_misc",
+        ]));
     }
     if !Path::new("/proc/sys/fs/binfmt_misc").join(entry).exists() {
         tools::require(&[tools::QEMU_USER_AARCH64])?;
@@ -243,15 +260,21 @@ pub fn customize(
     for i in installs {
         let dest = firstboot::util::rooted(root, &i.dest);
         fs::create_dir_all(dest.parent().unwrap())?;
-        fs::copy(&i.source, &dest).with_context(|| format!("installing {} to {}", i.source.display(), i.dest))?;
+        fs::copy(&i.source, &dest)
+            .with_context(|| format!("installing {} to {}", i.source.display(), i.dest))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(i.mode))?;
     }
     for o in overlays {
         copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
     }
     if !enable_units.is_empty() {
-        tools::run(Command::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(enable_units))
-            .context("enabling systemd units")?;
+        tools::run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", root.display()))
+                .arg("enable")
+                .args(enable_units),
+        )
+        .context("enabling systemd units")?;
     }
 
     let kernel_version = kernel_version(root)?;
@@ -271,7 +294,10 @@ pub fn customize(
     let kernel = boot_dir.join("vmlinuz");
     let initrd = boot_dir.join("initrd.img");
     fs::copy(root.join(format!("boot/vmlinuz-{kernel_version}")), &kernel)?;
-    fs::copy(root.join(format!("boot/initrd.img-{kernel_version}")), &initrd)?;
+    fs::copy(
+        root.join(format!("boot/initrd.img-{kernel_version}")),
+        &initrd,
+    )?;
     // The ESP carries kernel and initrd; the read-only root does not need a second copy.
     for e in fs::read_dir(root.join("boot"))?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
@@ -285,7 +311,12 @@ pub fn customize(
 
     let packages = installed_packages(root)?;
     scrub(root)?;
-    Ok(Customized { packages, kernel, initrd, kernel_version })
+    Ok(Customized {
+        packages,
+        kernel,
+        initrd,
+        kernel_version,
+    })
 }
 
 fn kernel_version(root: &Path) -> Result<String> {
@@ -298,7 +329,10 @@ fn kernel_version(root: &Path) -> Result<String> {
     match v.as_slice() {
         [one] => Ok(one.clone()),
         [] => bail!("the base has no kernel in /lib/modules"),
-        many => bail!("the base has several kernels ({}); pin one", many.join(", ")),
+        many => bail!(
+            "the base has several kernels ({}); pin one",
+            many.join(", ")
+        ),
     }
 }
 
@@ -306,22 +340,38 @@ fn kernel_version(root: &Path) -> Result<String> {
 pub fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
     let out = tools::output(
         Command::new("dpkg-query")
-            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
-            .args(["-W", "-f", "${db:Status-Abbrev}\t${binary:Package}\t${Version}\n"]),
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args([
+                "-W",
+                "-f",
+                "${db:Status-Abbrev}\t${binary:Package}\t${Version}\n",
+            ]),
     )?;
     Ok(out
         .lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
             let (status, name, version) = (f.next()?, f.next()?, f.next()?);
-            status.starts_with("ii").then(|| (name.to_string(), version.to_string()))
+            status
+                .starts_with("ii")
+                .then(|| (name.to_string(), version.to_string()))
         })
         .collect())
 }
 
 /// Remove what differs between builds or has no place in an immutable image.
 fn scrub(root: &Path) -> Result<()> {
-    for dir in ["var/cache/apt", "var/lib/apt/lists", "var/log", "tmp", "var/tmp", "var/cache/debconf"] {
+    for dir in [
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "var/log",
+        "tmp",
+        "var/tmp",
+        "var/cache/debconf",
+    ] {
         let d = root.join(dir);
         if let Ok(entries) = fs::read_dir(&d) {
             for e in entries.flatten() {
@@ -334,7 +384,11 @@ fn scrub(root: &Path) -> Result<()> {
             }
         }
     }
-    for f in ["var/cache/ldconfig/aux-cache", "etc/.pwd.lock", "var/lib/dbus/machine-id"] {
+    for f in [
+        "var/cache/ldconfig/aux-cache",
+        "etc/.pwd.lock",
+        "var/lib/dbus/machine-id",
+    ] {
         let _ = fs::remove_file(root.join(f));
     }
     // Empty machine-id: systemd generates one on first boot and commits it to the
@@ -362,18 +416,30 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             }
             std::os::unix::fs::symlink(&target, &d)?;
         } else if meta.is_dir() {
-            if fs::symlink_metadata(&d).map(|m| !m.is_dir()).unwrap_or(false) {
+            if fs::symlink_metadata(&d)
+                .map(|m| !m.is_dir())
+                .unwrap_or(false)
+            {
                 fs::remove_file(&d)?;
             }
             fs::create_dir_all(&d)?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+            fs::set_permissions(
+                &d,
+                fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+            )?;
             copy_tree(&s, &d)?;
         } else {
-            if fs::symlink_metadata(&d).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            if fs::symlink_metadata(&d)
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false)
+            {
                 fs::remove_file(&d)?;
             }
             fs::copy(&s, &d)?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+            fs::set_permissions(
+                &d,
+                fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+            )?;
             std::os::unix::fs::lchown(&d, Some(0), Some(0)).ok();
         }
     }
@@ -387,7 +453,9 @@ struct ChrootMounts {
 
 impl ChrootMounts {
     fn new(root: &Path) -> Result<Self> {
-        let mut m = ChrootMounts { mounted: Vec::new() };
+        let mut m = ChrootMounts {
+            mounted: Vec::new(),
+        };
         for (fstype, src, dir, bind) in [
             ("proc", "proc", "proc", false),
             ("sysfs", "sysfs", "sys", false),
@@ -458,12 +526,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(s.path().join("etc/x")).unwrap();
         fs::write(s.path().join("etc/x/run.sh"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(s.path().join("etc/x/run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(
+            s.path().join("etc/x/run.sh"),
+            fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/run/foo", s.path().join("etc/link")).unwrap();
         fs::create_dir_all(d.path().join("etc")).unwrap();
         fs::write(d.path().join("etc/link"), "old").unwrap();
         copy_tree(s.path(), d.path()).unwrap();
-        assert_eq!(fs::metadata(d.path().join("etc/x/run.sh")).unwrap().permissions().mode() & 0o777, 0o750);
-        assert_eq!(fs::read_link(d.path().join("etc/link")).unwrap(), PathBuf::from("/run/foo"));
+        assert_eq!(
+            fs::metadata(d.path().join("etc/x/run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o750
+        );
+        assert_eq!(
+            fs::read_link(d.path().join("etc/link")).unwrap(),
+            PathBuf::from("/run/foo")
+        );
     }
 }

@@ -11,13 +11,34 @@ pub struct Tool {
     pub package: &'static str,
 }
 
-pub const MMDEBSTRAP: Tool = Tool { program: "mmdebstrap", package: "mmdebstrap" };
-pub const MKFS_EROFS: Tool = Tool { program: "mkfs.erofs", package: "erofs-utils" };
-pub const TAR: Tool = Tool { program: "tar", package: "tar" };
-pub const CHROOT: Tool = Tool { program: "chroot", package: "coreutils" };
-pub const SYSTEMCTL: Tool = Tool { program: "systemctl", package: "systemd" };
-pub const DPKG_QUERY: Tool = Tool { program: "dpkg-query", package: "dpkg" };
-pub const QEMU_USER_AARCH64: Tool = Tool { program: "qemu-aarch64-static", package: "qemu-user-static" };
+pub const MMDEBSTRAP: Tool = Tool {
+    program: "mmdebstrap",
+    package: "mmdebstrap",
+};
+pub const MKFS_EROFS: Tool = Tool {
+    program: "mkfs.erofs",
+    package: "erofs-utils",
+};
+pub const TAR: Tool = Tool {
+    program: "tar",
+    package: "tar",
+};
+pub const CHROOT: Tool = Tool {
+    program: "chroot",
+    package: "coreutils",
+};
+pub const SYSTEMCTL: Tool = Tool {
+    program: "systemctl",
+    package: "systemd",
+};
+pub const DPKG_QUERY: Tool = Tool {
+    program: "dpkg-query",
+    package: "dpkg",
+};
+pub const QEMU_USER_AARCH64: Tool = Tool {
+    program: "qemu-aarch64-static",
+    package: "qemu-user-static",
+};
 
 /// Tools every `nodeimage build` needs.
 pub const BUILD_TOOLS: &[Tool] = &[MMDEBSTRAP, MKFS_EROFS, TAR, CHROOT, SYSTEMCTL, DPKG_QUERY];
@@ -33,12 +54,18 @@ pub fn which(program: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The tools in `tools` that are not installed.
 pub fn missing(tools: &[Tool]) -> Vec<Tool> {
-    tools.iter().copied().filter(|t| which(t.program).is_none()).collect()
+    tools
+        .iter()
+        .copied()
+        .filter(|t| which(t.program).is_none())
+        .collect()
 }
 
 /// Fail with the exact `apt-get install` line when tools are missing.
@@ -103,7 +130,11 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
         .output()
         .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
     if !out.status.success() {
-        anyhow::bail!("{program} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::bail!(
+            "{program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -114,7 +145,10 @@ mod tests {
 
     #[test]
     fn missing_tool_names_package() {
-        let t = Tool { program: "definitely-not-a-program-xyz", package: "xyz-tools" };
+        let t = Tool {
+            program: "definitely-not-a-program-xyz",
+            package: "xyz-tools",
+        };
         let e = require(&[t, TAR]).unwrap_err().to_string();
         assert!(e.contains("definitely-not-a-program-xyz"), "{e}");
         assert!(e.contains("apt-get install xyz-tools"), "{e}");

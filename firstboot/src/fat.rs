@@ -26,7 +26,8 @@ use hadris_fat::{FatKind, VolumeLabel};
 use hadris_fs::{DateTime, DirCursor, FileType, MountOptions, Name, NodeId, OpenMode};
 use hadris_storage::{BlockIndex, BlockSize};
 
-/// Logical sector size of every volume this module writes (and the only one it reads).
+/// Logical sector size of every volume this module writes ([`FatImage`] reads any size
+/// FAT allows: 512 to 4096 bytes).
 pub const SECTOR_SIZE: u64 = 512;
 
 /// From this size on, [`FatOptions::fat_type`] `None` means FAT32 (the UEFI spec's
@@ -110,14 +111,28 @@ pub struct BootSector {
     pub media: u8,
     pub hidden_sectors: u32,
     pub volume_id: u32,
-    /// The label copy in the boot sector (the root directory's label entry is the one
-    /// that counts; see [`FatImage::label`]).
+    /// The label copy in the boot sector, trailing spaces removed; empty when the boot
+    /// sector has no extended boot signature `0x29` (which is what makes the field
+    /// valid). The root directory's label entry is the one that counts; see
+    /// [`FatImage::label`].
     pub boot_label: String,
     pub cluster_count: u32,
 }
 
 impl BootSector {
     /// Parse the first sector of a FAT volume.
+    ///
+    /// This is also the probe for "is there a FAT volume here": it checks the `0x55AA`
+    /// signature and that the BIOS parameter block is sane (sector and cluster sizes FAT
+    /// allows, reserved sectors, one or more FATs of non-zero size, a legal media byte,
+    /// a data region inside the volume). The jump instruction at byte 0 (`0xEB xx 0x90`
+    /// or `0xE9 xx xx`) is not required: some writers leave it zero, and Linux and
+    /// blkid do not insist on it either.
+    ///
+    /// The FAT type follows the cluster count (fatgen103), except that a FAT32 layout
+    /// (no fixed root directory, no 16-bit FAT size) is FAT32 whatever its cluster
+    /// count, as Linux and the filesystem code underneath read it: `mkfs.fat -F 32`
+    /// makes such small volumes.
     pub fn parse(sector: &[u8]) -> Result<Self, FatError> {
         let bad = |what: &str| FatError::NotFat(what.to_string());
         if sector.len() < 512 {
@@ -150,6 +165,11 @@ impl BootSector {
         if reserved_sectors == 0 || fat_count == 0 {
             return Err(bad("no reserved sectors or no FATs"));
         }
+        // fatgen103: 0xF0 or 0xF8..=0xFF; every formatter writes one of those. Checking it
+        // keeps a master boot record (which also ends in 0x55AA) from passing as FAT.
+        if media != 0xF0 && media < 0xF8 {
+            return Err(bad(&format!("media byte is {media:#04x}")));
+        }
         let total_sectors = if total16 != 0 {
             u32::from(total16)
         } else {
@@ -160,6 +180,10 @@ impl BootSector {
         } else {
             u32_at(36)
         };
+        if sectors_per_fat == 0 {
+            return Err(bad("sectors per FAT is 0"));
+        }
+        let fat32_layout = root_entries == 0 && fat16 == 0;
         let bps = u64::from(bytes_per_sector);
         let root_sectors = (u64::from(root_entries) * 32).div_ceil(bps);
         let meta = u64::from(reserved_sectors)
@@ -170,22 +194,29 @@ impl BootSector {
             .ok_or_else(|| bad("metadata larger than the volume"))?;
         let cluster_count =
             u32::try_from(data / u64::from(sectors_per_cluster)).unwrap_or(u32::MAX);
-        // fatgen103: the type is decided by the cluster count alone.
-        let fat_type = if cluster_count < 4085 {
-            FatType::Fat12
-        } else if cluster_count < 65525 {
-            FatType::Fat16
-        } else {
+        // fatgen103: the type is decided by the cluster count, except for a FAT32 layout
+        // (see above).
+        let fat_type = if fat32_layout || cluster_count >= 65525 {
             FatType::Fat32
-        };
-        let (id_at, label_at) = if fat_type == FatType::Fat32 {
-            (67, 71)
+        } else if cluster_count < 4085 {
+            FatType::Fat12
         } else {
-            (39, 43)
+            FatType::Fat16
         };
-        let label = String::from_utf8_lossy(&sector[label_at..label_at + 11])
-            .trim_end()
-            .to_string();
+        let (sig_at, id_at, label_at) = if fat_type == FatType::Fat32 {
+            (66, 67, 71)
+        } else {
+            (38, 39, 43)
+        };
+        // The label field exists only with the extended boot signature 0x29 (0x28 has
+        // the serial but no label).
+        let label = if sector[sig_at] == 0x29 {
+            String::from_utf8_lossy(&sector[label_at..label_at + 11])
+                .trim_end_matches([' ', '\0'])
+                .to_string()
+        } else {
+            String::new()
+        };
         Ok(BootSector {
             fat_type,
             bytes_per_sector,
@@ -444,8 +475,29 @@ pub struct FatFile {
     pub size: u64,
 }
 
+/// What [`FatImage::stat`] finds at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    File { size: u64 },
+    Dir,
+}
+
+/// A volume label as tools show it: trailing spaces (and NULs, which some writers pad
+/// with) removed; `None` when that leaves nothing or `NO NAME`, the placeholder for "no
+/// label" (as blkid and mtools treat it).
+fn clean_label(raw: &str) -> Option<String> {
+    let l = raw.trim_end_matches([' ', '\0']);
+    (!l.is_empty() && l != "NO NAME").then(|| l.to_string())
+}
+
 /// A FAT volume opened read-only from a window of a seekable stream (a partition of a
 /// disk image or a block device, or a whole image file).
+///
+/// Only what is asked for is read: the boot sector and FAT metadata at [`open`], then
+/// directories and file data on demand. A block device opened as a `File` works; its
+/// size is what seeking to its end reports (its metadata says 0).
+///
+/// [`open`]: FatImage::open
 pub struct FatImage<R: Read + Seek> {
     fs: FatFs<Window<R>>,
     boot: BootSector,
@@ -473,12 +525,8 @@ impl<R: Read + Seek> FatImage<R> {
                 source,
             })?;
         let boot = BootSector::parse(&sector)?;
-        if boot.bytes_per_sector as u64 != SECTOR_SIZE {
-            return Err(FatError::NotFat(format!(
-                "{} bytes per sector; only 512 is supported",
-                boot.bytes_per_sector
-            )));
-        }
+        // Any sector size FAT allows is read (the filesystem code addresses bytes);
+        // [`rebuild`] writes 512-byte sectors only and refuses other volumes.
         if boot.volume_bytes() > len {
             return Err(FatError::SizeMismatch {
                 volume: boot.volume_bytes(),
@@ -497,23 +545,27 @@ impl<R: Read + Seek> FatImage<R> {
             }
         })?;
         let mut buf = [0u8; 64];
-        let label = fs
+        // The first label entry of the root directory (deleted and long-name entries
+        // skipped), decoded like a short name. When there is one, it is the label, even
+        // a blank one; the boot sector's copy counts only when there is none.
+        let label = match fs
             .label(&mut buf)
             .map_err(|e| fs_err("reading the volume label", e))?
-            .map(|s| s.trim_end().to_string());
+        {
+            Some(entry) => clean_label(entry),
+            None => clean_label(&boot.boot_label),
+        };
         Ok(FatImage { fs, boot, label })
     }
 
-    /// The volume label from the root directory's label entry (falls back to the boot
-    /// sector's copy when the root has none).
+    /// The volume label. The root directory's label entry is the label, as Windows,
+    /// mtools, `fatlabel` and blkid read it (Windows does not update the boot sector
+    /// when it relabels a volume); a blank entry means no label. Only when the root
+    /// directory has no label entry at all does the boot sector's copy count (older
+    /// blkid did that, and so did the data sources' former reader), and only with the
+    /// extended boot signature `0x29`. `NO NAME` is no label.
     pub fn label(&self) -> Option<&str> {
-        match &self.label {
-            Some(l) => Some(l.as_str()),
-            None if !self.boot.boot_label.is_empty() && self.boot.boot_label != "NO NAME" => {
-                Some(self.boot.boot_label.as_str())
-            }
-            None => None,
-        }
+        self.label.as_deref()
     }
 
     pub fn volume_id(&self) -> u32 {
@@ -552,24 +604,50 @@ impl<R: Read + Seek> FatImage<R> {
         Ok(out)
     }
 
-    /// Whether a file exists at `path` (case-insensitive, long or short names).
+    /// Whether a regular file exists at `path` (case-insensitive, long or short names;
+    /// a directory is not a file). Nothing is read but directories.
     pub fn exists(&mut self, path: &str) -> Result<bool, FatError> {
-        match self.read_file(path) {
-            Ok(_) => Ok(true),
-            Err(FatError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(matches!(self.stat(path)?, Some(Stat::File { .. })))
+    }
+
+    /// What is at `path`: a file and its size, a directory (the root is `""` or `/`),
+    /// or nothing (`None`, also when a component on the way is a file).
+    pub fn stat(&mut self, path: &str) -> Result<Option<Stat>, FatError> {
+        self.with_entry(path, |_, _, ft, size| {
+            Ok(match ft {
+                FileType::File => Some(Stat::File { size }),
+                FileType::Dir => Some(Stat::Dir),
+                _ => None,
+            })
+        })
+        .map(Option::flatten)
     }
 
     /// The contents of the file at `path` (`EFI/BOOT/BOOTX64.EFI`; a leading `/` is
-    /// accepted). Names match case-insensitively, by long or 8.3 name.
+    /// accepted). Names match case-insensitively, by long or 8.3 name. A directory is
+    /// [`FatError::NotFound`] (use [`stat`](Self::stat) to tell the two apart).
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FatError> {
         let not_found = || FatError::NotFound {
             path: path.to_string(),
         };
+        self.with_entry(path, |fs, node, ft, size| match (node, ft) {
+            (Some(node), FileType::File) => read_node(fs, node, size, path).map(Some),
+            _ => Ok(None),
+        })?
+        .flatten()
+        .ok_or_else(not_found)
+    }
+
+    /// Walk `path` from the root and call `found` with the entry's node (`None` for the
+    /// root), type and size; `Ok(None)` when there is nothing at `path`. The nodes
+    /// pinned on the way are released afterwards.
+    fn with_entry<T, F>(&mut self, path: &str, found: F) -> Result<Option<T>, FatError>
+    where
+        F: FnOnce(&mut FatFs<Window<R>>, Option<NodeId>, FileType, u64) -> Result<T, FatError>,
+    {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         if comps.is_empty() {
-            return Err(not_found());
+            return found(&mut self.fs, None, FileType::Dir, 0).map(Some);
         }
         let mut dir = self.fs.root();
         let mut pinned: Vec<NodeId> = Vec::new();
@@ -577,9 +655,13 @@ impl<R: Read + Seek> FatImage<R> {
             for (i, comp) in comps.iter().enumerate() {
                 let node = match self.fs.lookup(dir, Name::new(comp)) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == hadris_io::ErrorKind::NotFound => return Err(not_found()),
-                    Err(e) if e.kind() == hadris_io::ErrorKind::NotADirectory => {
-                        return Err(not_found())
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            hadris_io::ErrorKind::NotFound | hadris_io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        return Ok(None)
                     }
                     Err(e) => return Err(fs_err(format!("looking up `{path}`"), e)),
                 };
@@ -588,16 +670,15 @@ impl<R: Read + Seek> FatImage<R> {
                     .fs
                     .stat(node)
                     .map_err(|e| fs_err(format!("reading `{path}`"), e))?;
-                let last = i + 1 == comps.len();
-                match (meta.file_type(), last) {
-                    (FileType::Dir, false) => dir = node,
-                    (FileType::File, true) => {
-                        return read_node(&mut self.fs, node, meta.len(), path)
-                    }
-                    _ => return Err(not_found()),
+                if i + 1 == comps.len() {
+                    return found(&mut self.fs, Some(node), meta.file_type(), meta.len()).map(Some);
+                }
+                match meta.file_type() {
+                    FileType::Dir => dir = node,
+                    _ => return Ok(None),
                 }
             }
-            Err(not_found())
+            Ok(None)
         })();
         for n in pinned {
             self.fs.forget(n, 1);
@@ -706,6 +787,15 @@ pub fn rebuild(volume: &[u8], changes: &FileChanges, timestamp: i64) -> Result<V
     let len = volume.len() as u64;
     let mut img = FatImage::open(std::io::Cursor::new(volume), 0, len)?;
     let boot = img.boot.clone();
+    if u64::from(boot.bytes_per_sector) != SECTOR_SIZE {
+        return Err(FatError::Filesystem {
+            what: "rebuilding the FAT volume".into(),
+            message: format!(
+                "it has {}-byte sectors; only 512-byte sectors are written",
+                boot.bytes_per_sector
+            ),
+        });
+    }
     let label = img.label().map(str::to_string);
     let mut files = img.read_all()?;
     for (path, change) in changes {
@@ -910,6 +1000,126 @@ mod tests {
         assert_eq!(a, b);
         o.timestamp = i64::MAX;
         build(&BTreeMap::new(), &o).unwrap();
+    }
+
+    /// Byte offset of the fixed root directory of a FAT12/16 volume.
+    fn root_dir_offset(img: &[u8]) -> usize {
+        let b = BootSector::parse(img).unwrap();
+        (usize::from(b.reserved_sectors) + usize::from(b.fat_count) * b.sectors_per_fat as usize)
+            * usize::from(b.bytes_per_sector)
+    }
+
+    #[test]
+    fn probe_accepts_a_zero_jump_and_rejects_what_is_not_fat() {
+        let mut files = BTreeMap::new();
+        files.insert("node.yaml".to_string(), b"version: 1\n".to_vec());
+        let img = build(&files, &opts(4 << 20)).unwrap();
+        assert_eq!(img[0], 0xEB);
+        // Some writers leave the jump instruction zero; Linux mounts such volumes.
+        let mut nojump = img.clone();
+        nojump[..3].fill(0);
+        let b = BootSector::parse(&nojump).unwrap();
+        assert_eq!(b.fat_type, FatType::Fat12);
+        let mut r = FatImage::open(std::io::Cursor::new(&nojump), 0, nojump.len() as u64).unwrap();
+        assert_eq!(r.label(), Some("NODECONFIG"));
+        assert_eq!(r.read_file("node.yaml").unwrap(), b"version: 1\n");
+
+        assert!(BootSector::parse(&[0u8; 512]).is_err());
+        assert!(BootSector::parse(&img[..511]).is_err());
+        let broken = |at: usize, value: &[u8]| {
+            let mut s = img[..512].to_vec();
+            s[at..at + value.len()].copy_from_slice(value);
+            BootSector::parse(&s)
+        };
+        assert!(broken(510, &[0, 0]).is_err(), "no 0x55AA");
+        assert!(
+            broken(11, &300u16.to_le_bytes()).is_err(),
+            "bytes per sector"
+        );
+        assert!(broken(13, &[3]).is_err(), "sectors per cluster");
+        assert!(broken(14, &[0, 0]).is_err(), "reserved sectors");
+        assert!(broken(16, &[0]).is_err(), "FAT count");
+        assert!(broken(21, &[0x12]).is_err(), "media byte");
+        assert!(broken(21, &[0xF0]).is_ok(), "media byte 0xF0");
+        assert!(broken(22, &[0, 0]).is_err(), "sectors per FAT");
+        // A master boot record also ends in 0x55AA; its code bytes are no BPB.
+        let mut mbr = vec![0u8; 512];
+        mbr[..16].copy_from_slice(&[
+            0xFA, 0x33, 0xC0, 0x8E, 0xD0, 0xBC, 0x00, 0x7C, 0x8B, 0xF4, 0x50, 0x07, 0x50, 0x1F,
+            0xFB, 0xFC,
+        ]);
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        assert!(BootSector::parse(&mbr).is_err());
+    }
+
+    #[test]
+    fn stat_tells_files_directories_and_nothing_apart() {
+        let mut files = BTreeMap::new();
+        files.insert("node.yaml".to_string(), b"version: 1\n".to_vec());
+        files.insert("EFI/BOOT/BOOTX64.EFI".to_string(), vec![1u8; 5000]);
+        let img = build(&files, &opts(8 << 20)).unwrap();
+        let mut r = FatImage::open(std::io::Cursor::new(&img), 0, img.len() as u64).unwrap();
+        assert_eq!(r.stat("").unwrap(), Some(Stat::Dir));
+        assert_eq!(r.stat("/").unwrap(), Some(Stat::Dir));
+        assert_eq!(r.stat("efi/boot").unwrap(), Some(Stat::Dir));
+        assert_eq!(
+            r.stat("/EFI/BOOT/bootx64.efi").unwrap(),
+            Some(Stat::File { size: 5000 })
+        );
+        assert_eq!(r.stat("NODE~1.YAM").unwrap(), Some(Stat::File { size: 11 }));
+        assert_eq!(r.stat("nope").unwrap(), None);
+        assert_eq!(r.stat("node.yaml/x").unwrap(), None);
+        assert!(r.exists("node.yaml").unwrap());
+        assert!(!r.exists("EFI/BOOT").unwrap());
+        assert!(!r.exists("").unwrap());
+        assert!(matches!(r.read_file("/"), Err(FatError::NotFound { .. })));
+    }
+
+    #[test]
+    fn root_label_entry_wins_over_the_boot_sector_label() {
+        let img = build(&BTreeMap::new(), &opts(4 << 20)).unwrap();
+        let open = |img: &[u8]| {
+            FatImage::open(std::io::Cursor::new(img.to_vec()), 0, img.len() as u64).unwrap()
+        };
+        assert_eq!(img[38], 0x29);
+        assert_eq!(&img[43..54], b"NODECONFIG ");
+        let root = root_dir_offset(&img);
+        assert_eq!(&img[root..root + 11], b"NODECONFIG ");
+        assert_eq!(img[root + 11] & 0x08, 0x08);
+
+        // A relabel that did not touch the boot sector: the root entry counts.
+        let mut a = img.clone();
+        a[43..54].copy_from_slice(b"STALE      ");
+        assert_eq!(open(&a).label(), Some("NODECONFIG"));
+        assert_eq!(open(&a).boot_sector().boot_label, "STALE");
+
+        // Deleted entries before the label are skipped.
+        let mut b = img.clone();
+        b.copy_within(root..root + 32, root + 32);
+        b[root..root + 11].copy_from_slice(b"\xE5LD        ");
+        b[root + 11] = 0x08;
+        b[43..54].copy_from_slice(b"STALE      ");
+        assert_eq!(open(&b).label(), Some("NODECONFIG"));
+
+        // A blank or `NO NAME` root entry is no label; the boot sector is not consulted.
+        for entry in [b"           ", b"NO NAME    "] {
+            let mut c = a.clone();
+            c[root..root + 11].copy_from_slice(entry);
+            assert_eq!(open(&c).label(), None, "{entry:?}");
+        }
+
+        // No root entry at all: the boot sector's copy...
+        let mut c = a.clone();
+        c[root..root + 32].fill(0);
+        assert_eq!(open(&c).label(), Some("STALE"));
+        // ... which is only valid with the extended boot signature 0x29,
+        c[38] = 0x28;
+        assert_eq!(open(&c).label(), None);
+        // ... and is no label when it says `NO NAME`.
+        c[38] = 0x29;
+        c[43..54].copy_from_slice(b"NO NAME    ");
+        assert_eq!(open(&c).label(), None);
     }
 
     #[test]

@@ -114,13 +114,21 @@ fn load_journal(root: &Path) -> Journal {
 }
 
 fn save_journal(root: &Path, j: &Journal) -> Result<()> {
-    atomic_write(&state_path(root, "journal.json"), &serde_json::to_vec_pretty(j)?, 0o600)
-        .context("writing the firstboot journal")
+    atomic_write(
+        &state_path(root, "journal.json"),
+        &serde_json::to_vec_pretty(j)?,
+        0o600,
+    )
+    .context("writing the firstboot journal")
 }
 
 pub fn write_status(root: &Path, s: &Status) -> Result<()> {
-    atomic_write(&state_path(root, "status.json"), &serde_json::to_vec_pretty(s)?, 0o644)
-        .context("writing status.json")
+    atomic_write(
+        &state_path(root, "status.json"),
+        &serde_json::to_vec_pretty(s)?,
+        0o644,
+    )
+    .context("writing status.json")
 }
 
 /// Digest of the config the steps run for: a changed config re-runs every step.
@@ -130,10 +138,20 @@ pub fn config_digest(c: &NodeConfig) -> String {
 
 /// Run `steps` in order, skipping those the journal records as done for this config.
 /// Stops at the first failure; the status says which step and why.
-pub fn run_steps(opts: &RunOptions, acquired: &Acquired, hostname: &str, steps: &[Step], started: Instant) -> Status {
+pub fn run_steps(
+    opts: &RunOptions,
+    acquired: &Acquired,
+    hostname: &str,
+    steps: &[Step],
+    started: Instant,
+) -> Status {
     let digest = config_digest(&acquired.config);
     let mut journal = load_journal(&opts.root);
-    let ctx = StepContext { opts, config: &acquired.config, hostname };
+    let ctx = StepContext {
+        opts,
+        config: &acquired.config,
+        hostname,
+    };
     let mut status = Status {
         state: "ok".into(),
         role: Some(acquired.config.role.to_string()),
@@ -151,7 +169,12 @@ pub fn run_steps(opts: &RunOptions, acquired: &Acquired, hostname: &str, steps: 
     };
     for step in steps {
         if journal.done.get(step.name) == Some(&digest) {
-            status.steps.push(StepStatus { name: step.name.into(), state: "skipped".into(), ms: 0, detail: "done in an earlier run".into() });
+            status.steps.push(StepStatus {
+                name: step.name.into(),
+                state: "skipped".into(),
+                ms: 0,
+                detail: "done in an earlier run".into(),
+            });
             continue;
         }
         let t = Instant::now();
@@ -159,7 +182,12 @@ pub fn run_steps(opts: &RunOptions, acquired: &Acquired, hostname: &str, steps: 
         match (step.apply)(&ctx) {
             Ok(detail) => {
                 tracing::info!(step = step.name, ms = t.elapsed().as_millis() as u64, detail = %detail, "step done");
-                status.steps.push(StepStatus { name: step.name.into(), state: "done".into(), ms: t.elapsed().as_millis(), detail });
+                status.steps.push(StepStatus {
+                    name: step.name.into(),
+                    state: "done".into(),
+                    ms: t.elapsed().as_millis(),
+                    detail,
+                });
                 journal.done.insert(step.name.to_string(), digest.clone());
                 if let Err(e) = save_journal(&opts.root, &journal) {
                     status.state = "failed".into();
@@ -170,7 +198,12 @@ pub fn run_steps(opts: &RunOptions, acquired: &Acquired, hostname: &str, steps: 
             Err(e) => {
                 let msg = format!("step {}: {e:#}", step.name);
                 tracing::error!(step = step.name, error = %format!("{e:#}"), "step failed");
-                status.steps.push(StepStatus { name: step.name.into(), state: "failed".into(), ms: t.elapsed().as_millis(), detail: format!("{e:#}") });
+                status.steps.push(StepStatus {
+                    name: step.name.into(),
+                    state: "failed".into(),
+                    ms: t.elapsed().as_millis(),
+                    detail: format!("{e:#}"),
+                });
                 status.state = "failed".into();
                 status.error = Some(msg);
                 break;
@@ -196,9 +229,13 @@ pub fn apply_hostname(opts: &RunOptions, hostname: &str) -> Result<String> {
     }
     if opts.live {
         // SAFETY: sethostname(2) with a pointer and length of a valid buffer.
-        let rc = unsafe { libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) };
+        let rc =
+            unsafe { libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) };
         if rc != 0 {
-            anyhow::bail!("sethostname({hostname}): {}", std::io::Error::last_os_error());
+            anyhow::bail!(
+                "sethostname({hostname}): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(hostname.to_string())
@@ -209,7 +246,8 @@ pub fn apply_files(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
     for f in &config.files {
         let mode = f.mode_bits().map_err(anyhow::Error::msg)?;
         let path = rooted(&opts.root, &f.path);
-        atomic_write(&path, f.contents.as_bytes(), mode).with_context(|| format!("writing {}", f.path))?;
+        atomic_write(&path, f.contents.as_bytes(), mode)
+            .with_context(|| format!("writing {}", f.path))?;
     }
     Ok(format!("{} files", config.files.len()))
 }
@@ -224,7 +262,10 @@ pub fn console_line(status: &Status) -> String {
             status.elapsed_ms
         )
     } else {
-        format!("firstboot: error: {}", status.error.as_deref().unwrap_or("unknown error"))
+        format!(
+            "firstboot: error: {}",
+            status.error.as_deref().unwrap_or("unknown error")
+        )
     }
 }
 
@@ -237,59 +278,6 @@ pub fn announce(opts: &RunOptions, line: &str) {
             use std::io::Write;
             let _ = writeln!(k, "{line}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::cell::Cell;
-
-    fn acquired() -> Acquired {
-        let config = NodeConfig::parse(
-            "t",
-            "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\nfiles:\n  - {path: /etc/demo/motd, mode: \"0640\", contents: hello}\n",
-        )
-        .unwrap();
-        Acquired { source: "test".into(), config, hostname: None, staged: None, elapsed_ms: 1 }
-    }
-
-    #[test]
-    fn steps_are_journaled_and_skipped_on_rerun() {
-        let d = tempfile::tempdir().unwrap();
-        let opts = RunOptions { root: d.path().into(), live: false, platform: None, config_file: None, metadata_url: None };
-        let a = acquired();
-        let calls = Cell::new(0);
-        let fail_second = Cell::new(true);
-        let steps = vec![
-            Step { name: "one", apply: Box::new(|_| { calls.set(calls.get() + 1); Ok("1".into()) }) },
-            Step { name: "two", apply: Box::new(|_| if fail_second.get() { anyhow::bail!("disk on fire") } else { Ok("2".into()) }) },
-        ];
-        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
-        assert_eq!(s.state, "failed");
-        assert_eq!(s.error.as_deref(), Some("step two: disk on fire"));
-        assert_eq!(console_line(&s), "firstboot: error: step two: disk on fire");
-        // Resume after the interruption: step one is not repeated.
-        fail_second.set(false);
-        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
-        assert_eq!(s.state, "ok");
-        assert_eq!(calls.get(), 1);
-        assert_eq!(s.steps[1].state, "skipped");
-        assert_eq!(s.steps[2].state, "done");
-        assert!(console_line(&s).starts_with("firstboot: ok role=worker hostname=node-1 in "));
-    }
-
-    #[test]
-    fn hostname_and_files_are_written_under_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let opts = RunOptions { root: d.path().into(), live: false, platform: None, config_file: None, metadata_url: None };
-        let a = acquired();
-        apply_hostname(&opts, "node-1").unwrap();
-        apply_files(&opts, &a.config).unwrap();
-        assert_eq!(std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(), "node-1\n");
-        use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(d.path().join("etc/demo/motd")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o640);
     }
 }
 
@@ -313,11 +301,101 @@ pub fn apply_firewall(opts: &RunOptions, config: &NodeConfig) -> Result<String> 
     let policy = crate::ports::PortPolicy::for_node(config)?;
     let ruleset = crate::firewall::render_nft(&policy);
     let path = rooted(&opts.root, FIREWALL_RULESET);
-    atomic_write(&path, ruleset.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))?;
+    atomic_write(&path, ruleset.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
     if opts.live {
         crate::firewall::apply(&ruleset, &crate::firewall::nft_binary())?;
         Ok(format!("{} rules loaded", policy.rules.len()))
     } else {
         Ok(format!("{} rules written", policy.rules.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn acquired() -> Acquired {
+        let config = NodeConfig::parse(
+            "t",
+            "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\nfiles:\n  - {path: /etc/demo/motd, mode: \"0640\", contents: hello}\n",
+        )
+        .unwrap();
+        Acquired {
+            source: "test".into(),
+            config,
+            hostname: None,
+            staged: None,
+            elapsed_ms: 1,
+        }
+    }
+
+    #[test]
+    fn steps_are_journaled_and_skipped_on_rerun() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = RunOptions {
+            root: d.path().into(),
+            live: false,
+            platform: None,
+            config_file: None,
+            metadata_url: None,
+        };
+        let a = acquired();
+        let calls = Cell::new(0);
+        let fail_second = Cell::new(true);
+        let steps = vec![
+            Step {
+                name: "one",
+                apply: Box::new(|_| {
+                    calls.set(calls.get() + 1);
+                    Ok("1".into())
+                }),
+            },
+            Step {
+                name: "two",
+                apply: Box::new(|_| {
+                    if fail_second.get() {
+                        anyhow::bail!("disk on fire")
+                    } else {
+                        Ok("2".into())
+                    }
+                }),
+            },
+        ];
+        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
+        assert_eq!(s.state, "failed");
+        assert_eq!(s.error.as_deref(), Some("step two: disk on fire"));
+        assert_eq!(console_line(&s), "firstboot: error: step two: disk on fire");
+        // Resume after the interruption: step one is not repeated.
+        fail_second.set(false);
+        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
+        assert_eq!(s.state, "ok");
+        assert_eq!(calls.get(), 1);
+        assert_eq!(s.steps[1].state, "skipped");
+        assert_eq!(s.steps[2].state, "done");
+        assert!(console_line(&s).starts_with("firstboot: ok role=worker hostname=node-1 in "));
+    }
+
+    #[test]
+    fn hostname_and_files_are_written_under_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = RunOptions {
+            root: d.path().into(),
+            live: false,
+            platform: None,
+            config_file: None,
+            metadata_url: None,
+        };
+        let a = acquired();
+        apply_hostname(&opts, "node-1").unwrap();
+        apply_files(&opts, &a.config).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(),
+            "node-1\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(d.path().join("etc/demo/motd")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
     }
 }

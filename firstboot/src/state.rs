@@ -8,8 +8,8 @@
 //! Ignition) and everything written survives reboots, while the image stays immutable.
 
 use std::ffi::CString;
-use std::io::Seek;
 use std::fs;
+use std::io::Seek;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +33,12 @@ pub enum StatePlan {
     /// Append a new partition with this number covering `first..=last` (LBAs).
     Create { number: u32, first: u64, last: u64 },
     /// The partition exists; grow its end from `old_last` to `last`.
-    Grow { number: u32, first: u64, old_last: u64, last: u64 },
+    Grow {
+        number: u32,
+        first: u64,
+        old_last: u64,
+        last: u64,
+    },
     /// The partition exists and already fills the disk.
     Keep { number: u32, first: u64, last: u64 },
 }
@@ -45,9 +50,18 @@ pub fn plan(partitions: &[(u32, String, u64, u64)], last_usable: u64) -> Result<
     let aligned_last = (last_usable + 1) / ALIGN_SECTORS * ALIGN_SECTORS - 1;
     if let Some((n, _, first, last)) = partitions.iter().find(|p| p.1 == STATE_PARTITION_NAME) {
         if aligned_last > *last && partitions.iter().all(|p| p.2 <= *first || p.0 == *n) {
-            return Ok(StatePlan::Grow { number: *n, first: *first, old_last: *last, last: aligned_last });
+            return Ok(StatePlan::Grow {
+                number: *n,
+                first: *first,
+                old_last: *last,
+                last: aligned_last,
+            });
         }
-        return Ok(StatePlan::Keep { number: *n, first: *first, last: *last });
+        return Ok(StatePlan::Keep {
+            number: *n,
+            first: *first,
+            last: *last,
+        });
     }
     let end_of_last = partitions.iter().map(|p| p.3).max().unwrap_or(2047);
     let first = (end_of_last + 1).div_ceil(ALIGN_SECTORS) * ALIGN_SECTORS;
@@ -59,7 +73,11 @@ pub fn plan(partitions: &[(u32, String, u64, u64)], last_usable: u64) -> Result<
             (last_usable.saturating_sub(first) + 1) * SECTOR / (1 << 20)
         );
     }
-    Ok(StatePlan::Create { number, first, last: aligned_last })
+    Ok(StatePlan::Create {
+        number,
+        first,
+        last: aligned_last,
+    })
 }
 
 /// Rewrite the GPT of `disk` (a block device or an image file) so that its backup header
@@ -92,7 +110,11 @@ pub fn apply_gpt(disk: &Path) -> Result<StatePlan> {
         .collect();
     let decided = plan(&summary, last_usable)?;
     match &decided {
-        StatePlan::Create { number, first, last } => {
+        StatePlan::Create {
+            number,
+            first,
+            last,
+        } => {
             parts.insert(
                 *number,
                 gpt::partition::Partition {
@@ -106,12 +128,17 @@ pub fn apply_gpt(disk: &Path) -> Result<StatePlan> {
             );
         }
         StatePlan::Grow { number, last, .. } => {
-            parts.get_mut(number).expect("planned from this table").last_lba = *last;
+            parts
+                .get_mut(number)
+                .expect("planned from this table")
+                .last_lba = *last;
         }
         StatePlan::Keep { .. } => {}
     }
-    new.update_partitions(parts).context("updating the partition table")?;
-    new.write_inplace().with_context(|| format!("writing the GPT of {}", disk.display()))?;
+    new.update_partitions(parts)
+        .context("updating the partition table")?;
+    new.write_inplace()
+        .with_context(|| format!("writing the GPT of {}", disk.display()))?;
     write_protective_mbr(disk)?;
     Ok(decided)
 }
@@ -137,7 +164,10 @@ pub fn disk_of_mount(mountpoint: &Path) -> Result<(PathBuf, String)> {
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
     let real = fs::canonicalize(&sys).with_context(|| format!("resolving {}", sys.display()))?;
     if !real.join("partition").exists() {
-        bail!("{} ({major}:{minor}) is not a partition of a disk", mountpoint.display());
+        bail!(
+            "{} ({major}:{minor}) is not a partition of a disk",
+            mountpoint.display()
+        );
     }
     let disk = real.parent().context("partition without parent")?;
     let name = disk.file_name().unwrap().to_string_lossy().into_owned();
@@ -219,7 +249,11 @@ fn wait_for_node(disk_name: &str, number: u32) -> Result<PathBuf> {
                 let c = CString::new(node.as_os_str().as_encoded_bytes())?;
                 // SAFETY: plain mknod(2) on a NUL-terminated path.
                 if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, dev) } != 0 {
-                    bail!("creating {}: {}", node.display(), std::io::Error::last_os_error());
+                    bail!(
+                        "creating {}: {}",
+                        node.display(),
+                        std::io::Error::last_os_error()
+                    );
                 }
                 return Ok(node);
             }
@@ -235,9 +269,21 @@ fn mount(src: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &st
     let t = CString::new(target.as_os_str().as_encoded_bytes())?;
     let (s, f, d) = (c(src), c(fstype), c(data));
     // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr() as *const libc::c_void) };
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            flags,
+            d.as_ptr() as *const libc::c_void,
+        )
+    };
     if rc != 0 {
-        bail!("mounting {src} ({fstype}) on {}: {}", target.display(), std::io::Error::last_os_error());
+        bail!(
+            "mounting {src} ({fstype}) on {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -246,15 +292,26 @@ fn umount(target: &Path) -> Result<()> {
     let t = CString::new(target.as_os_str().as_encoded_bytes())?;
     // SAFETY: umount(2) on a NUL-terminated path.
     if unsafe { libc::umount(t.as_ptr()) } != 0 {
-        bail!("unmounting {}: {}", target.display(), std::io::Error::last_os_error());
+        bail!(
+            "unmounting {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        bail!("{:?} failed ({}): {}", cmd.get_program(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -282,8 +339,14 @@ pub fn copy_preserving(src: &Path, dst: &Path) -> Result<()> {
     if !ft.is_symlink() {
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         let times = [
-            libc::timespec { tv_sec: meta.atime(), tv_nsec: meta.atime_nsec() },
-            libc::timespec { tv_sec: meta.mtime(), tv_nsec: meta.mtime_nsec() },
+            libc::timespec {
+                tv_sec: meta.atime(),
+                tv_nsec: meta.atime_nsec(),
+            },
+            libc::timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec(),
+            },
         ];
         let c = CString::new(dst.as_os_str().as_encoded_bytes())?;
         // SAFETY: utimensat(2) with a valid path and two timespecs.
@@ -296,15 +359,26 @@ pub fn copy_preserving(src: &Path, dst: &Path) -> Result<()> {
 /// root mounted at `rootmnt`, mount it on `<rootmnt>/var` and overlay `<rootmnt>/etc`.
 pub fn setup(rootmnt: &Path) -> Result<()> {
     let started = Instant::now();
-    let _ = Command::new("modprobe").args(["-a", "ext4", "overlay"]).status();
+    let _ = Command::new("modprobe")
+        .args(["-a", "ext4", "overlay"])
+        .status();
     let (disk, disk_name) = disk_of_mount(rootmnt)?;
     let decided = apply_gpt(&disk)?;
     let (number, created) = match decided {
-        StatePlan::Create { number, first, last } => {
+        StatePlan::Create {
+            number,
+            first,
+            last,
+        } => {
             blkpg(&disk, BLKPG_ADD_PARTITION, number, first, last)?;
             (number, true)
         }
-        StatePlan::Grow { number, first, last, .. } => {
+        StatePlan::Grow {
+            number,
+            first,
+            last,
+            ..
+        } => {
             blkpg(&disk, BLKPG_RESIZE_PARTITION, number, first, last)?;
             (number, false)
         }
@@ -313,8 +387,10 @@ pub fn setup(rootmnt: &Path) -> Result<()> {
     let node = wait_for_node(&disk_name, number)?;
     let var = rootmnt.join("var");
     if created {
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", STATE_FS_LABEL]).arg(&node))
-            .context("formatting the state partition")?;
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", STATE_FS_LABEL])
+            .arg(&node))
+        .context("formatting the state partition")?;
         let staging = PathBuf::from("/run/nodeimage-state");
         fs::create_dir_all(&staging)?;
         mount(&node.to_string_lossy(), &staging, "ext4", 0, "")?;
@@ -341,7 +417,12 @@ pub fn setup(rootmnt: &Path) -> Result<()> {
         &etc,
         "overlay",
         0,
-        &format!("lowerdir={},upperdir={},workdir={}", etc.display(), upper.display(), work.display()),
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            etc.display(),
+            upper.display(),
+            work.display()
+        ),
     )?;
     eprintln!(
         "nodeimage: state partition {} {} and mounted on /var, /etc overlaid ({} ms)",
@@ -372,7 +453,11 @@ mod tests {
     fn creates_after_last_partition_aligned_to_the_end() {
         let last_usable = 8 * 1024 * 2048 - 34; // 8 GiB disk
         match plan(&image_parts(), last_usable).unwrap() {
-            StatePlan::Create { number, first, last } => {
+            StatePlan::Create {
+                number,
+                first,
+                last,
+            } => {
                 assert_eq!(number, 4);
                 assert_eq!(first, 1755136 + 16 * 2048);
                 assert_eq!(first % 2048, 0);
@@ -387,16 +472,26 @@ mod tests {
     fn grows_when_the_disk_grew_and_keeps_otherwise() {
         let mut parts = image_parts();
         parts.push((4, STATE_PARTITION_NAME.into(), 1787904, 4 * 1024 * 2048 - 1));
-        assert!(matches!(plan(&parts, 4 * 1024 * 2048 + 100).unwrap(), StatePlan::Keep { number: 4, .. }));
+        assert!(matches!(
+            plan(&parts, 4 * 1024 * 2048 + 100).unwrap(),
+            StatePlan::Keep { number: 4, .. }
+        ));
         match plan(&parts, 8 * 1024 * 2048 - 34).unwrap() {
-            StatePlan::Grow { number: 4, old_last, last, .. } => assert!(last > old_last),
+            StatePlan::Grow {
+                number: 4,
+                old_last,
+                last,
+                ..
+            } => assert!(last > old_last),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn too_small_disk_is_a_clear_error() {
-        let e = plan(&image_parts(), 1755136 + 16 * 2048 + 1000).unwrap_err().to_string();
+        let e = plan(&image_parts(), 1755136 + 16 * 2048 + 1000)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no room for the state partition"), "{e}");
     }
 
@@ -406,28 +501,53 @@ mod tests {
         let img = dir.path().join("disk.raw");
         // A 64 MiB image with one partition, as the builder writes it.
         {
-            let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&img)
+                .unwrap();
             f.set_len(64 << 20).unwrap();
             let mut d = gpt::GptConfig::new()
                 .writable(true)
                 .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
                 .create_from_device(f, Some(uuid::Uuid::nil()))
                 .unwrap();
-            d.add_partition_at("ESP", 1, 2048, 32 * 2048, gpt::partition_types::EFI, 0).unwrap();
+            d.add_partition_at("ESP", 1, 2048, 32 * 2048, gpt::partition_types::EFI, 0)
+                .unwrap();
             d.write().unwrap();
         }
         write_protective_mbr(&img).unwrap();
         // The user grows the disk to 512 MiB.
-        fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(512 << 20).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
         let planned = apply_gpt(&img).unwrap();
-        assert!(matches!(planned, StatePlan::Create { number: 2, .. }), "{planned:?}");
+        assert!(
+            matches!(planned, StatePlan::Create { number: 2, .. }),
+            "{planned:?}"
+        );
         // sfdisk (util-linux) must accept the result without complaints about the backup header.
-        let out = Command::new("sfdisk").arg("--json").arg(&img).output().unwrap();
+        let out = Command::new("sfdisk")
+            .arg("--json")
+            .arg(&img)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !stderr.contains("backup"), "{stderr}");
+        assert!(
+            out.status.success() && !stderr.contains("backup"),
+            "{stderr}"
+        );
         let json = String::from_utf8_lossy(&out.stdout);
         assert!(json.contains(STATE_PARTITION_NAME), "{json}");
         // Running again keeps it.
-        assert!(matches!(apply_gpt(&img).unwrap(), StatePlan::Keep { number: 2, .. }));
+        assert!(matches!(
+            apply_gpt(&img).unwrap(),
+            StatePlan::Keep { number: 2, .. }
+        ));
     }
 }

@@ -35,10 +35,18 @@ pub fn write_secret(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for i in 0..1000u32 {
         let p = dir.join(format!(".{name}.tmp.{}.{i}", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&p) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&p)
+        {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -67,13 +75,19 @@ mod tests {
         let p = d.path().join("a/b/key.pem");
         write_secret(&p, b"secret").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"secret");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let entries: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(entries.len(), 1);
     }
 
     #[test]
     fn rooted_joins() {
-        assert_eq!(rooted(Path::new("/tmp/r"), "/etc/hostname"), PathBuf::from("/tmp/r/etc/hostname"));
+        assert_eq!(
+            rooted(Path::new("/tmp/r"), "/etc/hostname"),
+            PathBuf::from("/tmp/r/etc/hostname")
+        );
     }
 }

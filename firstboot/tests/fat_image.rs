@@ -363,6 +363,163 @@ fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
     );
 }
 
+/// `mkfs.fat -C <img> <kib>` with `args`, then `mcopy` of `files` into the root.
+fn mkfs_image(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    kib: u32,
+    files: &[(&str, &[u8])],
+) -> std::path::PathBuf {
+    let img = dir.join(name);
+    let out = tool("mkfs.fat", "dosfstools")
+        .args(args)
+        .arg("-C")
+        .arg(&img)
+        .arg(kib.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.fat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, data) in files {
+        let src = dir.join(format!("{name}.src"));
+        std::fs::write(&src, data).unwrap();
+        let out = tool("mcopy", "mtools")
+            .arg("-i")
+            .arg(&img)
+            .arg(&src)
+            .arg(format!("::/{path}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mcopy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    img
+}
+
+/// `mkfs.fat -F 32` makes FAT32 volumes with fewer than 65525 clusters (with a warning);
+/// they are FAT32 by layout, as Linux reads them, not FAT16 by cluster count.
+#[test]
+fn small_fat32_from_mkfs_fat_is_fat32() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs_image(
+        dir.path(),
+        "small32.img",
+        &["-F", "32", "-s", "8", "-n", "CONFIG-2"],
+        34_000,
+        // mtools reads such a volume as FAT16 ("No directory slots"): no files.
+        &[],
+    );
+    let bytes = std::fs::read(&img).unwrap();
+    let boot = BootSector::parse(&bytes).unwrap();
+    assert!(boot.cluster_count < 65525, "{}", boot.cluster_count);
+    assert_eq!(boot.fat_type, FatType::Fat32);
+    assert_eq!(boot.boot_label, "CONFIG-2");
+    let mut r = FatImage::open(std::io::Cursor::new(&bytes), 0, bytes.len() as u64).unwrap();
+    // The label entry sits in the FAT32 root directory's cluster chain.
+    assert_eq!(r.label(), Some("CONFIG-2"));
+    assert_eq!(r.stat("/").unwrap(), Some(fat::Stat::Dir));
+    assert!(r.list_files().unwrap().is_empty());
+}
+
+/// Volumes with 4096-byte logical sectors (`mkfs.fat -S 4096`, what 4Kn disks get) are
+/// read; [`fat::rebuild`] writes 512-byte sectors only and refuses them.
+#[test]
+fn volumes_with_4k_sectors_are_read_but_not_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs_image(
+        dir.path(),
+        "4k.img",
+        &["-S", "4096", "-n", "CIDATA"],
+        8192,
+        &[("meta-data", b"instance-id: x\n")],
+    );
+    let bytes = std::fs::read(&img).unwrap();
+    let mut r = FatImage::open(std::io::Cursor::new(&bytes), 0, bytes.len() as u64).unwrap();
+    assert_eq!(r.boot_sector().bytes_per_sector, 4096);
+    assert_eq!(r.label(), Some("CIDATA"));
+    assert_eq!(r.read_file("meta-data").unwrap(), b"instance-id: x\n");
+    let e = fat::rebuild(&bytes, &FileChanges::new(), 1_700_000_000).unwrap_err();
+    assert!(e.to_string().contains("4096-byte sectors"), "{e}");
+}
+
+/// The label is the root directory's label entry, as blkid (`LABEL`), `fatlabel` and
+/// mtools read it, also when the boot sector's copy says something else; the boot
+/// sector's copy (blkid's `LABEL_FATBOOT`) counts only when the root has no label entry.
+#[test]
+fn labels_of_mkfs_fat_volumes_are_read_like_blkid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (fat, kib) in [("12", 1440u32), ("16", 16384), ("32", 40000)] {
+        let img = mkfs_image(
+            dir.path(),
+            &format!("label{fat}.img"),
+            &["-F", fat, "-n", "NODECONFIG"],
+            kib,
+            &[("node.yaml", b"version: 1\n")],
+        );
+        let base = std::fs::read(&img).unwrap();
+        let boot = BootSector::parse(&base).unwrap();
+        let label_at = if boot.fat_type == FatType::Fat32 {
+            71
+        } else {
+            43
+        };
+        // Right after the FATs: the fixed root of FAT12/16, and cluster 2, where
+        // mkfs.fat puts the FAT32 root directory.
+        let root = (usize::from(boot.reserved_sectors)
+            + usize::from(boot.fat_count) * boot.sectors_per_fat as usize)
+            * usize::from(boot.bytes_per_sector);
+        assert_eq!(
+            &base[root..root + 11],
+            b"NODECONFIG ",
+            "FAT{fat} root entry"
+        );
+
+        let mut stale = base.clone();
+        stale[label_at..label_at + 11].copy_from_slice(b"STALE      ");
+        let mut blank = stale.clone();
+        blank[root..root + 11].copy_from_slice(b"           ");
+        let mut none = stale.clone();
+        // The label entry becomes a deleted entry: no label entry is left.
+        none[root] = 0xE5;
+        let cases: [(&str, &[u8], Option<&str>); 4] = [
+            ("as made", &base, Some("NODECONFIG")),
+            ("stale boot label", &stale, Some("NODECONFIG")),
+            ("blank root entry", &blank, None),
+            ("no root entry", &none, Some("STALE")),
+        ];
+        for (what, bytes, want) in cases {
+            let path = dir.path().join("case.img");
+            std::fs::write(&path, bytes).unwrap();
+            let mut r = FatImage::open(std::io::Cursor::new(bytes), 0, bytes.len() as u64).unwrap();
+            assert_eq!(r.label(), want, "FAT{fat} {what}");
+            assert_eq!(r.read_file("node.yaml").unwrap(), b"version: 1\n");
+            let out = tool("blkid", "util-linux")
+                .args(["-p", "-o", "export"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let blkid = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                    .map(str::to_string)
+            };
+            if what == "no root entry" {
+                assert_eq!(blkid("LABEL_FATBOOT").as_deref(), want, "FAT{fat}: {text}");
+            } else {
+                assert_eq!(blkid("LABEL").as_deref(), want, "FAT{fat} {what}: {text}");
+            }
+        }
+    }
+}
+
 #[test]
 fn replace_files_at_an_offset_leaves_the_rest_alone() {
     let mut files = BTreeMap::new();

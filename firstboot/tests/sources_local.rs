@@ -191,6 +191,102 @@ fn fat_reader_handles_fat12_16_32_long_names_and_subdirectories() {
     }
 }
 
+/// Boot sectors written by other tools may lack the `0xEB`/`0xE9` jump instruction;
+/// the probe does not require it (Linux mounts such volumes), but still refuses
+/// non-FAT sectors that end in 0x55AA (a master boot record).
+#[test]
+fn fat_probe_does_not_require_the_jump_instruction() {
+    let d = tempfile::tempdir().unwrap();
+    for (fat, kib) in [(12u8, 1440u32), (16, 8192), (32, 40000)] {
+        let img = fat_image(
+            d.path(),
+            &format!("nojump{fat}.img"),
+            "CIDATA",
+            fat,
+            kib,
+            &[("user-data", NODE_YAML.as_bytes())],
+        );
+        let mut bytes = fs::read(&img).unwrap();
+        assert!(matches!(bytes[0], 0xEB | 0xE9), "fat{fat}");
+        bytes[..3].fill(0);
+        fs::write(&img, &bytes).unwrap();
+        let v = probe(&img).unwrap().expect("a FAT volume");
+        assert_eq!(v.label.as_deref(), Some("CIDATA"), "fat{fat}");
+        assert_eq!(v.fs.kind(), format!("fat{fat}"));
+        assert_eq!(
+            v.fs.read_file("user-data").unwrap().unwrap(),
+            NODE_YAML.as_bytes()
+        );
+    }
+    // A disk with an MBR and no filesystem at offset 0 is not FAT.
+    let mut mbr = vec![0u8; 1 << 20];
+    mbr[..4].copy_from_slice(&[0xFA, 0x33, 0xC0, 0x8E]);
+    mbr[446 + 4] = 0x0C;
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    let disk = d.path().join("mbr.img");
+    fs::write(&disk, &mbr).unwrap();
+    assert!(probe(&disk).unwrap().is_none());
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// A FAT volume on a real block device (a read-only loop device): the size of a
+/// device node comes from seeking to its end, its metadata says 0 bytes. Needs root and
+/// `losetup`; without them the test prints SKIP and passes.
+#[test]
+fn fat_on_a_block_device_is_probed_and_read() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: not root (loop devices)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = fat_image(
+        d.path(),
+        "dev.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[("node.yaml", NODE_YAML.as_bytes())],
+    );
+    let out = match Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&img)
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!("SKIP: losetup: {}", String::from_utf8_lossy(&o.stderr));
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIP: losetup: {e}");
+            return;
+        }
+    };
+    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let path = PathBuf::from(&dev.0);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0, "{}", dev.0);
+    let v = probe(&path).unwrap().expect("a FAT volume");
+    assert_eq!(v.label.as_deref(), Some("NODECONFIG"));
+    assert_eq!(
+        v.fs.read_file("node.yaml").unwrap().unwrap(),
+        NODE_YAML.as_bytes()
+    );
+    let ctx = ctx_with(d.path(), vec![path]).with_platform(Platform::Metal);
+    let a = acquire(&ctx).unwrap();
+    assert_eq!(a.source, "nodeconfig-partition");
+    assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
+}
+
 #[test]
 fn sysfs_discovery_opens_dev_nodes_under_the_root_and_skips_loop_devices() {
     let d = tempfile::tempdir().unwrap();

@@ -20,7 +20,12 @@ const TEST_NODE: &str = "version: 1\nrole: worker\njoin: false\ncluster:\n  name
 
 fn b64(s: &str) -> String {
     use std::io::Write;
-    let out = Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     out.stdin.as_ref().unwrap().write_all(s.as_bytes()).unwrap();
     String::from_utf8_lossy(&out.wait_with_output().unwrap().stdout).into_owned()
 }
@@ -81,7 +86,12 @@ fn extract(image: &Path, offset: u64, size: u64, to: &Path) {
 /// A bootable copy of `image` with `extra` bytes of room for the state partition.
 fn boot_copy(image: &Path, to: &Path, disk_size: u64) {
     run(Command::new("cp").arg("--sparse=always").arg(image).arg(to)).unwrap();
-    std::fs::OpenOptions::new().write(true).open(to).unwrap().set_len(disk_size).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .unwrap()
+        .set_len(disk_size)
+        .unwrap();
 }
 
 fn start(disk: &Path, work: &Path, name: &str) -> Vm {
@@ -124,7 +134,16 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     eprintln!(
         "raw {} MiB (allocated {} MiB), zst {} MiB",
         std::fs::metadata(&raw1).unwrap().len() >> 20,
-        Command::new("du").arg("-m").arg(&raw1).output().map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("?").to_string()).unwrap(),
+        Command::new("du")
+            .arg("-m")
+            .arg(&raw1)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_string())
+            .unwrap(),
         std::fs::metadata(&zst1).unwrap().len() >> 20
     );
     std::fs::remove_dir_all(base.join("build2")).unwrap();
@@ -135,8 +154,18 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     for (name, offset, size) in parts.iter().filter(|p| p.0 == "ESP" || p.0 == "NODECONFIG") {
         let f = base.join(format!("{name}.fat"));
         extract(&raw1, *offset, *size, &f);
-        let out = Command::new("fsck.fat").arg("-n").arg("-v").arg(&f).output().unwrap();
-        assert!(out.status.success(), "fsck.fat -n {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg("-v")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fsck.fat -n {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::remove_file(&f).unwrap();
     }
 
@@ -150,13 +179,26 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     .unwrap();
     let disk_a = base.join("node-a.raw");
     boot_copy(&raw1, &disk_a, 4 << 30);
-    run(Command::new(&nodeimage).arg("write-config").arg(&disk_a).arg(&node_yaml)).unwrap();
+    run(Command::new(&nodeimage)
+        .arg("write-config")
+        .arg(&disk_a)
+        .arg(&node_yaml))
+    .unwrap();
     let inspect = run(Command::new(&nodeimage).arg("inspect").arg(&disk_a)).unwrap();
-    assert!(inspect.contains("NODECONFIG") && inspect.contains("test-node-1"), "{inspect}");
+    assert!(
+        inspect.contains("NODECONFIG") && inspect.contains("test-node-1"),
+        "{inspect}"
+    );
 
     let (mut vm, line, at) = boot(&disk_a, &base, "boot1");
-    eprintln!("boot 1: `{line}` {:.1} s after QEMU start", at.as_secs_f64());
-    assert!(line.starts_with("firstboot: ok role=worker hostname=test-node-1 in "), "{line}");
+    eprintln!(
+        "boot 1: `{line}` {:.1} s after QEMU start",
+        at.as_secs_f64()
+    );
+    assert!(
+        line.starts_with("firstboot: ok role=worker hostname=test-node-1 in "),
+        "{line}"
+    );
     vm.wait_exit(Duration::from_secs(180)).unwrap();
     let r1 = vm.report().unwrap();
     assert_eq!(r1.len(), 1, "one report line expected: {r1:?}");
@@ -172,27 +214,47 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     assert_eq!(status["role"], "worker");
     assert_eq!(status["hostname"], "test-node-1");
     assert_eq!(status["source"], "nodeconfig-partition");
-    let steps: Vec<&str> = status["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["acquire", "preflight", "firewall", "hostname", "files"], "{status}");
+    let steps: Vec<&str> = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["acquire", "preflight", "firewall", "hostname", "files"],
+        "{status}"
+    );
     // Issue 6: the firewall firstboot loaded is the port table's worker ruleset.
-    let ruleset = b64(r1["nft-ruleset"].as_str().expect("the report carries `nft list table inet nodeimage`"));
+    let ruleset = b64(r1["nft-ruleset"]
+        .as_str()
+        .expect("the report carries `nft list table inet nodeimage`"));
     eprintln!("guest ruleset:\n{ruleset}");
     assert!(ruleset.contains("table inet nodeimage"), "{ruleset}");
     assert!(ruleset.contains("10250"), "kubelet port missing: {ruleset}");
-    assert!(!ruleset.contains("dport 6443 accept"), "a worker must not open 6443: {ruleset}");
+    assert!(
+        !ruleset.contains("dport 6443 accept"),
+        "a worker must not open 6443: {ruleset}"
+    );
     drop(vm);
 
     // 4. Reboot: firstboot does not run again; hostname and status persist.
     // The unit's condition is false, so firstboot prints nothing: wait for the report.
     let mut vm = start(&disk_a, &base, "boot2");
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
-    assert!(!vm.console().contains("firstboot: ok"), "firstboot ran again");
+    assert!(
+        !vm.console().contains("firstboot: ok"),
+        "firstboot ran again"
+    );
     let r2 = vm.report().unwrap();
     let r2 = &r2[0];
     assert_ne!(r2["boot_id"], r1["boot_id"]);
     assert_eq!(r2["hostname"], "test-node-1", "hostname did not persist");
     assert_eq!(r2["firstboot_condition"], "no", "firstboot ran again: {r2}");
-    assert_eq!(r2["status"], r1["status"], "status.json changed on the second boot");
+    assert_eq!(
+        r2["status"], r1["status"],
+        "status.json changed on the second boot"
+    );
     drop(vm);
 
     // 5. A fresh node whose config was edited by hand into something malformed.
@@ -200,13 +262,29 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     boot_copy(&raw1, &disk_b, 4 << 30);
     let (_, off, _) = parts.iter().find(|p| p.0 == "NODECONFIG").unwrap().clone();
     let bad = base.join("node.yaml.bad");
-    std::fs::write(&bad, "version: 1\nrole: wrker\ncluster:\n  name: qemu\n  api_endpoint: x\n").unwrap();
+    std::fs::write(
+        &bad,
+        "version: 1\nrole: wrker\ncluster:\n  name: qemu\n  api_endpoint: x\n",
+    )
+    .unwrap();
     // Like a user editing the file on a laptop: mtools, not our own writer.
-    run(Command::new("mcopy").arg("-o").arg("-i").arg(format!("{}@@{off}", disk_b.display())).arg(&bad).arg("::/node.yaml")).unwrap();
+    run(Command::new("mcopy")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{off}", disk_b.display()))
+        .arg(&bad)
+        .arg("::/node.yaml"))
+    .unwrap();
     let (mut vm, line, at) = boot(&disk_b, &base, "boot3");
-    eprintln!("boot 3: `{line}` {:.1} s after QEMU start", at.as_secs_f64());
+    eprintln!(
+        "boot 3: `{line}` {:.1} s after QEMU start",
+        at.as_secs_f64()
+    );
     assert!(line.starts_with("firstboot: error: "), "{line}");
-    assert!(line.contains("node.yaml") && line.contains("role"), "the error must name the file and the field: {line}");
+    assert!(
+        line.contains("node.yaml") && line.contains("role"),
+        "the error must name the file and the field: {line}"
+    );
     vm.wait_exit(Duration::from_secs(180)).unwrap();
     let r3 = &vm.report().unwrap()[0];
     assert_eq!(r3["firstboot_result"], "exit-code");
@@ -226,15 +304,27 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
         cpus: 2,
         work_dir: base.clone(),
         name: "boot4".into(),
-        extra: vec!["-fw_cfg".into(), format!("name=opt/org.nodeimage/config,file={}", fw_yaml.display())],
+        extra: vec![
+            "-fw_cfg".into(),
+            format!("name=opt/org.nodeimage/config,file={}", fw_yaml.display()),
+        ],
         user_net: true,
     })
     .unwrap();
     let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
-    eprintln!("boot 4 (fw_cfg): `{line}` {:.1} s after QEMU start", at.as_secs_f64());
-    assert!(line.starts_with("firstboot: ok role=worker hostname=test-node-fwcfg in "), "{line}");
+    eprintln!(
+        "boot 4 (fw_cfg): `{line}` {:.1} s after QEMU start",
+        at.as_secs_f64()
+    );
+    assert!(
+        line.starts_with("firstboot: ok role=worker hostname=test-node-fwcfg in "),
+        "{line}"
+    );
     vm.wait_exit(Duration::from_secs(180)).unwrap();
     let r4 = &vm.report().unwrap()[0];
     assert_eq!(r4["status"]["source"], "qemu-fw-cfg");
-    eprintln!("boot 4: config acquired in {} ms", r4["status"]["steps"][0]["ms"]);
+    eprintln!(
+        "boot 4: config acquired in {} ms",
+        r4["status"]["steps"][0]["ms"]
+    );
 }

@@ -4,15 +4,20 @@
 //! On a node, candidates are the entries of `<root>/sys/class/block` (whole disks and
 //! partitions, sorted by name; `loop*`, `ram*` and `zram*` are skipped), opened as
 //! `<root>/dev/<name>`. Each is probed by reading superblocks: a FAT boot sector at offset
-//! 0, an ISO9660 volume descriptor at 32 KiB. Nothing is mounted and blkid is not needed.
+//! 0 (read with [`crate::fat`], the same FAT code the image builder uses), an ISO9660
+//! volume descriptor at 32 KiB. Nothing is mounted and blkid is not needed.
 //! Tests list image files instead ([`DeviceSet::files`]).
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use super::fatread::{self, FatFs};
 use super::iso9660::{self, IsoFs};
+use crate::fat::{BootSector, FatError, FatImage, FatType, Stat};
+
+/// Largest file read from a FAT volume (configuration data is small).
+const MAX_FAT_FILE: u64 = 64 << 20;
 
 /// Read-only access to files on a filesystem that is not mounted.
 pub trait FilesystemReader: Send + Sync {
@@ -22,6 +27,62 @@ pub trait FilesystemReader: Send + Sync {
     fn read_file(&self, path: &str) -> io::Result<Option<Vec<u8>>>;
     /// A short filesystem type name ("fat16", "iso9660").
     fn kind(&self) -> &'static str;
+}
+
+/// A FAT volume on a device or image file, read through [`crate::fat::FatImage`].
+struct FatVolume {
+    image: Mutex<FatImage<File>>,
+    label: Option<String>,
+    fat_type: FatType,
+}
+
+impl FatVolume {
+    /// Open the FAT volume that fills `file` (a partition device or an image file).
+    fn open(mut file: File) -> io::Result<Self> {
+        // A block device's metadata says 0 bytes; seeking to its end gives its size.
+        let len = file.seek(SeekFrom::End(0))?;
+        let image = FatImage::open(file, 0, len).map_err(fat_io)?;
+        Ok(FatVolume {
+            label: image.label().map(str::to_string),
+            fat_type: image.fat_type(),
+            image: Mutex::new(image),
+        })
+    }
+}
+
+fn fat_io(e: FatError) -> io::Error {
+    match e {
+        FatError::Io { source, .. } => source,
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+impl FilesystemReader for FatVolume {
+    fn label(&self) -> Option<String> {
+        self.label.clone()
+    }
+
+    fn read_file(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        // A panic while holding the lock leaves nothing half-done: reads only.
+        let mut image = self.image.lock().unwrap_or_else(|p| p.into_inner());
+        match image.stat(path).map_err(fat_io)? {
+            None => Ok(None),
+            Some(Stat::Dir) => Err(invalid(format!("{path} is a directory"))),
+            Some(Stat::File { size }) if size > MAX_FAT_FILE => {
+                Err(invalid(format!("{path} is too large ({size} bytes)")))
+            }
+            Some(Stat::File { .. }) => image.read_file(path).map(Some).map_err(fat_io),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.fat_type {
+            FatType::Fat12 => "fat12",
+            FatType::Fat16 => "fat16",
+            FatType::Fat32 => "fat32",
+        }
+    }
 }
 
 /// The set of devices the label-based sources look at.
@@ -134,11 +195,11 @@ pub fn probe(path: &Path) -> io::Result<Option<Volume>> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    if fatread::looks_like_fat(&boot) {
-        let fs = FatFs::open(file, 0)?;
+    if BootSector::parse(&boot).is_ok() {
+        let fs = FatVolume::open(file)?;
         return Ok(Some(Volume {
             path: path.to_path_buf(),
-            label: fs.label(),
+            label: fs.label.clone(),
             fs: Box::new(fs),
         }));
     }

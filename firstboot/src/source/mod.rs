@@ -79,7 +79,6 @@ mod cmdline;
 mod digitalocean;
 mod dmi;
 mod ec2;
-pub mod fatread;
 mod fwcfg;
 mod gcp;
 mod hetzner;
