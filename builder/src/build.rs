@@ -93,7 +93,10 @@ fn epoch_for(profile: &Path, explicit: Option<i64>) -> i64 {
     if let Some(e) = explicit {
         return e;
     }
-    let dir = profile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = profile
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let git = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -123,7 +126,10 @@ fn find_firstboot(arch: Arch, explicit: Option<&Path>) -> Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("nodeimage has no directory")?;
-    let profile_dir = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let profile_dir = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
     let candidates = if arch.is_host() {
         vec![dir.join("firstboot")]
     } else {
@@ -171,22 +177,42 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         .collect::<Result<Vec<_>, _>>()?;
     let fetcher = Fetcher::new(
         fetch::Cache::new(cache_dir.join("downloads")),
-        fetch::FetchOptions { mirrors, mirror_only: args.mirror_only, offline: args.offline, ..Default::default() },
+        fetch::FetchOptions {
+            mirrors,
+            mirror_only: args.mirror_only,
+            offline: args.offline,
+            ..Default::default()
+        },
     )?;
     // Several artifacts may be members of one archive: fetch each (url, digest) once, in parallel.
     let mut requests: Vec<fetch::FetchRequest> = Vec::new();
     for a in &p.artifacts {
-        let digest: Digest = a.digest_string().parse().map_err(|e| anyhow::anyhow!("artifact `{}`: {e}", a.name))?;
-        if !requests.iter().any(|r| r.url == *a.url.get_ref() && r.digest == digest) {
-            requests.push(fetch::FetchRequest::new(a.url.get_ref().clone(), digest).with_label(a.name.clone()));
+        let digest: Digest = a
+            .digest_string()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("artifact `{}`: {e}", a.name))?;
+        if !requests
+            .iter()
+            .any(|r| r.url == *a.url.get_ref() && r.digest == digest)
+        {
+            requests.push(
+                fetch::FetchRequest::new(a.url.get_ref().clone(), digest)
+                    .with_label(a.name.clone()),
+            );
         }
     }
     let blobs = fetcher.fetch_all(&requests)?;
     let mut installs = Vec::new();
     let mut artifact_records = Vec::new();
     for a in &p.artifacts {
-        let digest: Digest = a.digest_string().parse().map_err(|e| anyhow::anyhow!("artifact `{}`: {e}", a.name))?;
-        let i = requests.iter().position(|r| r.url == *a.url.get_ref() && r.digest == digest).expect("requested above");
+        let digest: Digest = a
+            .digest_string()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("artifact `{}`: {e}", a.name))?;
+        let i = requests
+            .iter()
+            .position(|r| r.url == *a.url.get_ref() && r.digest == digest)
+            .expect("requested above");
         let blob = blobs[i].clone();
         let file = match &a.member {
             Some(member) => {
@@ -210,18 +236,31 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
             installed_sha256: sha,
             size,
         });
-        installs.push(rootfs::Install { source: file, dest: a.install.get_ref().clone(), mode: a.mode_bits() });
+        installs.push(rootfs::Install {
+            source: file,
+            dest: a.install.get_ref().clone(),
+            mode: a.mode_bits(),
+        });
     }
     // Container images by digest, as OCI archives under /usr/share/nodeimage/images.
     let mut image_records = Vec::new();
     if let Some(lock) = &lock {
-        let opts = crate::oci::PullOptions { fetch: fetcher.options().clone(), registry: args.registry.clone(), epoch };
-        let pulled = crate::oci::pull_images(&lp, lock, fetcher.cache(), &opts, &work.join("images"))?;
+        let opts = crate::oci::PullOptions {
+            fetch: fetcher.options().clone(),
+            registry: args.registry.clone(),
+            epoch,
+        };
+        let pulled =
+            crate::oci::pull_images(&lp, lock, fetcher.cache(), &opts, &work.join("images"))?;
         installs.extend(pulled.installs());
         image_records = pulled.records();
     }
     let (fb_sha, fb_size) = sha256_file(&firstboot_bin)?;
-    installs.push(rootfs::Install { source: firstboot_bin.clone(), dest: "/usr/bin/firstboot".into(), mode: 0o755 });
+    installs.push(rootfs::Install {
+        source: firstboot_bin.clone(),
+        dest: "/usr/bin/firstboot".into(),
+        mode: 0o755,
+    });
 
     // 2. Debian base (cached), then our additions.
     let mirror = rootfs::resolve_mirror(p.debian.mirror.as_deref())?;
@@ -230,13 +269,36 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let overlays = overlay_dirs(&lp)?;
     let root = work.join("root");
     let boot = work.join("boot");
-    let custom = rootfs::customize(&base, &root, &boot, &installs, &overlays, &["firstboot.service", "nodeimage-firewall.service", "systemd-networkd.service"], epoch)?;
+    let custom = rootfs::customize(
+        &base,
+        &root,
+        &boot,
+        &installs,
+        &overlays,
+        &[
+            "firstboot.service",
+            "nodeimage-firewall.service",
+            "systemd-networkd.service",
+        ],
+        epoch,
+    )?;
 
     // 3. Identity of this build: every GUID, serial and timestamp derives from it.
-    let inputs = inputs_digest(&lp, &spec, &custom.packages, &artifact_records, &image_records, &fb_sha, &overlays, epoch)?;
+    let inputs = inputs_digest(
+        &lp,
+        &spec,
+        &custom.packages,
+        &artifact_records,
+        &image_records,
+        &fb_sha,
+        &overlays,
+        epoch,
+    )?;
     let guid = |what: &str| disk::derive_guid(what, inputs.as_bytes());
     let root_guid = guid("root-partition");
-    let cmdline = format!("{} {}", base_cmdline(&root_guid), p.kernel.cmdline).trim().to_string();
+    let cmdline = format!("{} {}", base_cmdline(&root_guid), p.kernel.cmdline)
+        .trim()
+        .to_string();
 
     let (vmlinuz_sha, _) = sha256_file(&custom.kernel)?;
     let (initrd_sha, _) = sha256_file(&custom.initrd)?;
@@ -250,11 +312,25 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         },
         source_date_epoch: epoch,
         inputs_sha256: inputs.clone(),
-        kernel: KernelRecord { version: custom.kernel_version.clone(), cmdline: cmdline.clone(), vmlinuz_sha256: vmlinuz_sha, initrd_sha256: initrd_sha },
-        firstboot: FileRecord { path: "/usr/bin/firstboot".into(), sha256: fb_sha, size: fb_size },
+        kernel: KernelRecord {
+            version: custom.kernel_version.clone(),
+            cmdline: cmdline.clone(),
+            vmlinuz_sha256: vmlinuz_sha,
+            initrd_sha256: initrd_sha,
+        },
+        firstboot: FileRecord {
+            path: "/usr/bin/firstboot".into(),
+            sha256: fb_sha,
+            size: fb_size,
+        },
         artifacts: artifact_records,
         images: image_records,
-        debian: DebianRecord { suite: p.debian.suite.clone(), mirror, variant: p.debian.variant.clone(), packages: custom.packages.clone() },
+        debian: DebianRecord {
+            suite: p.debian.suite.clone(),
+            mirror,
+            variant: p.debian.variant.clone(),
+            packages: custom.packages.clone(),
+        },
         partitions: Vec::new(),
         disk_guid: None,
         outputs: Vec::new(),
@@ -288,13 +364,27 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     // 5. The disk.
     let root_size = fs::metadata(&erofs)?.len().div_ceil(1 << 20) << 20;
     let parts = vec![
-        PartitionSpec::new("ESP", type_guid::ESP, guid("esp-partition"), p.disk.esp_size_mib << 20, PartitionContent::Bytes(esp_bytes)),
+        PartitionSpec::new(
+            "ESP",
+            type_guid::ESP,
+            guid("esp-partition"),
+            p.disk.esp_size_mib << 20,
+            PartitionContent::Bytes(esp_bytes),
+        ),
         PartitionSpec {
             // The root is read-only: say so to anything that auto-discovers partitions.
             attributes: disk::attribute::READ_ONLY,
             ..PartitionSpec::new(
-                if p.arch == Arch::X86_64 { "root-x86-64" } else { "root-arm64" },
-                if p.arch == Arch::X86_64 { type_guid::ROOT_X86_64 } else { type_guid::ROOT_ARM64 },
+                if p.arch == Arch::X86_64 {
+                    "root-x86-64"
+                } else {
+                    "root-arm64"
+                },
+                if p.arch == Arch::X86_64 {
+                    type_guid::ROOT_X86_64
+                } else {
+                    type_guid::ROOT_ARM64
+                },
                 root_guid,
                 root_size,
                 PartitionContent::File(erofs.clone()),
@@ -342,7 +432,12 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
             OutputFormat::RawZst => (out_dir.join(format!("{}.raw.zst", p.name)), "raw.zst"),
         };
         let (sha256, size) = sha256_file(&file)?;
-        manifest.outputs.push(OutputRecord { file: file.file_name().unwrap().to_string_lossy().into(), format: format.into(), size, sha256 });
+        manifest.outputs.push(OutputRecord {
+            file: file.file_name().unwrap().to_string_lossy().into(),
+            format: format.into(),
+            size,
+            sha256,
+        });
     }
     if !p.outputs.formats.contains(&OutputFormat::Raw) {
         fs::remove_file(&raw)?;
@@ -353,7 +448,11 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     tracing::info!(seconds = started.elapsed().as_secs_f64(), out = %out_dir.display(), "build finished");
-    Ok(BuildResult { out_dir, raw, manifest })
+    Ok(BuildResult {
+        out_dir,
+        raw,
+        manifest,
+    })
 }
 
 fn overlay_dirs(lp: &LoadedProfile) -> Result<Vec<PathBuf>> {
@@ -366,7 +465,11 @@ fn overlay_dirs(lp: &LoadedProfile) -> Result<Vec<PathBuf>> {
             if d.is_dir() {
                 Ok(d)
             } else {
-                bail!("{}: overlays: `{o}` is not a directory under {}", lp.path.display(), base.display())
+                bail!(
+                    "{}: overlays: `{o}` is not a directory under {}",
+                    lp.path.display(),
+                    base.display()
+                )
             }
         })
         .collect()
@@ -440,18 +543,28 @@ fn esp_files(
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let efi = arch.efi();
     let sdboot = root.join(format!("usr/lib/systemd/boot/efi/systemd-boot{efi}.efi"));
-    let sdboot = fs::read(&sdboot).with_context(|| format!("reading {} (package systemd-boot-efi)", sdboot.display()))?;
+    let sdboot = fs::read(&sdboot)
+        .with_context(|| format!("reading {} (package systemd-boot-efi)", sdboot.display()))?;
     let mut m = BTreeMap::new();
-    m.insert(format!("EFI/BOOT/BOOT{}.EFI", efi.to_uppercase()), sdboot.clone());
+    m.insert(
+        format!("EFI/BOOT/BOOT{}.EFI", efi.to_uppercase()),
+        sdboot.clone(),
+    );
     m.insert(format!("EFI/systemd/systemd-boot{efi}.efi"), sdboot);
-    m.insert("loader/loader.conf".into(), b"default nodeimage.conf\ntimeout 0\neditor no\n".to_vec());
+    m.insert(
+        "loader/loader.conf".into(),
+        b"default nodeimage.conf\ntimeout 0\neditor no\n".to_vec(),
+    );
     m.insert(
         "loader/entries/nodeimage.conf".into(),
         format!("title {name}\nlinux /nodeimage/vmlinuz\ninitrd /nodeimage/initrd.img\noptions {cmdline}\n").into_bytes(),
     );
     m.insert("nodeimage/vmlinuz".into(), fs::read(&custom.kernel)?);
     m.insert("nodeimage/initrd.img".into(), fs::read(&custom.initrd)?);
-    m.insert("nodeimage/manifest.json".into(), serde_json::to_vec_pretty(manifest)?);
+    m.insert(
+        "nodeimage/manifest.json".into(),
+        serde_json::to_vec_pretty(manifest)?,
+    );
     Ok(m)
 }
 
@@ -474,7 +587,11 @@ pub fn compress_zstd(src: &Path, dst: &Path) -> Result<()> {
     let input = fs::File::open(src)?;
     let out = fs::File::create(&tmp)?;
     let mut enc = zstd::stream::Encoder::new(out, 3)?;
-    enc.multithread(std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))?;
+    enc.multithread(
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+    )?;
     enc.include_checksum(true)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
     std::io::copy(&mut reader, &mut enc)?;

@@ -362,25 +362,49 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
     let mut sandboxes = 0;
     for i in &p.images {
         let ctx = format!("image `{}`", i.name);
-        if i.name.is_empty() || !i.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c)) || i.name.starts_with('.') {
-            return Err(at(Some(i.reference.span()), format!("image name: expected [a-z0-9._-]+, found `{}`", i.name)));
+        if i.name.is_empty()
+            || !i
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+            || i.name.starts_with('.')
+        {
+            return Err(at(
+                Some(i.reference.span()),
+                format!("image name: expected [a-z0-9._-]+, found `{}`", i.name),
+            ));
         }
         if !image_names.insert(i.name.clone()) {
-            return Err(at(Some(i.reference.span()), format!("{ctx}: the name is used twice")));
+            return Err(at(
+                Some(i.reference.span()),
+                format!("{ctx}: the name is used twice"),
+            ));
         }
-        let r = crate::oci::Reference::parse(i.reference.get_ref()).map_err(|m| at(Some(i.reference.span()), format!("{ctx}: reference: {m}")))?;
+        let r = crate::oci::Reference::parse(i.reference.get_ref())
+            .map_err(|m| at(Some(i.reference.span()), format!("{ctx}: reference: {m}")))?;
         if r.digest.is_some() || r.tag.is_none() {
             return Err(at(Some(i.reference.span()), format!("{ctx}: reference: expected `registry/repository:tag` (put a digest in `digest`), found `{}`", i.reference.get_ref())));
         }
         if let Some(d) = &i.digest {
-            let ok = d.get_ref().strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            let ok = d.get_ref().strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            });
             if !ok {
                 return Err(at(Some(d.span()), format!("{ctx}: digest: expected `sha256:<64 lowercase hex characters>`, found `{}`", d.get_ref())));
             }
         }
         if let Some(purpose) = &i.purpose {
-            if purpose.is_empty() || !purpose.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                return Err(at(Some(i.reference.span()), format!("{ctx}: purpose: expected [a-z0-9-]+, found `{purpose}`")));
+            if purpose.is_empty()
+                || !purpose
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(at(
+                    Some(i.reference.span()),
+                    format!("{ctx}: purpose: expected [a-z0-9-]+, found `{purpose}`"),
+                ));
             }
             if purpose == "sandbox" {
                 sandboxes += 1;
@@ -391,7 +415,10 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
         }
     }
     if sandboxes > 1 {
-        return Err(at(None, "image: only one image may have purpose = \"sandbox\"".to_string()));
+        return Err(at(
+            None,
+            "image: only one image may have purpose = \"sandbox\"".to_string(),
+        ));
     }
     for o in &p.overlays {
         if o.is_empty() || o.contains('/') || o.starts_with('.') {
@@ -519,15 +546,34 @@ install = "/usr/bin/tool"
 
     #[test]
     fn bad_images_are_refused_with_their_line() {
-        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace(":3.10.1", ""))).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:14:") && e.contains("expected `registry/repository:tag`"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace("sha256:0", "sha256:"))).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:15:") && e.contains("digest: expected `sha256:<64"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}{IMAGE}")).unwrap_err().to_string();
+        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace(":3.10.1", "")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.toml:14:") && e.contains("expected `registry/repository:tag`"),
+            "{e}"
+        );
+        let e = parse(
+            "p.toml",
+            &format!("{GOOD}{}", IMAGE.replace("sha256:0", "sha256:")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("p.toml:15:") && e.contains("digest: expected `sha256:<64"),
+            "{e}"
+        );
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}{IMAGE}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("image `pause`: the name is used twice"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}role = \"worker\"\n")).unwrap_err().to_string();
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}role = \"worker\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("role must be `all`"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}tag = \"x\"\n")).unwrap_err().to_string();
+        let e = parse("p.toml", &format!("{GOOD}{IMAGE}tag = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `tag`"), "{e}");
     }
 

@@ -11,7 +11,11 @@ use firstboot::config::NodeConfig;
 use firstboot::run::{self, Acquired, RunOptions, Status, Step};
 
 #[derive(Parser, Debug)]
-#[command(name = "firstboot", version, about = "Bring this node into its Kubernetes cluster on first boot")]
+#[command(
+    name = "firstboot",
+    version,
+    about = "Bring this node into its Kubernetes cluster on first boot"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -64,7 +68,8 @@ fn main() {
             }
         },
         Command::Status => {
-            let p = firstboot::util::rooted(&cli.run.root, &format!("{}/status.json", run::STATE_DIR));
+            let p =
+                firstboot::util::rooted(&cli.run.root, &format!("{}/status.json", run::STATE_DIR));
             match std::fs::read_to_string(&p) {
                 Ok(s) => {
                     print!("{s}");
@@ -83,16 +88,21 @@ fn main() {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FIRSTBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("FIRSTBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd, stderr goes to the journal; JSON keeps the fields structured.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     } else {
         tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
     }
 }
 
@@ -106,7 +116,10 @@ fn run_firstboot(args: &RunArgs) -> i32 {
         metadata_url: args.metadata_url.clone(),
     };
     if run::already_done(&opts.root) && !args.force {
-        run::announce(&opts, "firstboot: already done on this node (marker /var/lib/firstboot/done); nothing to do");
+        run::announce(
+            &opts,
+            "firstboot: already done on this node (marker /var/lib/firstboot/done); nothing to do",
+        );
         return 0;
     }
     let status = match acquire(&opts) {
@@ -176,7 +189,9 @@ fn acquire(opts: &RunOptions) -> Result<Acquired> {
         source: a.source,
         config: a.node_config,
         hostname: a.metadata.hostname,
-        staged: a.ignition.map(|i| Box::new(IgnitionStep(i)) as Box<dyn run::StagedApply>),
+        staged: a
+            .ignition
+            .map(|i| Box::new(IgnitionStep(i)) as Box<dyn run::StagedApply>),
         elapsed_ms: a.elapsed.as_millis(),
     })
 }
@@ -195,16 +210,41 @@ impl run::StagedApply for IgnitionStep {
 fn steps_for<'a>(acquired: &'a Acquired) -> Vec<Step<'a>> {
     let mut steps: Vec<Step> = Vec::new();
     // Nothing is changed before the host is known to meet the requirements.
-    steps.push(Step { name: "preflight", apply: Box::new(|c| run::apply_preflight(c.opts, c.config)) });
+    steps.push(Step {
+        name: "preflight",
+        apply: Box::new(|c| run::apply_preflight(c.opts, c.config)),
+    });
     // The firewall is up before any component listens.
-    steps.push(Step { name: "firewall", apply: Box::new(|c| run::apply_firewall(c.opts, c.config)) });
-    steps.push(Step { name: "hostname", apply: Box::new(|c| run::apply_hostname(c.opts, c.hostname)) });
+    steps.push(Step {
+        name: "firewall",
+        apply: Box::new(|c| run::apply_firewall(c.opts, c.config)),
+    });
+    steps.push(Step {
+        name: "hostname",
+        apply: Box::new(|c| run::apply_hostname(c.opts, c.hostname)),
+    });
     if let Some(staged) = &acquired.staged {
-        steps.push(Step { name: "ignition", apply: Box::new(move |c| staged.apply(&c.opts.root)) });
+        steps.push(Step {
+            name: "ignition",
+            apply: Box::new(move |c| staged.apply(&c.opts.root)),
+        });
     }
-    steps.push(Step { name: "files", apply: Box::new(|c| run::apply_files(c.opts, c.config)) });
-    steps.push(Step { name: "containerd-config", apply: Box::new(|c| firstboot::containerd::write_config(&c.opts.root, c.config, c.opts.live)) });
-    steps.push(Step { name: "images", apply: Box::new(|c| firstboot::containerd::import_images(&c.opts.root, c.opts.live, c.config.role)) });
+    steps.push(Step {
+        name: "files",
+        apply: Box::new(|c| run::apply_files(c.opts, c.config)),
+    });
+    steps.push(Step {
+        name: "containerd-config",
+        apply: Box::new(|c| {
+            firstboot::containerd::write_config(&c.opts.root, c.config, c.opts.live)
+        }),
+    });
+    steps.push(Step {
+        name: "images",
+        apply: Box::new(|c| {
+            firstboot::containerd::import_images(&c.opts.root, c.opts.live, c.config.role)
+        }),
+    });
     if acquired.config.join {
         steps.extend(firstboot::assemble::steps(&acquired.config));
     }

@@ -10,7 +10,10 @@ use sources_mock::Faults;
 const NODE_YAML: &str = "version: 1\nrole: worker\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\njoin: false\nfiles:\n  - {path: /etc/demo/motd, contents: hi}\npreflight:\n  skip: [memory, disk, architecture, kernel-modules, sysctls, ports]\n";
 
 fn firstboot(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_firstboot")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firstboot"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,28 +25,54 @@ fn firstboot(args: &[&str]) -> (i32, String, String) {
 fn root_run_against_an_ec2_metadata_server() {
     let root = tempfile::tempdir().unwrap();
     let mock = sources_mock::ec2(
-        sources_mock::Ec2 { v1_only: false, token_status: None, user_data: Some(NODE_YAML.as_bytes().to_vec()), tags: vec![] },
+        sources_mock::Ec2 {
+            v1_only: false,
+            token_status: None,
+            user_data: Some(NODE_YAML.as_bytes().to_vec()),
+            tags: vec![],
+        },
         Faults::default(),
     );
     let r = root.path().to_str().unwrap();
-    let (code, stdout, stderr) = firstboot(&["--root", r, "--platform", "ec2", "--metadata-url", &mock.base]);
+    let (code, stdout, stderr) = firstboot(&[
+        "--root",
+        r,
+        "--platform",
+        "ec2",
+        "--metadata-url",
+        &mock.base,
+    ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     // The config names no hostname: the instance's hostname from the metadata is used.
     assert!(
-        stdout.starts_with("firstboot: ok role=worker hostname=ip-172-31-5-6.eu-west-1.compute.internal in "),
+        stdout.starts_with(
+            "firstboot: ok role=worker hostname=ip-172-31-5-6.eu-west-1.compute.internal in "
+        ),
         "{stdout}"
     );
-    let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.path().join("var/lib/firstboot/status.json")).unwrap()).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("var/lib/firstboot/status.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(status["source"], "ec2");
-    assert_eq!(std::fs::read_to_string(root.path().join("etc/demo/motd")).unwrap(), "hi");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/demo/motd")).unwrap(),
+        "hi"
+    );
     assert!(root.path().join("etc/nodeimage/firewall.nft").exists());
     assert!(root.path().join("var/lib/firstboot/done").exists());
     let hits = mock.hits();
     assert_eq!(hits[0], "PUT /latest/api/token", "{hits:?}");
 
     // Second run: the marker makes it a no-op.
-    let (code, stdout, _) = firstboot(&["--root", r, "--platform", "ec2", "--metadata-url", &mock.base]);
+    let (code, stdout, _) = firstboot(&[
+        "--root",
+        r,
+        "--platform",
+        "ec2",
+        "--metadata-url",
+        &mock.base,
+    ]);
     assert_eq!(code, 0);
     assert!(stdout.contains("already done"), "{stdout}");
 }
@@ -52,14 +81,31 @@ fn root_run_against_an_ec2_metadata_server() {
 fn malformed_config_is_one_clear_line_and_a_failed_status() {
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("node.yaml");
-    std::fs::write(&cfg, "version: 1\nrole: wrker\ncluster: {name: a, api_endpoint: b}\n").unwrap();
-    let (code, stdout, _) = firstboot(&["--root", root.path().to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    std::fs::write(
+        &cfg,
+        "version: 1\nrole: wrker\ncluster: {name: a, api_endpoint: b}\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = firstboot(&[
+        "--root",
+        root.path().to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     let line = stdout.trim();
-    assert!(line.starts_with("firstboot: error: ") && line.contains("node.yaml") && line.contains("role") && line.contains("line 2"), "{line}");
+    assert!(
+        line.starts_with("firstboot: error: ")
+            && line.contains("node.yaml")
+            && line.contains("role")
+            && line.contains("line 2"),
+        "{line}"
+    );
     assert_eq!(line.lines().count(), 1);
-    let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.path().join("var/lib/firstboot/status.json")).unwrap()).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("var/lib/firstboot/status.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(status["state"], "failed");
     assert!(!root.path().join("var/lib/firstboot/done").exists());
 }

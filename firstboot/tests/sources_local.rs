@@ -622,9 +622,19 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
     // An Ignition config carrying the node config, as `nodeimage write-config` stores it.
     let ign = format!(
         r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"files":[{{"path":"/etc/nodeimage/node.yaml","contents":{{"source":"data:,{}"}}}}]}}}}"#,
-        NODE_YAML.replace('\n', "%0A").replace(' ', "%20").replace(':', "%3A")
+        NODE_YAML
+            .replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace(':', "%3A")
     );
-    let img = fat_image(d.path(), "ign.img", "NODECONFIG", 16, 8192, &[("config.ign", ign.as_bytes())]);
+    let img = fat_image(
+        d.path(),
+        "ign.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[("config.ign", ign.as_bytes())],
+    );
     let a = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap();
     assert_eq!(a.source, "nodeconfig-partition");
     assert!(a.ignition.is_some());
@@ -632,7 +642,19 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
 
     // A hand-edited node.yaml with a typo: the error names the partition's file.
     let bad = NODE_YAML.replace("role: worker", "role: wrker");
-    let img = fat_image(d.path(), "bad.img", "NODECONFIG", 16, 8192, &[("node.yaml", bad.as_bytes())]);
-    let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap_err().to_string();
-    assert!(e.contains("nodeconfig-partition (NODECONFIG/node.yaml)") && e.contains("role"), "{e}");
+    let img = fat_image(
+        d.path(),
+        "bad.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[("node.yaml", bad.as_bytes())],
+    );
+    let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nodeconfig-partition (NODECONFIG/node.yaml)") && e.contains("role"),
+        "{e}"
+    );
 }

@@ -29,9 +29,16 @@ impl Accel {
             Ok("tcg") => return Accel::Tcg,
             _ => {}
         }
-        let dev_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let dev_ok = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
         let cpu_ok = std::fs::read_to_string("/proc/cpuinfo")
-            .map(|c| c.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm"))))
+            .map(|c| {
+                c.lines()
+                    .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+            })
             .unwrap_or(false);
         if dev_ok && cpu_ok {
             Accel::Kvm
@@ -43,7 +50,12 @@ impl Accel {
     fn args(self) -> Vec<String> {
         match self {
             Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
-            Accel::Tcg => vec!["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()],
+            Accel::Tcg => vec![
+                "-accel".into(),
+                "tcg,thread=multi".into(),
+                "-cpu".into(),
+                "max".into(),
+            ],
         }
     }
 }
@@ -51,8 +63,14 @@ impl Accel {
 /// Firmware for UEFI boot of x86_64 images (Debian's `ovmf` package).
 pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
     for (code, vars) in [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
     ] {
         if Path::new(code).exists() && Path::new(vars).exists() {
             return Ok((code.into(), vars.into()));
@@ -101,25 +119,52 @@ impl Vm {
         let _ = std::fs::remove_file(&report_path);
         let accel = Accel::detect();
         let mut cmd = Command::new(qemu);
-        cmd.args(["-machine", "q35", "-nodefaults", "-display", "none", "-no-reboot"])
-            .args(accel.args())
-            .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,file={},cache=unsafe", o.disk.display()))
-            .args(["-serial", "stdio"])
-            .arg("-serial")
-            .arg(format!("file:{}", report_path.display()))
-            .args(["-device", "virtio-rng-pci"]);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(accel.args())
+        .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars_copy.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=virtio,format=raw,file={},cache=unsafe",
+            o.disk.display()
+        ))
+        .args(["-serial", "stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", report_path.display()))
+        .args(["-device", "virtio-rng-pci"]);
         if o.user_net {
-            cmd.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+            cmd.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ]);
         }
         cmd.args(&o.extra);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        eprintln!("qemu: starting {} ({accel:?}) with {}", o.name, o.disk.display());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        eprintln!(
+            "qemu: starting {} ({accel:?}) with {}",
+            o.name,
+            o.disk.display()
+        );
         let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
         let console = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
@@ -129,7 +174,13 @@ impl Vm {
         let log2 = log.try_clone()?;
         std::thread::spawn(move || pump(out, c1, log));
         std::thread::spawn(move || pump(err, c2, log2));
-        Ok(Vm { child, console, started: Instant::now(), console_log, report_path })
+        Ok(Vm {
+            child,
+            console,
+            started: Instant::now(),
+            console_log,
+            report_path,
+        })
     }
 
     /// Everything the console printed so far.
@@ -150,10 +201,18 @@ impl Vm {
                 if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
                     return Ok((from_needle(line, needle), self.started.elapsed()));
                 }
-                bail!("QEMU exited ({status}) before `{needle}` appeared; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 40));
+                bail!(
+                    "QEMU exited ({status}) before `{needle}` appeared; console log: {}\n{}",
+                    self.console_log.display(),
+                    tail(&self.console(), 40)
+                );
             }
             if Instant::now() > deadline {
-                bail!("`{needle}` did not appear within {timeout:?}; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 40));
+                bail!(
+                    "`{needle}` did not appear within {timeout:?}; console log: {}\n{}",
+                    self.console_log.display(),
+                    tail(&self.console(), 40)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -168,7 +227,11 @@ impl Vm {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("the guest did not power off within {timeout:?}; console log: {}\n{}", self.console_log.display(), tail(&self.console(), 30));
+                bail!(
+                    "the guest did not power off within {timeout:?}; console log: {}\n{}",
+                    self.console_log.display(),
+                    tail(&self.console(), 30)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -201,7 +264,9 @@ fn pump(r: impl std::io::Read, sink: Arc<Mutex<String>>, mut log: std::fs::File)
             break;
         }
         let _ = log.write_all(&buf);
-        sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf));
+        sink.lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&buf));
         buf.clear();
     }
 }
@@ -210,7 +275,9 @@ fn pump(r: impl std::io::Read, sink: Arc<Mutex<String>>, mut log: std::fs::File)
 /// other prefix the console put before it.
 fn from_needle(line: &str, needle: &str) -> String {
     let start = line.find(needle).unwrap_or(0);
-    line[start..].trim_matches(|c: char| c == '\r' || c.is_whitespace()).to_string()
+    line[start..]
+        .trim_matches(|c: char| c == '\r' || c.is_whitespace())
+        .to_string()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -227,7 +294,10 @@ pub fn which(program: &str) -> Option<PathBuf> {
 
 /// The workspace root (qemu-tests/..).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A binary of this workspace: `$NODEIMAGE_BIN`-style override, else target/<profile>/NAME.
@@ -236,7 +306,9 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(&var) {
         return Ok(PathBuf::from(p));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     for profile in ["release", "debug"] {
         let p = target.join(profile).join(name);
         if p.is_file() {
@@ -248,7 +320,9 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
 
 /// Run a command and fail with its output when it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
             "{:?} failed ({}):\n{}\n{}",

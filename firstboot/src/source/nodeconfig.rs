@@ -24,7 +24,10 @@ pub(crate) struct NodeConfigPartition {
 
 impl NodeConfigPartition {
     pub fn new(ctx: &SourceContext) -> Self {
-        NodeConfigPartition { ctx: ctx.clone(), found: RefCell::new(None) }
+        NodeConfigPartition {
+            ctx: ctx.clone(),
+            found: RefCell::new(None),
+        }
     }
 }
 
