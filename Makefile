@@ -4,6 +4,8 @@
 # Both install missing Debian packages first (root).
 
 PROFILE ?= profiles/k8s-1.35-x86_64.toml
+# Passed to `nodeimage lock` and `nodeimage build`, e.g. --registry-mirror registry.k8s.io=http://10.0.0.5:5000
+LOCK_ARGS ?=
 BUILD_ARGS ?=
 CARGO ?= cargo
 
@@ -15,8 +17,11 @@ deps:
 bins:
 	$(CARGO) build --release --workspace --bins
 
+# Like cargo without --locked: resolve image tags to digests when the lock file is missing
+# or stale, then build (which itself refuses a stale lock).
 image: deps bins
-	./target/release/nodeimage build $(PROFILE) $(BUILD_ARGS)
+	./target/release/nodeimage lock --check $(PROFILE) || ./target/release/nodeimage lock $(PROFILE) $(LOCK_ARGS)
+	./target/release/nodeimage build $(PROFILE) $(LOCK_ARGS) $(BUILD_ARGS)
 
 test: deps bins
 	$(CARGO) test --release --workspace -- --nocapture --test-threads=2

@@ -54,6 +54,9 @@ enum Command {
     },
     /// Print status.json.
     Status,
+    /// Approve pending kubelet serving CSRs that pass the policy and label Nodes with
+    /// their roles (run every 30 s by nodeimage-csr-approver.timer on the bootstrap master).
+    ApproveCsrs,
 }
 
 fn main() {
@@ -82,6 +85,16 @@ fn main() {
             }
         }
         Command::Run => run_firstboot(&cli.run),
+        Command::ApproveCsrs => match firstboot::assemble::approve_csrs(&cli.run.root) {
+            Ok(n) => {
+                tracing::info!(approved = n, "approve-csrs done");
+                0
+            }
+            Err(e) => {
+                eprintln!("firstboot: approve-csrs: {e:#}");
+                1
+            }
+        },
     };
     std::process::exit(code);
 }

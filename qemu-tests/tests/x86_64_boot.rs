@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use qemu_tests::{run, workspace_bin, workspace_root, Vm, VmOptions};
 
+#[path = "../../builder/tests/oci_support/mod.rs"]
+mod oci_support;
+
+/// Where the test's images live: a name no real registry answers for, served by the
+/// test's registry through `--registry-mirror` (as an air-gapped site would).
+const TEST_REGISTRY: &str = "nodeimage.test";
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// A worker that provisions only the host: the test image has no Kubernetes payload.
@@ -42,12 +49,43 @@ fn sha256(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// Build the test profile into `out`; returns (raw image, seconds).
-fn build(out: &Path) -> (PathBuf, f64) {
+/// profiles/test-x86_64.toml plus three images from the test registry (a sandbox image
+/// for every node, one for workers, one for masters), locked with `nodeimage lock`.
+/// Written under `base/profiles/` with `base/overlays` pointing at the repository's.
+fn images_profile(base: &Path, mirror: &str) -> PathBuf {
+    let dir = base.join("profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(base.join("overlays"));
+    std::os::unix::fs::symlink(workspace_root().join("overlays"), base.join("overlays")).unwrap();
+    let text = std::fs::read_to_string(workspace_root().join("profiles/test-x86_64.toml")).unwrap();
+    let profile = dir.join("test-images-x86_64.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "{}\n[[image]]\nname = \"pause\"\nreference = \"{TEST_REGISTRY}/pause:3.10\"\npurpose = \"sandbox\"\n\n\
+             [[image]]\nname = \"tools\"\nreference = \"{TEST_REGISTRY}/tools:1.0\"\nrole = \"worker\"\n\n\
+             [[image]]\nname = \"cp\"\nreference = \"{TEST_REGISTRY}/cp:1.0\"\nrole = \"master\"\n",
+            text.replace("name = \"test-x86_64\"", "name = \"test-images-x86_64\"")
+        ),
+    )
+    .unwrap();
+    run(Command::new(workspace_bin("nodeimage").unwrap())
+        .arg("lock")
+        .arg(&profile)
+        .arg("--registry-mirror")
+        .arg(format!("{TEST_REGISTRY}={mirror}")))
+    .expect("nodeimage lock");
+    profile
+}
+
+/// Build `profile` into `out`; returns (raw image, seconds).
+fn build(profile: &Path, mirror: &str, out: &Path) -> (PathBuf, f64) {
     let t = Instant::now();
     let stdout = run(Command::new(workspace_bin("nodeimage").unwrap())
         .arg("build")
-        .arg(workspace_root().join("profiles/test-x86_64.toml"))
+        .arg(profile)
+        .arg("--registry-mirror")
+        .arg(format!("{TEST_REGISTRY}={mirror}"))
         .arg("--out-dir")
         .arg(out)
         .arg("--firstboot-bin")
@@ -123,9 +161,17 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
 
+    // 0. A registry with the test's images (Debian's docker-registry on 127.0.0.1).
+    let registry = oci_support::TestRegistry::start().expect("docker-registry (apt-get install docker-registry)");
+    for repo in ["pause", "tools", "cp"] {
+        let tag = if repo == "pause" { "3.10" } else { "1.0" };
+        oci_support::push_multiarch(&registry.base(), repo, tag);
+    }
+    let profile = images_profile(&base, &registry.base());
+
     // 1. Two builds of the same profile are byte-identical.
-    let (raw1, t1) = build(&base.join("build1"));
-    let (raw2, t2) = build(&base.join("build2"));
+    let (raw1, t1) = build(&profile, &registry.base(), &base.join("build1"));
+    let (raw2, t2) = build(&profile, &registry.base(), &base.join("build2"));
     let (h1, h2) = (sha256(&raw1), sha256(&raw2));
     eprintln!("build 1: {t1:.1} s, build 2: {t2:.1} s, raw sha256 {h1}");
     assert_eq!(h1, h2, "two builds of the same profile differ");

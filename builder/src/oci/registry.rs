@@ -290,8 +290,18 @@ impl Registry {
                 if let Some(a) = auth {
                     rb = rb.header(AUTHORIZATION, a.as_str());
                 }
-                rb.send()
-                    .map_err(|e| anyhow!("{method} {}: {}", redact_query(&url), cause(&e)))
+                rb.send().map_err(|e| {
+                    let host = url.host_str().unwrap_or("REGISTRY");
+                    let hint = if e.is_connect() || e.is_timeout() {
+                        format!(
+                            "; to work without access to {host}, serve the images from a registry mirror \
+                             and pass --registry-mirror {host}=http://MIRROR:PORT (the pinned digests still decide)"
+                        )
+                    } else {
+                        String::new()
+                    };
+                    anyhow!("{method} {}: {}{hint}", redact_query(&url), cause(&e))
+                })
             };
             let mut auth = self.cached_auth(&origin, repo);
             let mut resp = send(auth.as_ref())?;
