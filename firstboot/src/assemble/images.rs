@@ -71,7 +71,8 @@ pub struct ImageKey {
 }
 
 /// Default references (docs: the worked example lists them). CoreDNS is kubeadm 1.35's
-/// pin by digest; Weave Net's last upstream release has no published digest.
+/// pin by digest. The others follow the default profiles (Weave Net from the maintained
+/// community fork, see profiles/k8s-1.35-*.toml); they have no published digest.
 pub const IMAGE_KEYS: &[ImageKey] = &[
     ImageKey {
         name: "coredns",
@@ -81,22 +82,22 @@ pub const IMAGE_KEYS: &[ImageKey] = &[
     ImageKey {
         name: "weave-kube",
         aliases: &["weave-kube"],
-        default: "docker.io/weaveworks/weave-kube:2.8.1",
+        default: "docker.io/rajchaudhuri/weave-kube:2.9.0",
     },
     ImageKey {
         name: "weave-npc",
         aliases: &["weave-npc"],
-        default: "docker.io/weaveworks/weave-npc:2.8.1",
+        default: "docker.io/rajchaudhuri/weave-npc:2.9.0",
     },
     ImageKey {
         name: "ingress-nginx-controller",
         aliases: &["ingress-nginx/controller"],
-        default: "registry.k8s.io/ingress-nginx/controller:v1.12.0",
+        default: "registry.k8s.io/ingress-nginx/controller:v1.15.1",
     },
     ImageKey {
         name: "kured",
         aliases: &["kured"],
-        default: "ghcr.io/kubereboot/kured:1.20.0",
+        default: "ghcr.io/kubereboot/kured:1.21.0",
     },
     ImageKey {
         name: "kubernetes-dashboard",
