@@ -23,7 +23,7 @@ image: deps bins
 	./target/release/nodeimage lock --check $(PROFILE) || ./target/release/nodeimage lock $(PROFILE) $(LOCK_ARGS)
 	./target/release/nodeimage build $(PROFILE) $(LOCK_ARGS) $(BUILD_ARGS)
 
-test: deps bins
+test: deps
 	$(CARGO) test --release --workspace -- --nocapture --test-threads=2
 
 lint:
