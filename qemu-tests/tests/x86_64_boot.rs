@@ -162,7 +162,8 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
     std::fs::create_dir_all(&base).unwrap();
 
     // 0. A registry with the test's images (Debian's docker-registry on 127.0.0.1).
-    let registry = oci_support::TestRegistry::start().expect("docker-registry (apt-get install docker-registry)");
+    let registry = oci_support::TestRegistry::start()
+        .expect("docker-registry (apt-get install docker-registry)");
     for repo in ["pause", "tools", "cp"] {
         let tag = if repo == "pause" { "3.10" } else { "1.0" };
         oci_support::push_multiarch(&registry.base(), repo, tag);

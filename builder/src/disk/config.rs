@@ -530,6 +530,114 @@ fn human_size(b: u64) -> String {
 }
 
 /// The text form of `inspect`.
+/// Debian packages shown by name in the components list: what a node runs.
+const KEY_PACKAGES: &[&str] = &[
+    "containerd",
+    "runc",
+    "etcd-server",
+    "systemd",
+    "nftables",
+    "iptables",
+];
+
+/// A nodeimage manifest as a components list: every pinned file and image with its
+/// version and hash, the kernel, firstboot and the key Debian packages. `None` when the
+/// manifest is not one of ours (then the JSON is shown as it is).
+fn components_text(m: &serde_json::Value) -> Option<String> {
+    use std::fmt::Write as _;
+    let profile = m.get("profile")?;
+    let mut s = String::new();
+    let str_of = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string()
+    };
+    let _ = writeln!(
+        s,
+        "  profile {} ({}), inputs sha256:{}, SOURCE_DATE_EPOCH {}",
+        str_of(profile, "name"),
+        str_of(profile, "arch"),
+        str_of(m, "inputs_sha256"),
+        m.get("source_date_epoch")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0)
+    );
+    if let Some(k) = m.get("kernel") {
+        let _ = writeln!(
+            s,
+            "  kernel {} cmdline `{}`",
+            str_of(k, "version"),
+            str_of(k, "cmdline")
+        );
+    }
+    if let Some(f) = m.get("firstboot") {
+        let _ = writeln!(
+            s,
+            "  firstboot {} sha256:{}",
+            str_of(f, "path"),
+            str_of(f, "sha256")
+        );
+    }
+    let _ = writeln!(s, "\nComponents (pinned files):");
+    let arts = m
+        .get("artifacts")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if arts.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for a in &arts {
+        let _ = writeln!(
+            s,
+            "  {:<26} {:<10} {:<28} {:>10}  {}",
+            str_of(a, "name"),
+            str_of(a, "version"),
+            str_of(a, "install"),
+            human_size(a.get("size").and_then(|v| v.as_u64()).unwrap_or(0)),
+            str_of(a, "digest")
+        );
+    }
+    let _ = writeln!(s, "\nImages:");
+    let imgs = m
+        .get("images")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if imgs.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for i in &imgs {
+        let _ = writeln!(
+            s,
+            "  {:<26} {:<7} {:>10}  {}@{}",
+            str_of(i, "name"),
+            str_of(i, "role"),
+            human_size(i.get("size").and_then(|v| v.as_u64()).unwrap_or(0)),
+            str_of(i, "reference"),
+            str_of(i, "digest")
+        );
+    }
+    if let Some(pkgs) = m
+        .get("debian")
+        .and_then(|d| d.get("packages"))
+        .and_then(|p| p.as_object())
+    {
+        let _ = writeln!(
+            s,
+            "\nFrom Debian ({} packages; `inspect --json` lists them all):",
+            pkgs.len()
+        );
+        for name in KEY_PACKAGES {
+            if let Some(v) = pkgs.get(*name).and_then(|v| v.as_str()) {
+                let _ = writeln!(s, "  {name:<26} {v}");
+            }
+        }
+        for (name, v) in pkgs.iter().filter(|(n, _)| n.starts_with("linux-image-")) {
+            let _ = writeln!(s, "  {name:<26} {}", v.as_str().unwrap_or("-"));
+        }
+    }
+    Some(s)
+}
+
 pub fn render_text(r: &ImageReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
@@ -568,12 +676,15 @@ pub fn render_text(r: &ImageReport) -> String {
     }
     let _ = writeln!(s, "\nManifest:");
     match (&r.manifest, &r.manifest_error) {
-        (Some(m), _) => {
-            let pretty = serde_json::to_string_pretty(m).unwrap_or_default();
-            for line in pretty.lines() {
-                let _ = writeln!(s, "  {line}");
+        (Some(m), _) => match components_text(m) {
+            Some(t) => s.push_str(&t),
+            None => {
+                let pretty = serde_json::to_string_pretty(m).unwrap_or_default();
+                for line in pretty.lines() {
+                    let _ = writeln!(s, "  {line}");
+                }
             }
-        }
+        },
         (None, Some(e)) => {
             let _ = writeln!(s, "  error: {e}");
         }
