@@ -269,9 +269,49 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
         .collect();
     assert_eq!(
         steps,
-        ["acquire", "preflight", "firewall", "hostname", "files"],
+        [
+            "acquire",
+            "preflight",
+            "firewall",
+            "hostname",
+            "files",
+            "containerd-config",
+            "images"
+        ],
         "{status}"
     );
+    // Issue 4: the baked images for this role are in containerd's k8s.io namespace, and
+    // the CRI uses the pinned sandbox image.
+    let images = b64(r1["ctr-images"]
+        .as_str()
+        .expect("the report carries `ctr -n k8s.io images ls -q`"));
+    eprintln!("guest images:\n{images}");
+    assert!(
+        images.contains(&format!("{TEST_REGISTRY}/pause:3.10")),
+        "{images}"
+    );
+    assert!(
+        images.contains(&format!("{TEST_REGISTRY}/tools:1.0")),
+        "{images}"
+    );
+    assert!(
+        !images.contains(&format!("{TEST_REGISTRY}/cp:1.0")),
+        "a worker must not import master images: {images}"
+    );
+    let cri = b64(r1["containerd-cri"].as_str().unwrap());
+    eprintln!("guest containerd CRI config:\n{cri}");
+    assert!(
+        cri.contains(&format!("{TEST_REGISTRY}/pause:3.10")),
+        "sandbox image not pinned: {cri}"
+    );
+    assert!(cri.contains("SystemdCgroup = true"), "{cri}");
+    let import = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "images")
+        .unwrap();
+    eprintln!("images step: {} ms ({})", import["ms"], import["detail"]);
     // Issue 6: the firewall firstboot loaded is the port table's worker ruleset.
     let ruleset = b64(r1["nft-ruleset"]
         .as_str()
