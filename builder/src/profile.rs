@@ -591,4 +591,24 @@ install = "/usr/bin/tool"
             .to_string();
         assert!(e.contains("mode: expected an octal mode"), "{e}");
     }
+
+    /// Every profile the repository ships parses and validates.
+    #[test]
+    fn shipped_profiles_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let lp = load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(lp.overlays_dir().is_dir(), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 3,
+            "expected the default and test profiles in {}",
+            dir.display()
+        );
+    }
 }
