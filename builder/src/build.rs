@@ -403,7 +403,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let disk_guid = guid("disk");
     let layout = disk::write_disk(&raw, disk_guid, &parts)?;
     manifest.disk_guid = Some(disk_guid.to_string());
-    for (i, part) in layout.partitions.iter().enumerate() {
+    for part in &layout.partitions {
         manifest.partitions.push(PartitionRecord {
             number: part.number,
             name: part.name.clone(),
@@ -412,7 +412,12 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
             first_lba: part.first_lba,
             last_lba: part.last_lba,
             size_bytes: part.size_bytes,
-            filesystem: ["vfat", "erofs", "vfat"][i].into(),
+            filesystem: if part.name.starts_with("root-") {
+                "erofs"
+            } else {
+                "vfat"
+            }
+            .into(),
         });
     }
 

@@ -86,12 +86,17 @@ pub mod paths {
     pub const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
 }
 
-/// The API server as the master's own components reach it.
-// TODO(ports): derive from ports:: (kube-apiserver secure port, local address).
-pub const LOCAL_APISERVER_URL: &str = "https://127.0.0.1:6443";
-/// kube-apiserver secure port (default when the endpoint names no port).
-// TODO(ports): derive from ports::
-pub const APISERVER_PORT: u16 = 6443;
+/// kube-apiserver's secure port, from the port table (the default when the endpoint names
+/// no port).
+pub fn apiserver_port() -> u16 {
+    crate::ports::table_port(crate::ports::Service::KubeApiserver)
+        .expect("the port table lists kube-apiserver")
+}
+
+/// The API server as the master's own components reach it: loopback, the table's port.
+pub fn local_apiserver_url() -> String {
+    format!("https://127.0.0.1:{}", apiserver_port())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -537,7 +542,7 @@ pub fn api_server_url(endpoint: &str) -> String {
         return endpoint.trim_end_matches('/').to_string();
     }
     let (host, port) = split_host_port(endpoint);
-    let port = port.unwrap_or(APISERVER_PORT);
+    let port = port.unwrap_or_else(apiserver_port);
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(_)) => format!("https://[{host}]:{port}"),
         _ => format!("https://{host}:{port}"),
@@ -701,7 +706,7 @@ pub fn master_cert_specs(id: &MasterIdentity) -> Vec<CertSpec> {
             CaKind::Cluster,
             "kubernetes-super-admin",
             &[SYSTEM_MASTERS_GROUP],
-            kc(paths::SUPER_ADMIN_CONF, LOCAL_APISERVER_URL.into()),
+            kc(paths::SUPER_ADMIN_CONF, local_apiserver_url()),
         ));
     }
     v.push(client(
@@ -709,14 +714,14 @@ pub fn master_cert_specs(id: &MasterIdentity) -> Vec<CertSpec> {
         CaKind::Cluster,
         "system:kube-controller-manager",
         &[],
-        kc(paths::CONTROLLER_MANAGER_CONF, LOCAL_APISERVER_URL.into()),
+        kc(paths::CONTROLLER_MANAGER_CONF, local_apiserver_url()),
     ));
     v.push(client(
         "scheduler.conf",
         CaKind::Cluster,
         "system:kube-scheduler",
         &[],
-        kc(paths::SCHEDULER_CONF, LOCAL_APISERVER_URL.into()),
+        kc(paths::SCHEDULER_CONF, local_apiserver_url()),
     ));
     let node_user = format!("system:node:{}", id.hostname);
     v.push(client(

@@ -440,6 +440,15 @@ use Reach::{Anyone, ClusterNodes, Disabled, Localhost, Masters, TrustedSubnets};
 
 /// The port table. Order is the documentation order: required ports, monitoring ports,
 /// localhost-only and disabled ports, then the inactive options for other components.
+/// The fixed port the table gives `service` (the first row naming it), for components
+/// that need the number outside a node's policy (kubeconfig URLs, defaults).
+pub fn table_port(service: Service) -> Option<u16> {
+    PORT_TABLE.iter().find_map(|r| match r.port {
+        PortSpec::Port(p) if r.service == service => Some(p),
+        _ => None,
+    })
+}
+
 pub static PORT_TABLE: &[PortRow] = &[
     // --- required open ports ---
     row(Tcp, Port(22), Service::Ssh, Roles::All, Anyone, true, &[S000, S001, S003],

@@ -194,7 +194,7 @@ fn local_apiserver_url(inp: &KubeInputs) -> String {
         .binds
         .apiserver
         .map(|a| a.port())
-        .unwrap_or(pki::APISERVER_PORT);
+        .unwrap_or_else(pki::apiserver_port);
     format!("https://127.0.0.1:{port}")
 }
 

@@ -163,7 +163,7 @@ pub fn master_kubelet_kubeconfig(inp: &KubeInputs) -> Option<String> {
     Some(
         Kubeconfig::new(
             &inp.node.cluster.name,
-            pki::LOCAL_APISERVER_URL,
+            &pki::local_apiserver_url(),
             ca,
             &format!("system:node:{}", inp.hostname),
             KubeconfigUser::CertFiles {
