@@ -288,7 +288,7 @@ fn build_with(
     opts: &FatOptions,
     geo: Geometry,
 ) -> Result<Vec<u8>, FatError> {
-    if opts.size_bytes == 0 || opts.size_bytes % SECTOR_SIZE != 0 {
+    if opts.size_bytes == 0 || !opts.size_bytes.is_multiple_of(SECTOR_SIZE) {
         return Err(FatError::BadSize {
             size: opts.size_bytes,
         });

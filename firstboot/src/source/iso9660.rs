@@ -223,7 +223,7 @@ fn walk_records(raw: &[u8], block_size: u64, mut f: impl FnMut(&[u8])) {
 
 fn system_use(rec: &[u8]) -> Option<&[u8]> {
     let id_len = rec[32] as usize;
-    let start = 33 + id_len + usize::from(id_len % 2 == 0);
+    let start = 33 + id_len + usize::from(id_len.is_multiple_of(2));
     (start < rec.len()).then(|| &rec[start..])
 }
 
