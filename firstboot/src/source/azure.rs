@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 
-use super::http::Http;
+use super::http::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "azure";
@@ -24,24 +24,23 @@ pub const API_VERSION: &str = "2021-02-01";
 const HEADERS: &[(&str, &str)] = &[("Metadata", "true")];
 
 pub(crate) struct AzureImdsSource {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
 }
 
 impl AzureImdsSource {
     pub fn new(ctx: &SourceContext) -> Self {
         AzureImdsSource {
-            base: format!("{}/metadata", ctx.endpoint(Platform::Azure)),
-            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(
+                SOURCE_NAME,
+                format!("{}/metadata", ctx.endpoint(Platform::Azure)),
+                HEADERS,
+                ctx.timeouts,
+            ),
         }
     }
 
     fn get(&self, path_and_query: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
-        http.get_optional(&format!("{}/{path_and_query}", self.base), HEADERS)
+        self.endpoint.get(path_and_query)
     }
 }
 

@@ -4,30 +4,25 @@
 
 use std::collections::BTreeMap;
 
-use super::http::Http;
+use super::http::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "digitalocean";
 
 pub(crate) struct DigitalOceanSource {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
 }
 
 impl DigitalOceanSource {
     pub fn new(ctx: &SourceContext) -> Self {
         DigitalOceanSource {
-            base: format!("{}/metadata/v1", ctx.endpoint(Platform::DigitalOcean)),
-            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(
+                SOURCE_NAME,
+                format!("{}/metadata", ctx.endpoint(Platform::DigitalOcean)),
+                &[],
+                ctx.timeouts,
+            ),
         }
-    }
-
-    fn get(&self, url: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
-        http.get_optional(url, &[])
     }
 }
 
@@ -37,13 +32,11 @@ impl DataSource for DigitalOceanSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self
-            .get(&format!("{}/user-data", self.base))?
-            .filter(|d| !d.is_empty()))
+        Ok(self.endpoint.get("v1/user-data")?.filter(|d| !d.is_empty()))
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {
-        let Some(raw) = self.get(&format!("{}.json", self.base))? else {
+        let Some(raw) = self.endpoint.get("v1.json")? else {
             return Ok(Metadata::default());
         };
         let doc: serde_json::Value = serde_json::from_slice(&raw)

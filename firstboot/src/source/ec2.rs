@@ -14,15 +14,14 @@ use std::net::IpAddr;
 
 use reqwest::Method;
 
-use super::http::{text, Http};
+use super::http::{text, Endpoint};
 use super::{DataSource, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "ec2";
 const TOKEN_TTL_SECONDS: &str = "21600";
 
 pub(crate) struct Ec2Source {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
     /// `Some(token)` for IMDSv2, `None` for an IMDSv1-only service; set once known.
     token: OnceCell<Option<String>>,
 }
@@ -30,24 +29,17 @@ pub(crate) struct Ec2Source {
 impl Ec2Source {
     pub fn new(ctx: &SourceContext) -> Self {
         Ec2Source {
-            base: ctx.endpoint(Platform::Ec2),
-            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(SOURCE_NAME, ctx.endpoint(Platform::Ec2), &[], ctx.timeouts),
             token: OnceCell::new(),
         }
-    }
-
-    fn http(&self) -> Result<&Http, SourceError> {
-        self.http
-            .as_ref()
-            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))
     }
 
     fn token(&self) -> Result<Option<String>, SourceError> {
         if let Some(t) = self.token.get() {
             return Ok(t.clone());
         }
-        let url = format!("{}/latest/api/token", self.base);
-        let http = self.http()?;
+        let url = self.endpoint.url("latest/api/token");
+        let http = self.endpoint.http()?;
         let r = http.request(
             Method::PUT,
             &url,
@@ -74,12 +66,13 @@ impl Ec2Source {
 
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let token = self.token()?;
-        let url = format!("{}/latest/{path}", self.base);
+        let url = self.endpoint.url(&format!("latest/{path}"));
         match &token {
             Some(t) => self
+                .endpoint
                 .http()?
                 .get_optional(&url, &[("X-aws-ec2-metadata-token", t)]),
-            None => self.http()?.get_optional(&url, &[]),
+            None => self.endpoint.http()?.get_optional(&url, &[]),
         }
     }
 

@@ -7,31 +7,30 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::http::{text, Http};
+use super::http::{text, Endpoint};
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "gcp";
 const HEADERS: &[(&str, &str)] = &[("Metadata-Flavor", "Google")];
 
 pub(crate) struct GcpSource {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
 }
 
 impl GcpSource {
     pub fn new(ctx: &SourceContext) -> Self {
         GcpSource {
-            base: format!("{}/computeMetadata/v1", ctx.endpoint(Platform::Gcp)),
-            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(
+                SOURCE_NAME,
+                format!("{}/computeMetadata/v1", ctx.endpoint(Platform::Gcp)),
+                HEADERS,
+                ctx.timeouts,
+            ),
         }
     }
 
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
-        http.get_optional(&format!("{}/{path}", self.base), HEADERS)
+        self.endpoint.get(path)
     }
 
     fn text(&self, path: &str) -> Result<Option<String>, SourceError> {

@@ -5,30 +5,29 @@
 
 use std::collections::BTreeMap;
 
-use super::http::Http;
+use super::http::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "hetzner";
 
 pub(crate) struct HetznerSource {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
 }
 
 impl HetznerSource {
     pub fn new(ctx: &SourceContext) -> Self {
         HetznerSource {
-            base: format!("{}/hetzner/v1", ctx.endpoint(Platform::Hetzner)),
-            http: Http::new(SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(
+                SOURCE_NAME,
+                format!("{}/hetzner/v1", ctx.endpoint(Platform::Hetzner)),
+                &[],
+                ctx.timeouts,
+            ),
         }
     }
 
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| SourceError::format(SOURCE_NAME, e.clone()))?;
-        http.get_optional(&format!("{}/{path}", self.base), &[])
+        self.endpoint.get(path)
     }
 }
 

@@ -20,6 +20,48 @@ pub(crate) struct Reply {
     pub body: Vec<u8>,
 }
 
+/// A metadata service: its base URL, the headers every request to it carries, and the
+/// HTTP client. Building the client can fail; that failure is reported when the source
+/// is first asked, so a source that is never tried costs nothing.
+pub(crate) struct Endpoint {
+    source_name: &'static str,
+    base: String,
+    headers: &'static [(&'static str, &'static str)],
+    http: Result<Http, String>,
+}
+
+impl Endpoint {
+    pub fn new(
+        source_name: &'static str,
+        base: String,
+        headers: &'static [(&'static str, &'static str)],
+        timeouts: Timeouts,
+    ) -> Self {
+        Endpoint {
+            source_name,
+            base,
+            headers,
+            http: Http::new(source_name, timeouts, true).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn http(&self) -> Result<&Http, SourceError> {
+        self.http
+            .as_ref()
+            .map_err(|e| SourceError::format(self.source_name, e.clone()))
+    }
+
+    /// `<base>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// GET `<base>/<path>` with the endpoint's headers; `Ok(None)` for 404.
+    pub fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        self.http()?.get_optional(&self.url(path), self.headers)
+    }
+}
+
 pub(crate) struct Http {
     client: Client,
     source_name: String,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::http::{text, Http};
+use super::http::{text, Endpoint};
 use super::{read_labelled, DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const DRIVE_SOURCE_NAME: &str = "openstack-config-drive";
@@ -100,24 +100,23 @@ impl DataSource for ConfigDriveSource {
 }
 
 pub(crate) struct OpenStackMetadataSource {
-    base: String,
-    http: Result<Http, String>,
+    endpoint: Endpoint,
 }
 
 impl OpenStackMetadataSource {
     pub fn new(ctx: &SourceContext) -> Self {
         OpenStackMetadataSource {
-            base: ctx.endpoint(Platform::OpenStack),
-            http: Http::new(SERVICE_SOURCE_NAME, ctx.timeouts, true).map_err(|e| e.to_string()),
+            endpoint: Endpoint::new(
+                SERVICE_SOURCE_NAME,
+                ctx.endpoint(Platform::OpenStack),
+                &[],
+                ctx.timeouts,
+            ),
         }
     }
 
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| SourceError::format(SERVICE_SOURCE_NAME, e.clone()))?;
-        http.get_optional(&format!("{}/{path}", self.base), &[])
+        self.endpoint.get(path)
     }
 
     fn ip(&self, path: &str) -> Result<Option<IpAddr>, SourceError> {
