@@ -9,7 +9,7 @@ LOCK_ARGS ?=
 BUILD_ARGS ?=
 CARGO ?= cargo
 
-.PHONY: image test deps bins lint
+.PHONY: image test deps bins lint check-deps
 
 deps:
 	.ci/install-deps
@@ -23,9 +23,16 @@ image: deps bins
 	./target/release/nodeimage lock --check $(PROFILE) || ./target/release/nodeimage lock $(PROFILE) $(LOCK_ARGS)
 	./target/release/nodeimage build $(PROFILE) $(LOCK_ARGS) $(BUILD_ARGS)
 
+# Compile, unit and integration tests, then the QEMU boots; each phase timed.
 test: deps
-	$(CARGO) test --release --workspace -- --nocapture --test-threads=2
+	CARGO=$(CARGO) .ci/test-suite
 
+# rustfmt, clippy with -D warnings, shellcheck on every shell script.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	.ci/lint-shell
+
+# Prove .ci/install-deps in fresh Debian 12 trees (mmdebstrap + chroot); not part of `make test`.
+check-deps:
+	.ci/check-deps

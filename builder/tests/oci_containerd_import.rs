@@ -77,10 +77,17 @@ fn host_arch() -> (&'static str, &'static str) {
 
 #[test]
 fn baked_images_import_into_containerd_once() {
-    let root_user = unsafe { libc::geteuid() } == 0;
     let have = |b: &str| installed_version(b).ok().flatten().is_some();
-    if !root_user || !have("containerd") || !have("ctr") {
-        eprintln!("SKIP: needs root and Debian's containerd (containerd, ctr)");
+    if !test_support::Needs::new("baked_images_import_into_containerd_once")
+        .root()
+        .tool("containerd", "containerd")
+        .tool("ctr", "containerd")
+        .check(
+            have("containerd") && have("ctr"),
+            "containerd and ctr that report a version (Debian package containerd)",
+        )
+        .met()
+    {
         return;
     }
     let Some(reg) = TestRegistry::start() else {

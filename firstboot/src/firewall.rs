@@ -581,22 +581,14 @@ mod tests {
         );
     }
 
-    /// `nft` usable for `-c`: present and we are root. Otherwise say why and skip.
+    /// `nft` usable for `-c`: on PATH and we are root (CAP_NET_ADMIN, to validate against
+    /// the kernel). Otherwise say why and skip (fail under CI).
     fn nft_for_checks() -> Option<PathBuf> {
-        let nft = nft_binary();
-        if Command::new(&nft).arg("--version").output().is_err() {
-            eprintln!(
-                "SKIP nft -c: {} not found (install the nftables package)",
-                nft.display()
-            );
-            return None;
-        }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP nft -c: needs root (CAP_NET_ADMIN) to validate against the kernel");
-            return None;
-        }
-        Some(nft)
+        test_support::Needs::new("nft -c of the golden rulesets")
+            .root()
+            .tool("nft", "nftables")
+            .met()
+            .then(nft_binary)
     }
 
     #[test]

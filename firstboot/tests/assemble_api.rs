@@ -51,7 +51,9 @@ fn serve(root: &Path, www: &Path, port: u16, require: bool) -> Option<Server> {
         .stderr(Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        eprintln!("openssl is not installed (package openssl): skipping");
+        let _ = test_support::Needs::new("TLS test server")
+            .tool("openssl", "openssl")
+            .met();
         return None;
     };
     let s = Server(child);

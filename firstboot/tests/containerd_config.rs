@@ -189,12 +189,10 @@ fn bad_registry_host_is_refused() {
 /// settings in its merged view (`containerd config dump`).
 #[test]
 fn debian_containerd_reads_the_v2_config() {
-    if Command::new("containerd")
-        .arg("--version")
-        .output()
-        .is_err()
+    if !test_support::Needs::new("debian_containerd_reads_the_v2_config")
+        .tool("containerd", "containerd")
+        .met()
     {
-        eprintln!("SKIP: containerd is not installed (Debian package `containerd`)");
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -30,20 +30,16 @@ use firstboot::pki::{self, CaPair, MasterIdentity, MasterSecrets, ServiceAccount
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need root)".into());
-    }
-    for (bin, pkg) in [(ETCD, "etcd-server"), (ETCDCTL, "etcd-client")] {
-        if !Path::new(bin).exists() {
-            return Some(format!("{bin} missing (apt-get install {pkg})"));
-        }
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` missing (apt-get install iproute2)".into());
-    }
-    None
+/// Root (network namespaces), Debian's etcd and etcdctl, `ip`.
+fn environment_ready() -> bool {
+    test_support::Needs::new("etcd_cluster")
+        .root()
+        .tool("etcd", "etcd-server")
+        .tool("etcdctl", "etcd-client")
+        .file(ETCD, "etcd-server")
+        .file(ETCDCTL, "etcd-client")
+        .tool("ip", "iproute2")
+        .met()
 }
 
 fn sh(args: &[&str]) {
@@ -279,8 +275,7 @@ fn wipe(m: &Master) {
 
 #[test]
 fn three_masters_form_and_repair_an_etcd_cluster() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED etcd_cluster: {why}");
+    if !environment_ready() {
         return;
     }
     let _ = tracing_subscriber::fmt()

@@ -10,7 +10,8 @@
 //!
 //! Everything lives in namespaces created here (10.99.0.0/24, 10.98.0.0/24, fd99::/64,
 //! fd98::/64 exist only inside them) and is removed by a Drop guard, also on failure.
-//! Needs root, `ip` and `nft`; without them the test prints SKIP and passes.
+//! Needs root, `ip` and `nft`; without them the test prints SKIP and passes, except under
+//! CI (`CI=true`), where it fails naming what is missing.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -34,24 +35,13 @@ const NOT_IN_TABLE: u16 = 12345;
 
 // ---------------------------------------------------------------- environment
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some(
-            "not root: network namespaces and nftables need CAP_SYS_ADMIN/CAP_NET_ADMIN".into(),
-        );
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` not found (install iproute2)".into());
-    }
-    if Command::new(firewall::nft_binary())
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("`nft` not found (install nftables)".into());
-    }
-    None
+/// Root (network namespaces, nftables), `ip` and `nft`.
+fn environment_ready(test: &str) -> bool {
+    test_support::Needs::new(test)
+        .root()
+        .tool("ip", "iproute2")
+        .tool("nft", "nftables")
+        .met()
 }
 
 fn ip(args: &[&str]) {
@@ -664,8 +654,7 @@ fn cell<'a>(
 
 #[test]
 fn firewall_reachability_matrix_in_namespaces() {
-    if let Some(why) = skip_reason() {
-        println!("SKIP firewall_reachability_matrix_in_namespaces: {why}");
+    if !environment_ready("firewall_reachability_matrix_in_namespaces") {
         return;
     }
     let started = Instant::now();
@@ -816,8 +805,7 @@ fn firewall_reachability_matrix_in_namespaces() {
 /// The text and JSON renderings load to the same kernel ruleset.
 #[test]
 fn text_and_json_load_to_the_same_ruleset() {
-    if let Some(why) = skip_reason() {
-        println!("SKIP text_and_json_load_to_the_same_ruleset: {why}");
+    if !environment_ready("text_and_json_load_to_the_same_ruleset") {
         return;
     }
     let pid = std::process::id();

@@ -37,10 +37,6 @@ fn b64(s: &str) -> String {
     String::from_utf8_lossy(&out.wait_with_output().unwrap().stdout).into_owned()
 }
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let mut f = std::fs::File::open(path).unwrap();
@@ -153,8 +149,16 @@ fn boot(disk: &Path, work: &Path, name: &str) -> (Vm, String, Duration) {
 
 #[test]
 fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
-    if !is_root() {
-        eprintln!("SKIP: needs root (mmdebstrap, chroot); CI runs as root");
+    if !test_support::Needs::new("x86_64 image build and boots")
+        .root()
+        .tool("mmdebstrap", "mmdebstrap")
+        .tool("mkfs.erofs", "erofs-utils")
+        .tool("qemu-system-x86_64", "qemu-system-x86 (bookworm-backports)")
+        .tool("fsck.fat", "dosfstools")
+        .tool("mcopy", "mtools")
+        .file("/usr/bin/docker-registry", "docker-registry")
+        .met()
+    {
         return;
     }
     let base = workspace_root().join("target/qemu-tests");

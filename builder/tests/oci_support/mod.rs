@@ -37,10 +37,12 @@ pub struct TestRegistry {
 }
 
 impl TestRegistry {
-    /// None (with a SKIP line) when /usr/bin/docker-registry is missing.
+    /// None (with a SKIP line; a failure under CI) when /usr/bin/docker-registry is missing.
     pub fn start() -> Option<TestRegistry> {
-        if !Path::new("/usr/bin/docker-registry").exists() {
-            eprintln!("SKIP: /usr/bin/docker-registry missing (Debian package docker-registry)");
+        if !test_support::Needs::new("test registry")
+            .file("/usr/bin/docker-registry", "docker-registry")
+            .met()
+        {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
