@@ -340,19 +340,19 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let erofs = work.join("root.erofs");
     rootfs::make_erofs(&root, &erofs, &guid("root-filesystem"), epoch)?;
     let esp = esp_files(p.arch, &root, &custom, &cmdline, &p.name, &manifest)?;
-    let esp_bytes = firstboot::fat::build(
+    let esp_bytes = nodeimage_core::fat::build(
         &esp,
-        &firstboot::fat::FatOptions {
+        &nodeimage_core::fat::FatOptions {
             size_bytes: p.disk.esp_size_mib << 20,
             label: "ESP".into(),
             volume_id: volume_id(&guid("esp-filesystem")),
             timestamp: epoch,
-            fat_type: Some(firstboot::fat::FatType::Fat32),
+            fat_type: Some(nodeimage_core::fat::FatType::Fat32),
         },
     )?;
-    let config_bytes = firstboot::fat::build(
+    let config_bytes = nodeimage_core::fat::build(
         &nodeconfig_files(),
-        &firstboot::fat::FatOptions {
+        &nodeimage_core::fat::FatOptions {
             size_bytes: p.disk.config_size_mib << 20,
             label: "NODECONFIG".into(),
             volume_id: volume_id(&guid("nodeconfig-filesystem")),
@@ -448,7 +448,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
         fs::remove_file(&raw)?;
     }
     let mpath = out_dir.join("manifest.json");
-    firstboot::util::atomic_write(&mpath, &serde_json::to_vec_pretty(&manifest)?, 0o644)?;
+    nodeimage_core::files::atomic_write(&mpath, &serde_json::to_vec_pretty(&manifest)?, 0o644)?;
     if !args.keep_work {
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }

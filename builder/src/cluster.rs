@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use firstboot::config::{
+use nodeimage_core::config::{
     ClusterConfig, Host, NodeCluster, NodeConfig, NodeExternalEtcd, Role, Secrets,
     NODE_CONFIG_IGNITION_PATH, NODE_CONFIG_VERSION,
 };
-use firstboot::pki::{CaPair, ServiceAccountKey};
-use firstboot::util::write_secret;
+use nodeimage_core::files::write_secret;
+use nodeimage_core::pki::{CaPair, ServiceAccountKey};
 use rand::Rng;
 
 /// `nodeimage cluster new`
@@ -205,7 +205,7 @@ impl ClusterSecrets {
             bootstrap_token: read(BOOTSTRAP_TOKEN)?.trim().to_string(),
             weave_password: read(WEAVE_PASSWORD)?.trim().to_string(),
         };
-        if !firstboot::config::valid_bootstrap_token(&s.bootstrap_token) {
+        if !nodeimage_core::config::valid_bootstrap_token(&s.bootstrap_token) {
             bail!(
                 "{}: not of the form [a-z0-9]{{6}}.[a-z0-9]{{16}}",
                 dir.join(BOOTSTRAP_TOKEN).display()
@@ -763,7 +763,7 @@ mod tests {
     fn token_and_password_forms() {
         for _ in 0..50 {
             let t = new_bootstrap_token();
-            assert!(firstboot::config::valid_bootstrap_token(&t), "{t}");
+            assert!(nodeimage_core::config::valid_bootstrap_token(&t), "{t}");
         }
         assert_ne!(new_bootstrap_token(), new_bootstrap_token());
         let p = new_weave_password();

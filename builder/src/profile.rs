@@ -164,7 +164,7 @@ pub struct Image {
     pub digest: Option<Spanned<String>>,
     /// Which nodes import the image: `all` (default), `master` or `worker`.
     #[serde(default)]
-    pub role: firstboot::containerd::ImageRole,
+    pub role: nodeimage_core::images::ImageRole,
     /// What the image is for (`[a-z0-9-]+`); `sandbox` makes it containerd's sandbox
     /// (pause) image and needs `role = "all"`.
     #[serde(default)]
@@ -408,7 +408,7 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             }
             if purpose == "sandbox" {
                 sandboxes += 1;
-                if i.role != firstboot::containerd::ImageRole::All {
+                if i.role != nodeimage_core::images::ImageRole::All {
                     return Err(at(Some(i.reference.span()), format!("{ctx}: the sandbox (pause) image is needed on every node: role must be `all`")));
                 }
             }
@@ -539,8 +539,8 @@ install = "/usr/bin/tool"
     fn images_parse_with_defaults() {
         let p = parse("p.toml", &format!("{GOOD}{IMAGE}[[image]]\nname = \"dns\"\nreference = \"coredns/coredns:1\"\nrole = \"master\"\n")).unwrap();
         assert_eq!(p.images.len(), 2);
-        assert_eq!(p.images[0].role, firstboot::containerd::ImageRole::All);
-        assert_eq!(p.images[1].role, firstboot::containerd::ImageRole::Master);
+        assert_eq!(p.images[0].role, nodeimage_core::images::ImageRole::All);
+        assert_eq!(p.images[1].role, nodeimage_core::images::ImageRole::Master);
         assert!(p.images[1].digest.is_none());
     }
 

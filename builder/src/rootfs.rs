@@ -258,7 +258,7 @@ pub fn customize(
     .context("unpacking the Debian base")?;
 
     for i in installs {
-        let dest = firstboot::util::rooted(root, &i.dest);
+        let dest = nodeimage_core::files::rooted(root, &i.dest);
         fs::create_dir_all(dest.parent().unwrap())?;
         fs::copy(&i.source, &dest)
             .with_context(|| format!("installing {} to {}", i.source.display(), i.dest))?;

@@ -5,11 +5,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use firstboot::config::{NodeConfig, Role, NODE_CONFIG_IGNITION_PATH};
 use nodeimage::cluster::{
     cluster_new, hosts_from_terraform, node_config, secret_files, ClusterNewArgs, ClusterSecrets,
     NodeConfigArgs, NodeConfigFormat,
 };
+use nodeimage_core::config::{NodeConfig, Role, NODE_CONFIG_IGNITION_PATH};
 
 const CLUSTER_YML: &str = r#"
 name: demo
@@ -106,7 +106,9 @@ fn cluster_new_writes_a_private_complete_set_and_refuses_to_overwrite() {
         secret_files::ALL.len()
     );
     let s = ClusterSecrets::load(&dir).unwrap();
-    assert!(firstboot::config::valid_bootstrap_token(&s.bootstrap_token));
+    assert!(nodeimage_core::config::valid_bootstrap_token(
+        &s.bootstrap_token
+    ));
     assert!(!format!("{s:?}").contains("PRIVATE"));
 
     let e = cluster_new(&ClusterNewArgs {

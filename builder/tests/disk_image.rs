@@ -6,10 +6,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use firstboot::fat::{self, BootSector, FatImage, FatOptions};
 use nodeimage::disk::{
     self, attribute, derive_guid, type_guid, DiskError, DiskLayout, PartitionContent, PartitionSpec,
 };
+use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions};
 use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1024 * 1024;

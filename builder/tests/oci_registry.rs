@@ -180,9 +180,9 @@ fn pull_writes_deterministic_archives_that_skopeo_reads() {
         assert_eq!(p.baked.purpose.as_deref(), Some("sandbox"));
         assert_eq!(
             pulled.images[1].baked.role,
-            firstboot::containerd::ImageRole::Worker
+            nodeimage_core::images::ImageRole::Worker
         );
-        let baked: firstboot::containerd::BakedImages =
+        let baked: nodeimage_core::images::BakedImages =
             serde_json::from_slice(&std::fs::read(&pulled.index).unwrap()).unwrap();
         assert_eq!(baked.images[0], p.baked);
 

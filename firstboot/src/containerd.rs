@@ -24,15 +24,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::config::{NodeConfig, Role};
-use crate::util::{atomic_write, rooted};
+use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::files::{atomic_write, rooted};
+use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
 
-/// Where the baked image archives live in the root filesystem.
-pub const IMAGES_DIR: &str = "/usr/share/nodeimage/images";
-/// The index of the baked images, in [`IMAGES_DIR`].
-pub const IMAGES_INDEX: &str = "images.json";
 /// containerd's configuration file.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
 /// The registry hosts directory (`config_path`): `<dir>/<registry>/hosts.toml`.
@@ -45,118 +41,6 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 const MARKER: &str = "# Written by firstboot (nodeimage); changes are overwritten.";
 /// How long to wait for containerd's socket after (re)starting it.
 const SOCKET_WAIT: Duration = Duration::from_secs(90);
-
-// ------------------------------------------------------------------ images.json ---
-
-/// Which nodes need an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageRole {
-    /// Every node (e.g. the pause image, the CNI).
-    #[default]
-    All,
-    /// Masters only (e.g. CoreDNS and the addons scheduled on masters).
-    Master,
-    /// Workers only.
-    Worker,
-}
-
-impl ImageRole {
-    pub fn applies_to(self, role: Role) -> bool {
-        match self {
-            ImageRole::All => true,
-            ImageRole::Master => role == Role::Master,
-            ImageRole::Worker => role == Role::Worker,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageRole::All => "all",
-            ImageRole::Master => "master",
-            ImageRole::Worker => "worker",
-        }
-    }
-}
-
-impl std::fmt::Display for ImageRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `images.json`: the images baked into the root filesystem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BakedImages {
-    pub schema: u32,
-    pub images: Vec<BakedImage>,
-}
-
-/// One baked image: an OCI image-layout archive whose `index.json` names it
-/// (`io.containerd.image.name` = [`BakedImage::reference`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BakedImage {
-    /// The profile's name for the image (`pause`, `coredns`, ...).
-    pub name: String,
-    /// The full, normalised reference containerd gets (`registry.k8s.io/pause:3.10.1`,
-    /// `docker.io/rajchaudhuri/weave-kube:2.9.0`).
-    pub reference: String,
-    /// The digest of the image's target in the archive: the multi-arch index when the
-    /// registry published one (what `ctr images ls` shows and kubelet's RepoDigests
-    /// hold), else the manifest.
-    pub digest: String,
-    /// The digest of the manifest for this node's platform.
-    pub manifest_digest: String,
-    /// `linux/amd64` or `linux/arm64`.
-    pub platform: String,
-    pub role: ImageRole,
-    /// What the image is for; `sandbox` marks the pause image (containerd's sandbox image).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purpose: Option<String>,
-    /// The archive's file name in [`IMAGES_DIR`].
-    pub file: String,
-    /// The archive's size in bytes.
-    pub size: u64,
-}
-
-pub const BAKED_IMAGES_SCHEMA: u32 = 1;
-
-impl BakedImages {
-    /// Reads `<root>/usr/share/nodeimage/images/images.json`; `None` when the image has
-    /// no baked images.
-    pub fn load(root: &Path) -> Result<Option<BakedImages>> {
-        let path = rooted(root, &format!("{IMAGES_DIR}/{IMAGES_INDEX}"));
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let b: BakedImages =
-            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if b.schema != BAKED_IMAGES_SCHEMA {
-            bail!(
-                "{}: schema {} (this firstboot reads schema {BAKED_IMAGES_SCHEMA})",
-                path.display(),
-                b.schema
-            );
-        }
-        Ok(Some(b))
-    }
-
-    /// The image marked `purpose = "sandbox"` (the pause image).
-    pub fn sandbox(&self) -> Option<&BakedImage> {
-        self.images
-            .iter()
-            .find(|i| i.purpose.as_deref() == Some("sandbox"))
-    }
-
-    /// The images a node of `role` imports, in order.
-    pub fn for_role(&self, role: Role) -> impl Iterator<Item = &BakedImage> {
-        self.images.iter().filter(move |i| i.role.applies_to(role))
-    }
-}
 
 // ------------------------------------------------------------------ config ---
 
@@ -736,14 +620,6 @@ registry.k8s.io/pause:3.10.1 application/vnd.oci.image.index.v1+json sha256:aaaa
         let m = parse_images_ls(out);
         assert_eq!(m.len(), 1);
         assert_eq!(m["registry.k8s.io/pause:3.10.1"], "sha256:aaaa");
-    }
-
-    #[test]
-    fn role_filter() {
-        assert!(ImageRole::All.applies_to(Role::Worker));
-        assert!(ImageRole::Master.applies_to(Role::Master));
-        assert!(!ImageRole::Master.applies_to(Role::Worker));
-        assert!(!ImageRole::Worker.applies_to(Role::Master));
     }
 
     #[test]

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NodeConfig;
-use crate::pki::paths;
+use nodeimage_core::config::NodeConfig;
+use nodeimage_core::layout::paths;
 
 /// etcd client port as the port table has it (for tests and tools; a node takes its
-/// ports and listeners from [`crate::ports::PortPolicy`], and a test keeps the two equal).
+/// ports and listeners from [`nodeimage_core::ports::PortPolicy`], and a test keeps the two equal).
 pub const CLIENT_PORT: u16 = 2379;
 /// etcd peer port as the port table has it (see [`CLIENT_PORT`]).
 pub const PEER_PORT: u16 = 2380;
@@ -74,7 +74,7 @@ pub struct EtcdTls {
 impl EtcdTls {
     /// The kubeadm layout minted by [`crate::pki`], under a root prefix.
     pub fn under(root: &Path) -> Self {
-        let r = |p: &str| crate::util::rooted(root, p);
+        let r = |p: &str| nodeimage_core::files::rooted(root, p);
         EtcdTls {
             ca: r(paths::ETCD_CA_CRT),
             server_cert: r(paths::ETCD_SERVER_CRT),
@@ -129,7 +129,7 @@ impl EtcdMemberSpec {
         address: &str,
         root: &Path,
     ) -> Result<Self, EtcdError> {
-        use crate::ports::Service;
+        use nodeimage_core::ports::Service;
         if c.cluster.etcd.is_some() {
             return Err(EtcdError::Config(
                 "external etcd is configured: no stacked etcd member".into(),
@@ -140,7 +140,7 @@ impl EtcdMemberSpec {
                 "the master's internal address `{address}` is not an IP address"
             ))
         })?;
-        let ports = |e: crate::ports::PortsError| EtcdError::Config(e.to_string());
+        let ports = |e: nodeimage_core::ports::PortsError| EtcdError::Config(e.to_string());
         let policy = crate::kube::port_policy(c, ip).map_err(ports)?;
         let (Some(client_port), Some(peer_port)) = (
             policy.port(Service::EtcdClient),
@@ -173,7 +173,7 @@ impl EtcdMemberSpec {
             address,
             masters,
             bootstrap: c.bootstrap,
-            data_dir: crate::util::rooted(root, DATA_DIR),
+            data_dir: nodeimage_core::files::rooted(root, DATA_DIR),
             cluster_token: c.cluster.name.clone(),
             tls: EtcdTls::under(root),
             client_port,
@@ -854,8 +854,8 @@ impl SystemdEtcd {
 impl EtcdService for SystemdEtcd {
     fn start(&self, env: &EtcdEnv) -> Result<(), EtcdError> {
         let w = |p: &str, data: &str, mode: u32| {
-            let path = crate::util::rooted(&self.root, p);
-            crate::util::atomic_write(&path, data.as_bytes(), mode)
+            let path = nodeimage_core::files::rooted(&self.root, p);
+            nodeimage_core::files::atomic_write(&path, data.as_bytes(), mode)
                 .map_err(|e| EtcdError::Service(format!("{}: {e}", path.display())))
         };
         w(ENV_FILE, &env.to_env_file(), 0o600)?;
@@ -983,7 +983,7 @@ mod tests {
 
     #[test]
     fn listeners_come_from_the_port_table() {
-        use crate::ports::{PortPolicy, Service};
+        use nodeimage_core::ports::{PortPolicy, Service};
         let c = master_config("");
         let spec = EtcdMemberSpec::from_node_config(&c, "m1", "10.0.0.1", Path::new("/")).unwrap();
         let policy = PortPolicy::for_node(&c).unwrap();

@@ -60,9 +60,9 @@ use ignition_config::v3_6;
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::config::NODE_CONFIG_IGNITION_PATH;
 use crate::source::http::Http;
 use crate::source::{SourceError, Timeouts};
+use nodeimage_core::config::NODE_CONFIG_IGNITION_PATH;
 
 pub use apply::{ApplyReport, Plan, PlannedOp};
 

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use firstboot::config::NodeConfig;
 use firstboot::run::{self, Acquired, RunOptions, Status, Step};
+use nodeimage_core::config::NodeConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,8 +71,10 @@ fn main() {
             }
         },
         Command::Status => {
-            let p =
-                firstboot::util::rooted(&cli.run.root, &format!("{}/status.json", run::STATE_DIR));
+            let p = nodeimage_core::files::rooted(
+                &cli.run.root,
+                &format!("{}/status.json", run::STATE_DIR),
+            );
             match std::fs::read_to_string(&p) {
                 Ok(s) => {
                     print!("{s}");

@@ -25,9 +25,9 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::config::PreflightSettings;
-use crate::ports::{PortPolicy, Protocol, Service};
-use crate::util::rooted;
+use nodeimage_core::config::PreflightSettings;
+use nodeimage_core::files::rooted;
+use nodeimage_core::ports::{PortPolicy, Protocol, Service};
 
 /// Architectures the image is built for (Pharos 001: x86-64 and ARM64).
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["x86_64", "aarch64"];
@@ -661,8 +661,8 @@ pub fn ensure(root: &Path, modprobe: &Path) -> Result<Vec<String>, PreflightErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Role;
-    use crate::ports::NodeFacts;
+    use nodeimage_core::config::Role;
+    use nodeimage_core::ports::NodeFacts;
 
     /// A fake root that passes every check (with small limits).
     fn good_tree() -> tempfile::TempDir {

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::NodeConfig;
-use crate::util::{atomic_write, rooted};
+use nodeimage_core::config::NodeConfig;
+use nodeimage_core::files::{atomic_write, rooted};
 
 pub const STATE_DIR: &str = "/var/lib/firstboot";
 
@@ -286,7 +286,7 @@ pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
 
 /// Check the seeds' host requirements before anything is changed.
 pub fn apply_preflight(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = crate::ports::PortPolicy::for_node(config)?;
+    let policy = nodeimage_core::ports::PortPolicy::for_node(config)?;
     let report = crate::preflight::run(&opts.root, &config.preflight, &policy);
     if !report.passed {
         let failures: Vec<String> = report.failures().map(|c| c.line()).collect();
@@ -298,13 +298,13 @@ pub fn apply_preflight(opts: &RunOptions, config: &NodeConfig) -> Result<String>
 /// Render this role's nftables ruleset from the port table, keep it under /etc, and load
 /// it on a live node (before any Kubernetes component starts).
 pub fn apply_firewall(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = crate::ports::PortPolicy::for_node(config)?;
-    let ruleset = crate::firewall::render_nft(&policy);
+    let policy = nodeimage_core::ports::PortPolicy::for_node(config)?;
+    let ruleset = nodeimage_core::firewall::render_nft(&policy);
     let path = rooted(&opts.root, FIREWALL_RULESET);
     atomic_write(&path, ruleset.as_bytes(), 0o644)
         .with_context(|| format!("writing {}", path.display()))?;
     if opts.live {
-        crate::firewall::apply(&ruleset, &crate::firewall::nft_binary())?;
+        nodeimage_core::firewall::apply(&ruleset, &nodeimage_core::firewall::nft_binary())?;
         Ok(format!("{} rules loaded", policy.rules.len()))
     } else {
         Ok(format!("{} rules written", policy.rules.len()))

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use assemble_common::*;
 use firstboot::assemble::{self, Progress, WaitOptions};
-use firstboot::config::Role;
-use firstboot::pki::{self, paths};
+use firstboot::pki;
+use nodeimage_core::config::Role;
+use nodeimage_core::layout::paths;
 
 struct Server(Child);
 

@@ -11,10 +11,10 @@ use std::process::Command;
 
 use assemble_common::*;
 use firstboot::assemble::{self, NOT_LIVE};
-use firstboot::config::{NodeConfig, Role};
-use firstboot::kube::kubeconfig::Kubeconfig;
-use firstboot::ports::{PortPolicy, Service};
+use firstboot::kubeconfig::Kubeconfig;
 use firstboot::run::RunOptions;
+use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::ports::{PortPolicy, Service};
 
 fn opts(root: &Path) -> RunOptions {
     RunOptions {
@@ -454,7 +454,7 @@ fn external_etcd_writes_client_certificates_and_no_member() {
     let root = d.path();
     node_root(root, &ALL_BINARIES[1..]);
     let mut c = s.node(Role::Master, true, "master-1", MASTERS[0]);
-    c.cluster.etcd = Some(firstboot::config::NodeExternalEtcd {
+    c.cluster.etcd = Some(nodeimage_core::config::NodeExternalEtcd {
         endpoints: vec!["https://etcd-1.example.com:2379".into()],
         certificate: "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n".into(),
         key: "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n".into(),

@@ -8,10 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use firstboot::config::{NodeConfig, Role};
 use firstboot::containerd::{
-    import_images, render_config, write_config, write_config_for, BakedImage, BakedImages,
-    ConfigSchema, ContainerdSettings, ImageRole, BAKED_IMAGES_SCHEMA, IMAGES_DIR, IMAGES_INDEX,
+    import_images, render_config, write_config, write_config_for, ConfigSchema, ContainerdSettings,
+};
+use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::images::{
+    BakedImage, BakedImages, ImageRole, BAKED_IMAGES_SCHEMA, IMAGES_DIR, IMAGES_INDEX,
 };
 
 const NODE: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";

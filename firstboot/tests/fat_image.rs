@@ -1,4 +1,4 @@
-//! FAT images from `firstboot::fat` checked by the real tools: `fsck.fat` (dosfstools)
+//! FAT images from `nodeimage_core::fat` checked by the real tools: `fsck.fat` (dosfstools)
 //! must find nothing, mtools must read back the same bytes, and images made by
 //! `mkfs.fat` + `mcopy` must be readable by our reader.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use firstboot::fat::{self, BootSector, FatImage, FatOptions, FatType, FileChanges};
+use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions, FatType, FileChanges};
 
 fn tool(name: &str, package: &str) -> Command {
     let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firstboot::config::NodeConfig;
-use firstboot::firewall;
-use firstboot::ports::{Activation, Peer, PortPolicy, PortSpec, Protocol, PORT_TABLE};
+use nodeimage_core::config::NodeConfig;
+use nodeimage_core::firewall;
+use nodeimage_core::ports::{Activation, Peer, PortPolicy, PortSpec, Protocol, PORT_TABLE};
 
 const TCP_TIMEOUT: Duration = Duration::from_millis(300);
 const UDP_TIMEOUT: Duration = Duration::from_millis(200);

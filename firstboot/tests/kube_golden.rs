@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use firstboot::config::NodeConfig;
 use firstboot::etcd::{etcd_env, etcd_unit, ClusterState, EtcdMemberSpec};
 use firstboot::kube::addons::addon_manifests;
 use firstboot::kube::control_plane::{
@@ -16,6 +15,7 @@ use firstboot::kube::kubelet::{kubelet_config, kubelet_files, kubelet_flags};
 use firstboot::kube::manifests::{cluster_manifests, node_role_patch, Images};
 use firstboot::kube::proxy::kube_proxy_files;
 use firstboot::kube::{GeneratedFile, KubeInputs};
+use nodeimage_core::config::NodeConfig;
 
 const MASTER: &str = r#"
 version: 1

@@ -6,11 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ::time::OffsetDateTime;
-use firstboot::kube::kubeconfig::Kubeconfig;
-use firstboot::pki::{
-    self, paths, CaPair, MasterIdentity, MasterSecrets, Outcome, ServiceAccountKey,
-};
-use firstboot::util::rooted;
+use firstboot::kubeconfig::Kubeconfig;
+use firstboot::pki::{self, CaPair, MasterIdentity, MasterSecrets, Outcome, ServiceAccountKey};
+use nodeimage_core::files::rooted;
+use nodeimage_core::layout::paths;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::parse_x509_pem;
 
@@ -337,7 +336,7 @@ fn master_pki_is_complete_correct_and_idempotent() {
 
 #[test]
 fn master_secrets_come_from_the_node_config() {
-    let s = firstboot::config::Secrets {
+    let s = nodeimage_core::config::Secrets {
         ca_certificate: Some("c".into()),
         ca_key: Some("k".into()),
         ..Default::default()

@@ -6,8 +6,8 @@ use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use firstboot::config::{NodeConfig, NODE_CONFIG_FILE_NAME, NODE_CONFIG_IGNITION_PATH};
-use firstboot::fat::{self, FatImage, FatOptions, FileChanges};
+use nodeimage_core::config::{NodeConfig, NODE_CONFIG_FILE_NAME, NODE_CONFIG_IGNITION_PATH};
+use nodeimage_core::fat::{self, FatImage, FatOptions, FileChanges};
 use serde::Serialize;
 use serde_json::{json, Value};
 

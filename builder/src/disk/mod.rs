@@ -91,7 +91,7 @@ pub enum PartitionContent {
     /// A filesystem image file (erofs root, a FAT image written to disk); zero blocks
     /// are skipped, so sparse inputs stay sparse.
     File(PathBuf),
-    /// Bytes in memory (a FAT volume from `firstboot::fat::build`).
+    /// Bytes in memory (a FAT volume from `nodeimage_core::fat::build`).
     Bytes(Vec<u8>),
     /// Nothing: the partition reads as zeros.
     Zero,
@@ -225,10 +225,10 @@ pub enum DiskError {
         image: PathBuf,
         partition: String,
         #[source]
-        source: firstboot::fat::FatError,
+        source: nodeimage_core::fat::FatError,
     },
     #[error(transparent)]
-    Config(#[from] firstboot::config::ConfigError),
+    Config(#[from] nodeimage_core::config::ConfigError),
     #[error("{source_name}: {message}")]
     Ignition {
         source_name: String,

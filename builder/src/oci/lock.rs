@@ -446,7 +446,7 @@ pub fn lock_profile(lp: &LoadedProfile, reg: &Registry) -> Result<LockFile> {
 pub fn write(path: &Path, lf: &LockFile) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(lf)?;
     text.push(b'\n');
-    firstboot::util::atomic_write(path, &text, 0o644)
+    nodeimage_core::files::atomic_write(path, &text, 0o644)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -35,4 +35,4 @@ pub use reference::Reference;
 pub use registry::{Registry, RegistryOptions};
 
 /// Where the image archives go in the root filesystem.
-pub use firstboot::containerd::IMAGES_DIR;
+pub use nodeimage_core::images::IMAGES_DIR;

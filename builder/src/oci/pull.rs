@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use firstboot::containerd::{BakedImage, BakedImages, BAKED_IMAGES_SCHEMA, IMAGES_INDEX};
+use nodeimage_core::images::{BakedImage, BakedImages, BAKED_IMAGES_SCHEMA, IMAGES_INDEX};
 
 use super::layout;
 use super::lock::{BlobRef, LockFile, LockedImage};
@@ -47,7 +47,7 @@ impl PulledImage {
             platform: b.platform.clone(),
             role: b.role.to_string(),
             purpose: b.purpose.clone(),
-            install: format!("{}/{}", firstboot::containerd::IMAGES_DIR, b.file),
+            install: format!("{}/{}", nodeimage_core::images::IMAGES_DIR, b.file),
             archive_sha256: self.archive_sha256.clone(),
             size: b.size,
         }
@@ -57,7 +57,7 @@ impl PulledImage {
 impl PulledImages {
     /// The archives and `images.json` as root filesystem installs (mode 0644).
     pub fn installs(&self) -> Vec<crate::rootfs::Install> {
-        let dir = firstboot::containerd::IMAGES_DIR;
+        let dir = nodeimage_core::images::IMAGES_DIR;
         let mut v: Vec<crate::rootfs::Install> = self
             .images
             .iter()
@@ -126,7 +126,7 @@ pub fn pull_images(
     };
     let mut text = serde_json::to_vec_pretty(&baked)?;
     text.push(b'\n');
-    firstboot::util::atomic_write(&index, &text, 0o644)
+    nodeimage_core::files::atomic_write(&index, &text, 0o644)
         .with_context(|| format!("writing {}", index.display()))?;
     Ok(PulledImages { images, index })
 }

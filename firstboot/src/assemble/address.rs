@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::NodeConfig;
-use crate::util::rooted;
+use nodeimage_core::config::NodeConfig;
+use nodeimage_core::files::rooted;
 
 /// The node's internal address and where it came from (for the status line).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::config::NodeConfig;
 use crate::kube::manifests::Images;
-use crate::util::rooted;
+use nodeimage_core::config::NodeConfig;
+use nodeimage_core::files::rooted;
 
 /// Written by the image build: the OCI images baked into the image.
 pub const IMAGES_JSON: &str = "/usr/share/nodeimage/images/images.json";

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::wait::{Progress, WaitOptions};
 use crate::kube::csr::{kubelet_serving_decision, CsrObject, KUBELET_SERVING_SIGNER};
 use crate::kube::manifests::{node_role_patch, Manifest};
-use crate::util::rooted;
+use nodeimage_core::files::rooted;
 
 /// The pinned kubectl on the image.
 pub const KUBECTL: &str = "/usr/bin/kubectl";

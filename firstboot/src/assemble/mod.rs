@@ -41,12 +41,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::config::{NodeConfig, Role};
 use crate::etcd::{self, EtcdMemberSpec};
 use crate::kube::{self, GeneratedFile, KubeInputs};
-use crate::pki::{self, paths};
+use crate::pki;
 use crate::run::{RunOptions, Step, StepContext};
-use crate::util::{atomic_write, rooted};
+use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::files::{atomic_write, rooted};
+use nodeimage_core::layout::paths;
 
 /// Where the bootstrap master keeps a copy of every manifest it applied (secret ones 0600).
 pub const MANIFESTS_APPLIED_DIR: &str = "/etc/kubernetes/manifests-applied";
@@ -194,7 +195,7 @@ fn local_apiserver_url(inp: &KubeInputs) -> String {
         .binds
         .apiserver
         .map(|a| a.port())
-        .unwrap_or_else(pki::apiserver_port);
+        .unwrap_or_else(nodeimage_core::layout::apiserver_port);
     format!("https://127.0.0.1:{port}")
 }
 
@@ -483,7 +484,7 @@ fn kubelet_step(c: &StepContext) -> Result<String> {
     if c.config.role == Role::Master {
         return Ok(format!("{written}; {} started", NODE_UNITS.join(", ")));
     }
-    let api = pki::api_server_url(&c.config.cluster.api_endpoint);
+    let api = nodeimage_core::layout::api_server_url(&c.config.cluster.api_endpoint);
     let progress = Progress::new(Some(c.opts), "kubelet", Duration::from_secs(30));
     let took = wait_tls_bootstrap(root, &api, &WaitOptions::minutes(30), &progress)?;
     Ok(format!(

@@ -256,7 +256,7 @@ pub fn readyz(client: &reqwest::blocking::Client, base: &str) -> std::result::Re
 
 /// Read a file under the root as text, naming it on error.
 pub fn read_rooted(root: &Path, node_path: &str) -> Result<String> {
-    let p = crate::util::rooted(root, node_path);
+    let p = nodeimage_core::files::rooted(root, node_path);
     std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
 }
 

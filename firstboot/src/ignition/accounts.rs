@@ -28,7 +28,7 @@ pub(crate) struct Table {
 impl Table {
     fn load(root: &Path, node_path: &'static str) -> std::io::Result<Option<Table>> {
         use std::os::unix::fs::MetadataExt;
-        let p = crate::util::rooted(root, node_path);
+        let p = nodeimage_core::files::rooted(root, node_path);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

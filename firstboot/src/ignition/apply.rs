@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use super::accounts::{days_since_epoch, Accounts};
 use super::{IgnitionError, Owner, StagedIgnition};
-use crate::util::rooted;
+use nodeimage_core::files::rooted;
 
 const UNIT_DIR: &str = "/etc/systemd/system";
 const UNIT_SEARCH: [&str; 3] = [

@@ -14,7 +14,7 @@
 
 use super::manifests::{Images, Manifest};
 use super::{q, KubeInputs};
-use crate::config::IngressNginx;
+use nodeimage_core::config::IngressNginx;
 
 /// Manifests to apply, and what could not be done (reported, never silent).
 #[derive(Debug, Clone, Default)]

@@ -1,13 +1,13 @@
 //! kube-apiserver, kube-controller-manager and kube-scheduler as systemd services, with
 //! the audit policy and the webhook kubeconfigs they read.
 
-use super::kubeconfig::{
+use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit};
+use crate::kubeconfig::{
     ClusterEntry, ContextEntry, Kubeconfig, NamedCluster, NamedContext, NamedUser, UserEntry,
 };
-use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit};
-use crate::pki::paths;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nodeimage_core::layout::paths;
 
 pub const APISERVER_UNIT: &str = "/etc/systemd/system/kube-apiserver.service";
 pub const CONTROLLER_MANAGER_UNIT: &str = "/etc/systemd/system/kube-controller-manager.service";

@@ -2,10 +2,10 @@
 //! and its credentials: a bootstrap kubeconfig with the bootstrap token on workers (TLS
 //! bootstrapping), a kubeconfig pointing at the minted client certificate on masters.
 
-use super::kubeconfig::{Kubeconfig, KubeconfigUser};
 use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
-use crate::config::TaintEffect;
-use crate::pki::{self, paths};
+use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
+use nodeimage_core::config::TaintEffect;
+use nodeimage_core::layout::paths;
 
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 pub const KUBELET_UNIT: &str = "/etc/systemd/system/kubelet.service";
@@ -114,7 +114,7 @@ pub fn kubelet_node_labels(inp: &KubeInputs) -> String {
     inp.node
         .labels
         .iter()
-        .filter(|(k, _)| crate::config::kubelet_may_set_label(k))
+        .filter(|(k, _)| nodeimage_core::config::kubelet_may_set_label(k))
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
@@ -147,7 +147,7 @@ pub fn bootstrap_kubeconfig(inp: &KubeInputs) -> Option<String> {
     Some(
         Kubeconfig::new(
             &inp.node.cluster.name,
-            &pki::api_server_url(&inp.node.cluster.api_endpoint),
+            &nodeimage_core::layout::api_server_url(&inp.node.cluster.api_endpoint),
             ca,
             "tls-bootstrap-token-user",
             KubeconfigUser::Token(token.clone()),
@@ -163,7 +163,7 @@ pub fn master_kubelet_kubeconfig(inp: &KubeInputs) -> Option<String> {
     Some(
         Kubeconfig::new(
             &inp.node.cluster.name,
-            &pki::local_apiserver_url(),
+            &nodeimage_core::layout::local_apiserver_url(),
             ca,
             &format!("system:node:{}", inp.hostname),
             KubeconfigUser::CertFiles {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{q, split_token, KubeInputs};
-use crate::pki::CLUSTER_ADMINS_GROUP;
+use nodeimage_core::layout::CLUSTER_ADMINS_GROUP;
 
 /// The group a bootstrap token authenticates into (kubeadm's name, so tooling that
 /// knows kubeadm recognises it).

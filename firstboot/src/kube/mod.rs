@@ -29,13 +29,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use crate::config::{NodeConfig, Role};
-use crate::ports::{NodeFacts, PortPolicy, PortsError, Service};
+use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::ports::{NodeFacts, PortPolicy, PortsError, Service};
 
 pub mod addons;
 pub mod control_plane;
 pub mod csr;
-pub mod kubeconfig;
+
 pub mod kubelet;
 pub mod manifests;
 pub mod proxy;
@@ -170,8 +170,8 @@ impl GeneratedFile {
 /// Write generated files under a root prefix, atomically, with their modes.
 pub fn write_files(root: &Path, files: &[GeneratedFile]) -> std::io::Result<()> {
     for f in files {
-        crate::util::atomic_write(
-            &crate::util::rooted(root, &f.path),
+        nodeimage_core::files::atomic_write(
+            &nodeimage_core::files::rooted(root, &f.path),
             f.contents.as_bytes(),
             f.mode,
         )?;
@@ -263,7 +263,7 @@ pub(crate) fn yaml_addr(s: &str) -> String {
 
 /// Split `id.secret` of a bootstrap token.
 pub fn split_token(token: &str) -> Option<(&str, &str)> {
-    crate::config::valid_bootstrap_token(token)
+    nodeimage_core::config::valid_bootstrap_token(token)
         .then(|| token.split_once('.'))
         .flatten()
 }

@@ -8,7 +8,7 @@
 //! until the kubelet has written kubelet.conf (after TLS bootstrapping on workers).
 
 use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit};
-use crate::pki::paths;
+use nodeimage_core::layout::paths;
 
 pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
 pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";

@@ -170,7 +170,7 @@ impl DataSource for AzureOvfSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        let agent = crate::util::rooted(&self.ctx.root, "/var/lib/waagent/CustomData");
+        let agent = nodeimage_core::files::rooted(&self.ctx.root, "/var/lib/waagent/CustomData");
         match std::fs::read(&agent) {
             Ok(raw) => {
                 // The agent may store it base64-encoded (its default) or decoded.

@@ -4,7 +4,7 @@
 //! On a node, candidates are the entries of `<root>/sys/class/block` (whole disks and
 //! partitions, sorted by name; `loop*`, `ram*` and `zram*` are skipped), opened as
 //! `<root>/dev/<name>`. Each is probed by reading superblocks: a FAT boot sector at offset
-//! 0 (read with [`crate::fat`], the same FAT code the image builder uses), an ISO9660
+//! 0 (read with [`nodeimage_core::fat`], the same FAT code the image builder uses), an ISO9660
 //! volume descriptor at 32 KiB. Nothing is mounted and blkid is not needed.
 //! Tests list image files instead ([`DeviceSet::files`]).
 
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::iso9660::{self, IsoFs};
-use crate::fat::{BootSector, FatError, FatImage, FatType, Stat};
+use nodeimage_core::fat::{BootSector, FatError, FatImage, FatType, Stat};
 
 /// Largest file read from a FAT volume (configuration data is small).
 const MAX_FAT_FILE: u64 = 64 << 20;
@@ -29,7 +29,7 @@ pub trait FilesystemReader: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
-/// A FAT volume on a device or image file, read through [`crate::fat::FatImage`].
+/// A FAT volume on a device or image file, read through [`nodeimage_core::fat::FatImage`].
 struct FatVolume {
     image: Mutex<FatImage<File>>,
     label: Option<String>,
@@ -131,7 +131,7 @@ impl DeviceSet {
         match self {
             DeviceSet::Files(v) => v.clone(),
             DeviceSet::System { root, include_loop } => {
-                let dir = crate::util::rooted(root, "/sys/class/block");
+                let dir = nodeimage_core::files::rooted(root, "/sys/class/block");
                 let Ok(rd) = std::fs::read_dir(&dir) else {
                     return Vec::new();
                 };
@@ -148,7 +148,7 @@ impl DeviceSet {
                 names.sort();
                 names
                     .into_iter()
-                    .map(|n| crate::util::rooted(root, &format!("/dev/{n}")))
+                    .map(|n| nodeimage_core::files::rooted(root, &format!("/dev/{n}")))
                     .collect()
             }
         }

@@ -78,7 +78,7 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 impl MachineIds {
     pub fn from_root(root: &Path) -> Self {
-        let net = crate::util::rooted(root, "/sys/class/net");
+        let net = nodeimage_core::files::rooted(root, "/sys/class/net");
         let mut ifaces: Vec<String> = std::fs::read_dir(&net)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
@@ -93,7 +93,7 @@ impl MachineIds {
             .filter_map(|n| read_trimmed(&net.join(n).join("address")))
             .find(|a| a != "00:00:00:00:00:00")
             .map(|a| a.to_ascii_lowercase());
-        let dmi = crate::util::rooted(root, "/sys/class/dmi/id");
+        let dmi = nodeimage_core::files::rooted(root, "/sys/class/dmi/id");
         MachineIds {
             mac,
             uuid: read_trimmed(&dmi.join("product_uuid")).map(|u| u.to_ascii_lowercase()),

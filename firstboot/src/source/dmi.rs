@@ -20,7 +20,7 @@ use super::Platform;
 pub const AZURE_CHASSIS_ASSET_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
 
 fn field(root: &Path, name: &str) -> String {
-    std::fs::read_to_string(crate::util::rooted(
+    std::fs::read_to_string(nodeimage_core::files::rooted(
         root,
         &format!("/sys/class/dmi/id/{name}"),
     ))

@@ -27,7 +27,7 @@ impl DataSource for FwCfgSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        let base = crate::util::rooted(&self.root, "/sys/firmware/qemu_fw_cfg");
+        let base = nodeimage_core::files::rooted(&self.root, "/sys/firmware/qemu_fw_cfg");
         if !base.exists() && self.root == std::path::Path::new("/") {
             // Debian builds the sysfs interface as a module that nothing loads by default.
             let _ = std::process::Command::new("modprobe")

@@ -70,7 +70,7 @@
 //!
 //! Detected by content ([`userdata`]): a native node config (strict YAML) or an Ignition
 //! config v3.0.0–v3.6.0 carrying the node config at
-//! [`crate::config::NODE_CONFIG_IGNITION_PATH`]; gzip is decompressed first. cloud-init
+//! [`nodeimage_core::config::NODE_CONFIG_IGNITION_PATH`]; gzip is decompressed first. cloud-init
 //! documents, scripts and anything else are refused, naming the source.
 
 mod azure;
@@ -94,8 +94,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::{ConfigError, NodeConfig};
 use crate::ignition::{IgnitionError, StagedIgnition};
+use nodeimage_core::config::{ConfigError, NodeConfig};
 
 pub use blockdev::{DeviceSet, FilesystemReader, Volume};
 pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
@@ -238,7 +238,7 @@ impl SourceContext {
         root: &Path,
         platform_override: Option<Platform>,
     ) -> Result<Self, SourceError> {
-        let path = crate::util::rooted(root, "/proc/cmdline");
+        let path = nodeimage_core::files::rooted(root, "/proc/cmdline");
         let cmdline = match std::fs::read_to_string(&path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

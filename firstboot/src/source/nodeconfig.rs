@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use crate::config::NODE_CONFIG_FILE_NAME;
+use nodeimage_core::config::NODE_CONFIG_FILE_NAME;
 
 /// The Ignition config's file name on the partition (what `nodeimage write-config` writes).
 pub const IGNITION_FILE_NAME: &str = "config.ign";

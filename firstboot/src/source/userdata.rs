@@ -11,8 +11,8 @@
 
 use std::io::Read;
 
-use crate::config::{NodeConfig, NODE_CONFIG_IGNITION_PATH};
 use crate::ignition::StagedIgnition;
+use nodeimage_core::config::{NodeConfig, NODE_CONFIG_IGNITION_PATH};
 
 use super::{SourceContext, SourceError};
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use firstboot::config::{NodeConfig, Role, Secrets};
 use firstboot::pki::{CaPair, ServiceAccountKey};
+use nodeimage_core::config::{NodeConfig, Role, Secrets};
 
 pub const TOKEN: &str = "k8sabc.0123456789abcdef";
 pub const WEAVE_PASSWORD: &str = "WeavePassw0rdForTheTestCluster42";
@@ -92,7 +92,7 @@ preflight:
 /// A node root with executable stand-ins for the binaries at these node paths.
 pub fn node_root(dir: &Path, bins: &[&str]) {
     for b in bins {
-        let p = firstboot::util::rooted(dir, b);
+        let p = nodeimage_core::files::rooted(dir, b);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -110,7 +110,7 @@ pub const ALL_BINARIES: [&str; 7] = [
 ];
 
 pub fn path(root: &Path, node_path: &str) -> PathBuf {
-    firstboot::util::rooted(root, node_path)
+    nodeimage_core::files::rooted(root, node_path)
 }
 
 pub fn read(root: &Path, node_path: &str) -> String {

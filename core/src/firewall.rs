@@ -270,7 +270,7 @@ impl Ruleset {
         );
         let _ = writeln!(
             s,
-            "# (firstboot/src/ports.rs). Input hook only: forwarded pod and service"
+            "# (core/src/ports.rs). Input hook only: forwarded pod and service"
         );
         let _ = writeln!(
             s,

@@ -4,18 +4,18 @@
 //! `k8s.io` namespace: named by reference, with the index digest, once per role, and
 //! skipped when already present. Needs root, containerd and docker-registry.
 
+#[path = "../../builder/tests/oci_support/mod.rs"]
 mod oci_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use firstboot::config::Role;
-use firstboot::containerd::{
-    import_images_with, installed_version, wait_for_socket, Ctr, IMAGES_DIR,
-};
+use firstboot::containerd::{import_images_with, installed_version, wait_for_socket, Ctr};
 use nodeimage::fetch::{Cache, FetchOptions, ProgressMode};
 use nodeimage::oci::{self, PullOptions, Registry, RegistryOptions};
+use nodeimage_core::config::Role;
+use nodeimage_core::images::IMAGES_DIR;
 use oci_support::*;
 
 struct Containerd {

@@ -1,0 +1,21 @@
+//! nodeimage-core: what the workstation program (`nodeimage`) and the on-node program
+//! (`firstboot`) share. Everything here is a pure function of its inputs or a small,
+//! atomic file operation; nothing talks to the network or starts a process.
+//!
+//! * [`config`]: the node config and cluster.yml schema (strict, with line/column errors).
+//! * [`ports`] and [`firewall`]: the seeds' port table, the per-node port policy derived
+//!   from it, and its nftables rendering.
+//! * [`layout`]: partition names and labels, the kubeadm file layout.
+//! * [`images`]: `images.json`, the index of the container images baked into an image.
+//! * [`pki`]: certificate authorities and the issuing and checking of leaf certificates.
+//! * [`fat`]: the FAT file systems of the ESP and the NODECONFIG partition.
+//! * [`files`]: atomic, fsynced writes and root-prefixed paths.
+
+pub mod config;
+pub mod fat;
+pub mod files;
+pub mod firewall;
+pub mod images;
+pub mod layout;
+pub mod pki;
+pub mod ports;
