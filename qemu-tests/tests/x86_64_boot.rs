@@ -137,6 +137,8 @@ fn start(disk: &Path, work: &Path, name: &str) -> Vm {
         name: name.into(),
         extra: vec![],
         user_net: true,
+        netns: None,
+        allow_reboot: false,
     })
     .unwrap()
 }
@@ -400,6 +402,8 @@ fn x86_64_image_builds_reproducibly_boots_and_runs_firstboot_once() {
             format!("name=opt/org.nodeimage/config,file={}", fw_yaml.display()),
         ],
         user_net: true,
+        netns: None,
+        allow_reboot: false,
     })
     .unwrap();
     let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
