@@ -19,9 +19,11 @@ all five); an image chosen whose binaries are missing fails the run under CI=tru
 is skipped otherwise.
 
 The test `WeaveScripts` builds weave-kube and weave-npc from STAND-IN binaries (copies
-of Debian's /bin/true) when the real ones are missing: it exercises only this
-project's scripts (init.sh with real iptables/ipset in a privileged container, the
-weave-npc launcher's FIFO and ulogd configuration), never the Weave binaries.
+of Debian's /bin/true; shell stand-ins for weaver and kube-utils that print what they
+are asked) when the real ones are missing: it exercises only this project's scripts
+(init.sh with real iptables/ipset in a privileged container, the weaver command line
+launch.sh builds, the weave-npc launcher's FIFO and ulogd configuration), never the
+Weave binaries.
 """
 
 from __future__ import annotations
@@ -315,6 +317,20 @@ class Layout(unittest.TestCase):
                             self.assertEqual(m.mtime, EPOCH, m.name)
 
 
+def children_of(pid: int) -> list[tuple[str, str]]:
+    """(pid, state) of every process whose parent is `pid`."""
+    out = []
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append((st.split("/")[2], fields[0]))
+    return out
+
+
 class Containers(unittest.TestCase):
     def test_import_names_and_digests(self):
         listed = {}
@@ -351,22 +367,24 @@ class Containers(unittest.TestCase):
         try:
             # A shell in pause's PID namespace starts a child and exits at once: the
             # child is re-parented to pause, exits after 1 s, and must not stay a zombie.
-            Env.ctd.run(wref, "sh", "-c", "sleep 1 & exit 0",
-                        opts=["--with-ns", f"pid:/proc/{pid}/ns/pid"])
-            time.sleep(2.5)
-            children = []
-            for st in glob.glob("/proc/[0-9]*/stat"):
-                try:
-                    with open(st) as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                if int(fields[1]) == pid:
-                    children.append((st, fields[0]))
-            self.assertEqual([c for c in children if c[1] == "Z"], [], "zombie children of pause")
+            # A container in pause's PID namespace whose inner shell leaves an orphan
+            # (sleep 2) behind; the outer shell keeps the container alive meanwhile.
+            wid = f"orphans{os.getpid()}"
+            w = Env.ctd.start(wref, wid, "sh", "-c", "sh -c 'sleep 2 &'; sleep 60",
+                              opts=["--with-ns", f"pid:/proc/{pid}/ns/pid"])
+            Env.ctd.wait_running(wid)
+            deadline = time.monotonic() + 1.5
+            while not children_of(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertTrue(children_of(pid), "the orphaned sleep was not re-parented to pause")
+            time.sleep(3)
+            self.assertEqual(children_of(pid), [], "pause did not reap its exited children")
         finally:
+            Env.ctd.ctr("tasks", "kill", "-s", "SIGKILL", f"orphans{os.getpid()}", check=False)
             Env.ctd.ctr("tasks", "kill", "-s", "SIGTERM", cid, check=False)
             p.communicate(timeout=20)
+            if "w" in locals():
+                w.communicate(timeout=20)
 
     def test_workload_applets(self):
         ref = need_image("workload")["reference"]
@@ -486,6 +504,13 @@ def ulogd_works(t: unittest.TestCase, ref: str):
     t.assertIn("rc=124", r.stdout, r.stdout + r.stderr)
 
 
+STAND_INS = {
+    "kube-utils": "#!/bin/sh\n[ $# -gt 0 ] || echo 192.0.2.1 192.0.2.2\n",
+    "weaver": "#!/bin/sh\ncase \"$*\" in *--print-peer-name*) echo 7a:00:00:00:00:01; exit 0;; esac\n"
+              "for a in \"$@\"; do echo \"arg:$a\"; done\n",
+}
+
+
 class WeaveScripts(unittest.TestCase):
     """The weave images' own scripts, with stand-in binaries when the real ones are
     missing (see the module docstring)."""
@@ -499,17 +524,41 @@ class WeaveScripts(unittest.TestCase):
             return
         stand = os.path.join(Env.tmp, "stand-in-bins")
         os.makedirs(stand, exist_ok=True)
-        for b in ("weaver", "weaveutil", "kube-utils", "weave-npc", "coredns"):
+        for b in ("weaveutil", "weave-npc"):
             shutil.copy("/bin/true", os.path.join(stand, b))
+        # Stand-ins that show what launch.sh asks of them: kube-utils prints two peers,
+        # weaver prints a peer name or the arguments it was started with.
+        for b, text in STAND_INS.items():
+            with open(os.path.join(stand, b), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(stand, b), 0o755)
         out = os.path.join(Env.tmp, "stand-in")
         doc, _ = build(out, ["weave-kube", "weave-npc"], stand, "--no-cache")
         for i in doc["images"]:
             Env.ctd.ctr("images", "import", "--platform", "linux/" + ARCH, os.path.join(out, i["archive"]))
         cls.kube = by_name(doc)["weave-kube"]["reference"]
         cls.npc = by_name(doc)["weave-npc"]["reference"]
+        cls.stand_in = True
 
     def test_init_sh_installs_the_cni_plugin_and_conflist(self):
         init_sh_installs_cni(self, self.kube, os.path.join(Env.tmp, "host"))
+
+    def test_launch_sh_starts_weaver_with_the_manifests_settings(self):
+        if not hasattr(self, "stand_in"):
+            self.skipTest("real Weave binaries in use: launch.sh needs an API server")
+        env = {"HOSTNAME": "node-a", "INIT_CONTAINER": "true", "IPALLOC_RANGE": "10.40.0.0/16",
+               "WEAVE_STATUS_ADDR": "0.0.0.0:6782", "WEAVE_PASSWORD": "secret",
+               "EXTRA_ARGS": "--trusted-subnets=10.0.0.0/8,192.168.0.0/16"}
+        opts = ["--privileged"] + [f"--env={k}={v}" for k, v in env.items()]
+        r = Env.ctd.run(self.kube, "/home/weave/launch.sh", "--log-level=info", opts=opts)
+        args = [l[4:] for l in r.stdout.splitlines() if l.startswith("arg:")]
+        self.assertEqual(args, [
+            "--trusted-subnets=10.0.0.0/8,192.168.0.0/16", "--port=6783", "--datapath=datapath",
+            "--name=7a:00:00:00:00:01", "--http-addr=127.0.0.1:6784", "--metrics-addr=0.0.0.0:6782",
+            "--status-addr=0.0.0.0:6782", "--docker-api=", "--no-dns", "--db-prefix=/weavedb/weave-net",
+            "--nickname=node-a", "--ipalloc-range=10.40.0.0/16", "--ipalloc-init=consensus=2",
+            "--conn-limit=200", "--expect-npc", "--no-masq-local", "--log-level=info",
+            "192.0.2.1", "192.0.2.2"], r.stdout + r.stderr)
 
     def test_init_sh_fails_on_a_bad_backend(self):
         r = Env.ctd.run(self.kube, "/home/weave/init.sh", check=False, opts=[
