@@ -279,6 +279,25 @@ class Build(unittest.TestCase):
             self.assertEqual(i["reference"], refs.get(n, "nodeimage.test/workload:1"), n)
 
 
+class References(unittest.TestCase):
+    def test_registry_paths_follow_docker_normalisation(self):
+        sys.path.insert(0, HERE)
+        import ocilib
+        cases = {
+            "registry.k8s.io/pause:3.10.1": ("registry.k8s.io", "pause", "3.10.1"),
+            "registry.k8s.io/coredns/coredns:v1.13.1": ("registry.k8s.io", "coredns/coredns", "v1.13.1"),
+            "rajchaudhuri/weave-kube:2.9.0": ("docker.io", "rajchaudhuri/weave-kube", "2.9.0"),
+            "busybox:1.36": ("docker.io", "library/busybox", "1.36"),
+            "docker.io/busybox": ("docker.io", "library/busybox", "latest"),
+            "index.docker.io/library/busybox:1": ("docker.io", "library/busybox", "1"),
+            "nodeimage.test/workload:1": ("nodeimage.test", "workload", "1"),
+            "127.0.0.1:5000/a/b:c": ("127.0.0.1:5000", "a/b", "c"),
+            "localhost/x:1": ("localhost", "x", "1"),
+        }
+        for ref, want in cases.items():
+            self.assertEqual(ocilib.parse_reference(ref), want, ref)
+
+
 class Layout(unittest.TestCase):
     def test_skopeo_inspects_every_archive(self):
         for i in Env.doc1["images"]:
