@@ -26,7 +26,9 @@ fn test_images_suite() {
             cmd.env("NODEIMAGE_BIN", bin);
         }
     }
-    let status = cmd.status().expect("running python3 qemu-tests/images/test_images.py");
+    let status = cmd
+        .status()
+        .expect("running python3 qemu-tests/images/test_images.py");
     assert!(
         status.success(),
         "qemu-tests/images/test_images.py failed ({status}); its output is above"
