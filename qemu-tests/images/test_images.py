@@ -232,6 +232,14 @@ def setUpModule():
     if any(n in Env.images for n in ("coredns", "weave-kube", "weave-npc")):
         need_tools("mmdebstrap")
     Env.tmp = tempfile.mkdtemp(prefix="nodeimage-test-images-")
+    try:
+        prepare()
+    except BaseException:
+        tearDownModule()  # unittest skips it when setUpModule fails
+        raise
+
+
+def prepare():
     Env.out1, Env.out2, Env.out3 = (os.path.join(Env.tmp, d) for d in ("a", "b", "warm"))
     Env.doc1, Env.t1 = build(Env.out1, Env.images, Env.bins, "--no-cache")
     Env.doc2, Env.t2 = build(Env.out2, Env.images, Env.bins, "--no-cache")
@@ -245,8 +253,10 @@ def setUpModule():
 def tearDownModule():
     if getattr(Env, "ctd", None):
         Env.ctd.stop()
+        Env.ctd = None
     if getattr(Env, "tmp", None):
         shutil.rmtree(Env.tmp, ignore_errors=True)
+        Env.tmp = None
 
 
 def need_image(name: str):
