@@ -60,8 +60,7 @@ use ignition_config::v3_6;
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::source::http::Http;
-use crate::source::{SourceError, Timeouts};
+use crate::net::{Http, NetError, Timeouts};
 use nodeimage_core::config::NODE_CONFIG_IGNITION_PATH;
 
 pub use apply::{ApplyReport, Plan, PlannedOp};
@@ -96,6 +95,18 @@ pub enum IgnitionError {
     /// The config and the tree disagree (e.g. a file exists and `overwrite` is false).
     #[error("Ignition: {path}: {message}")]
     Conflict { path: String, message: String },
+    /// A referenced config or a file's contents could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] NetError),
+    /// Fetched contents do not match their `verification.hash`.
+    #[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
+    HashMismatch {
+        source_name: String,
+        what: String,
+        algorithm: String,
+        expected: String,
+        actual: String,
+    },
     /// Writing failed; everything already written was rolled back.
     #[error("Ignition: applying {path}: {message} (rolled back)")]
     Apply { path: String, message: String },
@@ -261,9 +272,9 @@ pub fn stage(
     source_name: &str,
     data: &[u8],
     timeouts: Timeouts,
-) -> Result<StagedIgnition, SourceError> {
+) -> Result<StagedIgnition, IgnitionError> {
     let (version, _) = parse_version(source_name, data)?;
-    let mut fetcher = Fetcher::new(source_name, timeouts)?;
+    let mut fetcher = Fetcher::new(source_name, timeouts);
     let mut referenced = Vec::new();
     let value = resolve(source_name, data, &mut fetcher, &mut referenced, 0)?;
     let config: v3_6::Config = serde_json::from_value(value).map_err(|e| IgnitionError::Parse {
@@ -320,14 +331,13 @@ fn resolve(
     fetcher: &mut Fetcher,
     referenced: &mut Vec<String>,
     depth: usize,
-) -> Result<Value, SourceError> {
+) -> Result<Value, IgnitionError> {
     if depth > MAX_CONFIG_DEPTH {
         return Err(invalid(
             source_name,
             "ignition.config",
             format!("more than {MAX_CONFIG_DEPTH} levels of merge/replace"),
-        )
-        .into());
+        ));
     }
     let (_, mut value) = parse_version(source_name, data)?;
     let refs: v3_6::IgnitionConfig = value
@@ -352,7 +362,7 @@ fn resolve(
     for (i, r) in refs.merge.unwrap_or_default().iter().enumerate() {
         let what = format!("ignition.config.merge[{i}]");
         if r.source.is_none() {
-            return Err(invalid(source_name, what, "expected a source").into());
+            return Err(invalid(source_name, what, "expected a source"));
         }
         let child_data = fetcher.fetch(&what, r)?;
         referenced.push(fetcher.describe(r));
@@ -462,11 +472,11 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
-    fn new(source_name: &str, timeouts: Timeouts) -> Result<Self, SourceError> {
-        Ok(Fetcher {
+    fn new(source_name: &str, timeouts: Timeouts) -> Self {
+        Fetcher {
             source_name: source_name.into(),
-            http: Http::new(&format!("{source_name}: Ignition"), timeouts, false)?,
-        })
+            http: Http::new(format!("{source_name}: Ignition"), timeouts, false),
+        }
     }
 
     fn describe(&self, r: &v3_6::Resource) -> String {
@@ -480,7 +490,7 @@ impl Fetcher {
 
     /// Fetch, verify and decompress one resource. `what` names it in errors
     /// (`storage.files[/etc/x].contents`).
-    pub(crate) fn fetch(&self, what: &str, r: &v3_6::Resource) -> Result<Vec<u8>, SourceError> {
+    pub(crate) fn fetch(&self, what: &str, r: &v3_6::Resource) -> Result<Vec<u8>, IgnitionError> {
         let sn = self.source_name.as_str();
         let source = r
             .source
@@ -506,8 +516,7 @@ impl Fetcher {
                 sn,
                 &format!("{what}.source"),
                 format!("scheme `{scheme}:`; firstboot fetches data:, http: and https:"),
-            )
-            .into());
+            ));
         };
         let data = match r.compression.as_deref() {
             None | Some("") => raw,
@@ -526,8 +535,7 @@ impl Fetcher {
                     sn,
                     format!("{what}.compression"),
                     format!("expected gzip, found `{other}`"),
-                )
-                .into())
+                ))
             }
         };
         if let Some(hash) = r.verification.as_ref().and_then(|v| v.hash.as_deref()) {
@@ -543,7 +551,7 @@ fn verify_hash(
     url: &str,
     spec: &str,
     data: &[u8],
-) -> Result<(), SourceError> {
+) -> Result<(), IgnitionError> {
     let (algo, expected) = spec.split_once('-').ok_or_else(|| {
         invalid(
             source_name,
@@ -559,8 +567,7 @@ fn verify_hash(
                 source_name,
                 format!("{what}.verification.hash"),
                 format!("expected sha512 or sha256, found `{algo}`"),
-            )
-            .into())
+            ))
         }
     };
     if !actual.eq_ignore_ascii_case(expected) {
@@ -569,7 +576,7 @@ fn verify_hash(
         } else {
             format!("{what} ({url})")
         };
-        return Err(SourceError::HashMismatch {
+        return Err(IgnitionError::HashMismatch {
             source_name: source_name.into(),
             what: shown,
             algorithm: algo.into(),
@@ -666,15 +673,19 @@ fn validate_and_fetch(
     sn: &str,
     c: &v3_6::Config,
     fetcher: &Fetcher,
-) -> Result<StagedIgnition, SourceError> {
+) -> Result<StagedIgnition, IgnitionError> {
     if let Some(p) = &c.ignition.proxy {
         if p.http_proxy.is_some() || p.https_proxy.is_some() || nonempty(&p.no_proxy) {
-            return Err(unsupported(sn, "ignition.proxy", "").into());
+            return Err(unsupported(sn, "ignition.proxy", ""));
         }
     }
     if let Some(tls) = c.ignition.security.as_ref().and_then(|s| s.tls.as_ref()) {
         if nonempty(&tls.certificate_authorities) {
-            return Err(unsupported(sn, "ignition.security.tls.certificateAuthorities", "").into());
+            return Err(unsupported(
+                sn,
+                "ignition.security.tls.certificateAuthorities",
+                "",
+            ));
         }
     }
     if let Some(k) = &c.kernel_arguments {
@@ -683,8 +694,7 @@ fn validate_and_fetch(
                 sn,
                 "kernelArguments",
                 "kernel arguments are part of the image",
-            )
-            .into());
+            ));
         }
     }
     let storage = c.storage.clone().unwrap_or_default();
@@ -695,9 +705,11 @@ fn validate_and_fetch(
         ("storage.filesystems", nonempty(&storage.filesystems)),
     ] {
         if present {
-            return Err(
-                unsupported(sn, section, "the image's partitions are fixed by nodeimage").into(),
-            );
+            return Err(unsupported(
+                sn,
+                section,
+                "the image's partitions are fixed by nodeimage",
+            ));
         }
     }
 
@@ -732,8 +744,7 @@ fn validate_and_fetch(
                 sn,
                 format!("{field}.overwrite"),
                 "overwrite needs contents.source",
-            )
-            .into());
+            ));
         }
         let contents = match &f.contents {
             Some(r) if r.source.is_some() => Some(fetcher.fetch(&format!("{field}.contents"), r)?),
@@ -809,8 +820,7 @@ fn validate_and_fetch(
                 sn,
                 format!("{field}.target"),
                 "a hard link needs an absolute target",
-            )
-            .into());
+            ));
         }
         links.push(StagedLink {
             path: l.path.clone(),
@@ -843,18 +853,21 @@ fn validate_and_fetch(
     {
         let field = format!("systemd.units[{}]", u.name);
         if !valid_unit_name(&u.name) {
-            return Err(invalid(sn, &field, "expected a unit name like `foo.service`").into());
+            return Err(invalid(
+                sn,
+                &field,
+                "expected a unit name like `foo.service`",
+            ));
         }
         if !unit_names.insert(u.name.clone()) {
-            return Err(invalid(sn, &field, "the unit appears more than once").into());
+            return Err(invalid(sn, &field, "the unit appears more than once"));
         }
         if u.mask == Some(true) && (u.contents.is_some() || u.enabled == Some(true)) {
             return Err(invalid(
                 sn,
                 &field,
                 "a masked unit cannot also have contents or be enabled",
-            )
-            .into());
+            ));
         }
         let mut dropins = Vec::new();
         for d in u.dropins.iter().flatten() {
@@ -863,8 +876,7 @@ fn validate_and_fetch(
                     sn,
                     format!("{field}.dropins[{}]", d.name),
                     "expected a name like `10-foo.conf`",
-                )
-                .into());
+                ));
             }
             if let Some(c) = &d.contents {
                 dropins.push((d.name.clone(), c.clone()));
@@ -888,16 +900,14 @@ fn validate_and_fetch(
                 sn,
                 &format!("passwd.users[{}].shouldExist", u.name),
                 "deleting users",
-            )
-            .into());
+            ));
         }
         if !accounts::valid_account_name(&u.name) {
             return Err(invalid(
                 sn,
                 format!("passwd.users[{}].name", u.name),
                 "expected a POSIX user name",
-            )
-            .into());
+            ));
         }
     }
     for g in &groups {
@@ -906,16 +916,14 @@ fn validate_and_fetch(
                 sn,
                 &format!("passwd.groups[{}].shouldExist", g.name),
                 "deleting groups",
-            )
-            .into());
+            ));
         }
         if !accounts::valid_account_name(&g.name) {
             return Err(invalid(
                 sn,
                 format!("passwd.groups[{}].name", g.name),
                 "expected a POSIX group name",
-            )
-            .into());
+            ));
         }
     }
 

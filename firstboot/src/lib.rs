@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod ignition;
 pub mod kube;
 pub mod kubeconfig;
+pub mod net;
 pub mod pki;
 pub mod preflight;
 pub mod run;

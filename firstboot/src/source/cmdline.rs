@@ -13,8 +13,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::http::Http;
 use super::{DataSource, SourceContext, SourceError};
+use crate::net::Http;
 
 pub(crate) const SOURCE_NAME: &str = "kernel-cmdline-url";
 
@@ -168,7 +168,7 @@ impl ConfigUrlSource {
             }
         };
         // The operator named this URL: a refused connection is retried until the deadline.
-        let http = Http::new(SOURCE_NAME, ctx.timeouts, false)?;
+        let http = Http::new(SOURCE_NAME, ctx.timeouts, false);
         Ok(Some(ConfigUrlSource { url, sha256, http }))
     }
 }

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::blockdev::FilesystemReader;
+use super::fs::FilesystemReader;
 
 const SECTOR: u64 = 2048;
 const MAX_FILE_SIZE: u64 = 64 << 20;

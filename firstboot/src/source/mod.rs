@@ -73,16 +73,18 @@
 //! [`nodeimage_core::config::NODE_CONFIG_IGNITION_PATH`]; gzip is decompressed first. cloud-init
 //! documents, scripts and anything else are refused, naming the source.
 
+mod acquire;
 mod azure;
 pub mod blockdev;
 mod cmdline;
 mod digitalocean;
 mod dmi;
 mod ec2;
+mod endpoint;
+pub mod fs;
 mod fwcfg;
 mod gcp;
 mod hetzner;
-pub(crate) mod http;
 pub mod iso9660;
 mod nocloud;
 mod nodeconfig;
@@ -92,14 +94,18 @@ pub mod userdata;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ignition::{IgnitionError, StagedIgnition};
+use crate::net::NetError;
 use nodeimage_core::config::{ConfigError, NodeConfig};
 
-pub use blockdev::{DeviceSet, FilesystemReader, Volume};
+pub use crate::net::Timeouts;
+pub use acquire::{acquire, acquire_from_system, source_order};
+pub use blockdev::{DeviceSet, Volume};
 pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
 pub use dmi::detect_from_dmi;
+pub use fs::FilesystemReader;
 pub use fwcfg::FW_CFG_NAME;
 pub use nodeconfig::NODECONFIG_LABEL;
 
@@ -190,29 +196,6 @@ pub enum PlatformChoice {
     KernelArgument,
     Dmi(String),
     Default,
-}
-
-/// Timeouts of the network sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// One HTTP request (connect + answer).
-    pub request: Duration,
-    /// All requests of one source together, retries included.
-    pub deadline: Duration,
-    /// First pause between retries; doubled each time up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request: Duration::from_secs(5),
-            deadline: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Everything a source needs to know about the machine it runs on.
@@ -413,29 +396,9 @@ pub enum SourceError {
     /// The source is not present on this machine (try the next one).
     #[error("{source_name}: not present: {reason}")]
     Absent { source_name: String, reason: String },
-    #[error(
-        "{source_name}: {url}: no answer within {after_ms} ms ({attempts} attempts; last: {last})"
-    )]
-    Timeout {
-        source_name: String,
-        url: String,
-        after_ms: u128,
-        attempts: u32,
-        last: String,
-    },
-    #[error("{source_name}: {url}: HTTP {status}: {detail}")]
-    Http {
-        source_name: String,
-        url: String,
-        status: u16,
-        detail: String,
-    },
-    #[error("{source_name}: {url}: {message}")]
-    Network {
-        source_name: String,
-        url: String,
-        message: String,
-    },
+    /// A metadata service or URL did not answer as it should (timeout, HTTP status).
+    #[error(transparent)]
+    Net(NetError),
     #[error("{source_name}: {context}: {error}")]
     Io {
         source_name: String,
@@ -481,6 +444,19 @@ fn format_attempts(a: &[Attempt]) -> String {
         .join("; ")
 }
 
+impl From<NetError> for SourceError {
+    /// A refused connection to a metadata service means the source is not here.
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Refused { who, url } => SourceError::Absent {
+                source_name: who,
+                reason: format!("{url}: connection refused"),
+            },
+            e => SourceError::Net(e),
+        }
+    }
+}
+
 impl SourceError {
     pub(crate) fn absent(source_name: &str, reason: impl Into<String>) -> Self {
         SourceError::Absent {
@@ -501,114 +477,6 @@ impl SourceError {
             error,
         }
     }
-}
-
-/// The sources to try, in order (see the module documentation).
-pub fn source_order(
-    ctx: &SourceContext,
-    platform: Platform,
-) -> Result<Vec<Box<dyn DataSource>>, SourceError> {
-    if let Some(url_source) = cmdline::ConfigUrlSource::from_context(ctx)? {
-        return Ok(vec![Box::new(url_source)]);
-    }
-    let mut out: Vec<Box<dyn DataSource>> =
-        vec![Box::new(nodeconfig::NodeConfigPartition::new(ctx))];
-    let mut local_done = Vec::new();
-    match platform {
-        Platform::Ec2 => out.push(Box::new(ec2::Ec2Source::new(ctx))),
-        Platform::Gcp => out.push(Box::new(gcp::GcpSource::new(ctx))),
-        Platform::Azure => {
-            out.push(Box::new(azure::AzureImdsSource::new(ctx)));
-            out.push(Box::new(azure::AzureOvfSource::new(ctx)));
-        }
-        Platform::OpenStack => {
-            out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
-            local_done.push("config-drive");
-            out.push(Box::new(openstack::OpenStackMetadataSource::new(ctx)));
-        }
-        Platform::DigitalOcean => out.push(Box::new(digitalocean::DigitalOceanSource::new(ctx))),
-        Platform::Hetzner => out.push(Box::new(hetzner::HetznerSource::new(ctx))),
-        Platform::Qemu => {
-            out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
-            local_done.push("fw-cfg");
-        }
-        Platform::Metal => {}
-    }
-    if !local_done.contains(&"fw-cfg") {
-        out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
-    }
-    out.push(Box::new(nocloud::NoCloudSource::new(ctx)));
-    if !local_done.contains(&"config-drive") {
-        out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
-    }
-    Ok(out)
-}
-
-/// Find the user data, parse it into a node config and stage any Ignition config.
-/// Writes nothing.
-pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
-    let start = Instant::now();
-    let (platform, platform_choice) = ctx.platform()?;
-    tracing::info!(platform = %platform, choice = ?platform_choice, "platform");
-    let mut attempts = Vec::new();
-    for source in source_order(ctx, platform)? {
-        let name = source.name();
-        let t = Instant::now();
-        match source.user_data() {
-            Ok(Some(data)) if data.iter().all(u8::is_ascii_whitespace) => {
-                tracing::info!(source = name, "present, empty user data");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: "present, no user data".into(),
-                });
-            }
-            Ok(Some(data)) => {
-                tracing::info!(
-                    source = name,
-                    bytes = data.len(),
-                    ms = t.elapsed().as_millis() as u64,
-                    "user data found"
-                );
-                let (node_config, ignition) = userdata::interpret(&source.document(), &data, ctx)?;
-                let metadata = source.metadata()?;
-                return Ok(Acquired {
-                    source: name.to_string(),
-                    platform,
-                    platform_choice,
-                    metadata,
-                    node_config,
-                    ignition,
-                    attempts,
-                    elapsed: start.elapsed(),
-                });
-            }
-            Ok(None) => {
-                tracing::info!(source = name, "present, no user data");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: "present, no user data".into(),
-                });
-            }
-            Err(SourceError::Absent { reason, .. }) => {
-                tracing::debug!(source = name, reason = %reason, "not present");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: format!("not present: {reason}"),
-                });
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(SourceError::NoSource { platform, attempts })
-}
-
-/// [`SourceContext::from_system`] and [`acquire`] in one call: what
-/// `firstboot --root DIR [--platform X]` needs.
-pub fn acquire_from_system(
-    root: &Path,
-    platform_override: Option<Platform>,
-) -> Result<Acquired, SourceError> {
-    acquire(&SourceContext::from_system(root, platform_override)?)
 }
 
 /// Read one file from the first volume carrying one of `labels` (shared by the
