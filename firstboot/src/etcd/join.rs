@@ -1,0 +1,391 @@
+//! The join protocol: a new cluster on the bootstrap master, resuming from data, or
+//! adding this member through a running member and starting it (see the module
+//! documentation of [`super`]).
+
+use std::time::{Duration, Instant};
+
+use super::{etcd_env, ClusterState, EtcdApi, EtcdEnv, EtcdError, EtcdMemberSpec, Member};
+
+/// `name=peerURL,...` for `initial-cluster`: every member of the list, this one under its
+/// own name. Unstarted members have no name yet; they get a placeholder (etcd matches
+/// the other members by peer URL, not by name, when it joins an existing cluster).
+pub fn initial_cluster(members: &[Member], self_name: &str, self_peer_url: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for m in members {
+        let is_self = m.peer_urls.iter().any(|u| u == self_peer_url);
+        let name = if is_self {
+            self_name.to_string()
+        } else if m.name.is_empty() {
+            format!("unstarted-{:x}", m.id)
+        } else {
+            m.name.clone()
+        };
+        for u in &m.peer_urls {
+            parts.push(format!("{name}={u}"));
+        }
+    }
+    if !members
+        .iter()
+        .any(|m| m.peer_urls.iter().any(|u| u == self_peer_url))
+    {
+        parts.push(format!("{self_name}={self_peer_url}"));
+    }
+    parts.sort();
+    parts.join(",")
+}
+
+/// What a joining master does next, given the member list an existing member returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinAction {
+    /// Not a member: add this member.
+    Add,
+    /// Already a member (added, never started, or data intact): start with this
+    /// initial-cluster and state `existing`.
+    Start { initial_cluster: String },
+    /// Listed as a started member (or under its name with another peer URL) but its data
+    /// is gone: remove that member, then add again.
+    Remove { id: u64 },
+}
+
+/// Decide the next join step. Pure.
+pub fn plan_join(name: &str, peer_url: &str, members: &[Member], has_data: bool) -> JoinAction {
+    if let Some(m) = members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+    {
+        if m.is_started() && !has_data {
+            return JoinAction::Remove { id: m.id };
+        }
+        return JoinAction::Start {
+            initial_cluster: initial_cluster(members, name, peer_url),
+        };
+    }
+    if let Some(m) = members.iter().find(|m| m.name == name) {
+        // Same name, different peer URL: this node's address changed.
+        return JoinAction::Remove { id: m.id };
+    }
+    JoinAction::Add
+}
+
+/// Starts and checks the local etcd.
+pub trait EtcdService {
+    /// Write `env` where etcd reads it and (re)start etcd.
+    fn start(&self, env: &EtcdEnv) -> Result<(), EtcdError>;
+    fn is_running(&self) -> bool;
+}
+
+/// Timing of the join protocol.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// Give up after this long.
+    pub deadline: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long a started etcd may take to report healthy before the join looks again.
+    pub health_timeout: Duration,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        JoinOptions {
+            deadline: Duration::from_secs(30 * 60),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(15),
+            health_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How this member came up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// etcd was already running and healthy.
+    AlreadyRunning,
+    /// The data directory held a member: etcd was started and resumed from it.
+    Resumed,
+    /// The bootstrap master started a new one-member cluster.
+    NewCluster,
+    /// Added to the cluster and started.
+    Joined { initial_cluster: String },
+    /// Already a member that had never started (crashed mid-join): started.
+    StartedUnstarted { initial_cluster: String },
+    /// Listed with its data gone: removed, added again and started.
+    Rejoined {
+        removed: u64,
+        initial_cluster: String,
+    },
+}
+
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn wait(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        let d = self.next.min(deadline.saturating_duration_since(now));
+        std::thread::sleep(d);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
+/// Bring this master's etcd member up: start a new cluster (bootstrap master), resume
+/// from data, or join the running cluster. Idempotent; safe to run again after a crash.
+pub fn join_cluster(
+    spec: &EtcdMemberSpec,
+    api: &dyn EtcdApi,
+    svc: &dyn EtcdService,
+    opts: &JoinOptions,
+) -> Result<JoinOutcome, EtcdError> {
+    let started = Instant::now();
+    let deadline = started + opts.deadline;
+    let own = spec.client_url();
+    if svc.is_running() && api.healthy(&own) {
+        tracing::info!(member = %spec.name, "etcd already running and healthy");
+        return Ok(JoinOutcome::AlreadyRunning);
+    }
+    if spec.has_data() {
+        tracing::info!(member = %spec.name, data_dir = %spec.data_dir.display(), "etcd data present: resuming");
+        // etcd ignores the initial-cluster settings when its data directory has a member.
+        let env = etcd_env(
+            spec,
+            &format!("{}={}", spec.name, spec.peer_url()),
+            ClusterState::Existing,
+        );
+        svc.start(&env)?;
+        wait_healthy(spec, api, svc, deadline, started)?;
+        return Ok(JoinOutcome::Resumed);
+    }
+    let others = spec.other_endpoints();
+    if spec.bootstrap {
+        // A running cluster means this bootstrap master lost its data: rejoin it.
+        let existing = others
+            .iter()
+            .find_map(|ep| api.member_list(ep).ok().map(|m| (ep.clone(), m)));
+        match existing {
+            None => {
+                let ic = format!("{}={}", spec.name, spec.peer_url());
+                tracing::info!(member = %spec.name, initial_cluster = %ic, "bootstrap master: starting a new etcd cluster");
+                svc.start(&etcd_env(spec, &ic, ClusterState::New))?;
+                wait_healthy(spec, api, svc, deadline, started)?;
+                return Ok(JoinOutcome::NewCluster);
+            }
+            Some((ep, _)) => {
+                tracing::info!(member = %spec.name, endpoint = %ep, "bootstrap master without data: a cluster is running, rejoining it");
+            }
+        }
+    }
+    if others.is_empty() {
+        return Err(EtcdError::Config(format!(
+            "{} is not the bootstrap master and no other master is known: nothing to join",
+            spec.name
+        )));
+    }
+
+    let mut backoff = Backoff {
+        next: opts.initial_backoff,
+        max: opts.max_backoff,
+    };
+    let mut removed: Option<u64> = None;
+    let mut last = String::from("no member answered yet");
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        if Instant::now() >= deadline {
+            return Err(EtcdError::Deadline {
+                waited: started.elapsed(),
+                doing: format!("joining etcd as {}", spec.name),
+                last,
+            });
+        }
+        let mut answered = None;
+        for ep in &others {
+            match api.member_list(ep) {
+                Ok(m) => {
+                    answered = Some((ep.clone(), m));
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let Some((ep, members)) = answered else {
+            tracing::info!(member = %spec.name, attempt, waited_s = started.elapsed().as_secs(), last_error = %last, "waiting for an etcd member to answer");
+            backoff.wait(deadline);
+            continue;
+        };
+        let action = plan_join(&spec.name, &spec.peer_url(), &members, spec.has_data());
+        tracing::info!(member = %spec.name, endpoint = %ep, members = members.len(), action = ?action_name(&action), "etcd member list");
+        let initial_cluster = match action {
+            JoinAction::Remove { id } => {
+                tracing::info!(member = %spec.name, id = format!("{id:x}"), "removing this node's stale etcd member (data lost)");
+                match api.member_remove(&ep, id) {
+                    Ok(()) => removed = Some(id),
+                    Err(e) => {
+                        tracing::info!(member = %spec.name, error = %e, "member remove refused; retrying");
+                        last = e.to_string();
+                        backoff.wait(deadline);
+                    }
+                }
+                continue;
+            }
+            JoinAction::Start { initial_cluster } => {
+                tracing::info!(member = %spec.name, "already a member that never started: starting");
+                svc.start(&etcd_env(spec, &initial_cluster, ClusterState::Existing))?;
+                if wait_healthy_for(spec, api, svc, deadline, opts.health_timeout)? {
+                    tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
+                    return Ok(match removed {
+                        Some(r) => JoinOutcome::Rejoined {
+                            removed: r,
+                            initial_cluster,
+                        },
+                        None => JoinOutcome::StartedUnstarted { initial_cluster },
+                    });
+                }
+                last = "started etcd did not become healthy".into();
+                continue;
+            }
+            JoinAction::Add => match api.member_add(&ep, &[spec.peer_url()]) {
+                Ok(after) => initial_cluster(&after, &spec.name, &spec.peer_url()),
+                Err(e) => {
+                    tracing::info!(member = %spec.name, attempt, error = %e, "member add refused (another member is joining?); backing off");
+                    last = e.to_string();
+                    backoff.wait(deadline);
+                    continue;
+                }
+            },
+        };
+        tracing::info!(member = %spec.name, initial_cluster = %initial_cluster, "added to the etcd cluster: starting");
+        svc.start(&etcd_env(spec, &initial_cluster, ClusterState::Existing))?;
+        if wait_healthy_for(spec, api, svc, deadline, opts.health_timeout)? {
+            tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
+            return Ok(match removed {
+                Some(r) => JoinOutcome::Rejoined {
+                    removed: r,
+                    initial_cluster,
+                },
+                None => JoinOutcome::Joined { initial_cluster },
+            });
+        }
+        // etcd exited or stayed unhealthy (e.g. the member list changed under a concurrent
+        // add): look at the list again; this member is now listed and will be started
+        // with the current list.
+        last = "started etcd did not become healthy".into();
+    }
+}
+
+fn action_name(a: &JoinAction) -> &'static str {
+    match a {
+        JoinAction::Add => "add",
+        JoinAction::Start { .. } => "start",
+        JoinAction::Remove { .. } => "remove",
+    }
+}
+
+fn wait_healthy(
+    spec: &EtcdMemberSpec,
+    api: &dyn EtcdApi,
+    svc: &dyn EtcdService,
+    deadline: Instant,
+    started: Instant,
+) -> Result<(), EtcdError> {
+    if wait_healthy_for(
+        spec,
+        api,
+        svc,
+        deadline,
+        deadline.saturating_duration_since(Instant::now()),
+    )? {
+        tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
+        Ok(())
+    } else {
+        Err(EtcdError::Deadline {
+            waited: started.elapsed(),
+            doing: format!("waiting for etcd member {} to become healthy", spec.name),
+            last: if svc.is_running() {
+                "not healthy".into()
+            } else {
+                "etcd is not running".into()
+            },
+        })
+    }
+}
+
+/// Poll the member's own /health. Ok(false) when etcd exited or `limit` passed.
+fn wait_healthy_for(
+    spec: &EtcdMemberSpec,
+    api: &dyn EtcdApi,
+    svc: &dyn EtcdService,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<bool, EtcdError> {
+    let until = (Instant::now() + limit).min(deadline);
+    let own = spec.client_url();
+    let mut exited_checks = 0;
+    loop {
+        if api.healthy(&own) {
+            return Ok(true);
+        }
+        if !svc.is_running() {
+            exited_checks += 1;
+            // systemd may be restarting it; a child process that exited stays exited.
+            if exited_checks >= 3 {
+                tracing::info!(member = %spec.name, "etcd is not running");
+                return Ok(false);
+            }
+        } else {
+            exited_checks = 0;
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64, name: &str, peer: &str) -> Member {
+        Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![peer.into()],
+            client_urls: vec![],
+            is_learner: false,
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let me = "https://10.0.0.3:2380";
+        let list = vec![
+            m(1, "m1", "https://10.0.0.1:2380"),
+            m(2, "", "https://10.0.0.2:2380"),
+        ];
+        assert_eq!(plan_join("m3", me, &list, false), JoinAction::Add);
+        let mut with_me = list.clone();
+        with_me.push(m(3, "", me));
+        assert_eq!(
+            plan_join("m3", me, &with_me, false),
+            JoinAction::Start {
+                initial_cluster: "m1=https://10.0.0.1:2380,m3=https://10.0.0.3:2380,unstarted-2=https://10.0.0.2:2380".into()
+            }
+        );
+        let mut started = list.clone();
+        started.push(m(3, "m3", me));
+        assert_eq!(
+            plan_join("m3", me, &started, false),
+            JoinAction::Remove { id: 3 }
+        );
+        let moved = vec![
+            m(1, "m1", "https://10.0.0.1:2380"),
+            m(9, "m3", "https://10.0.0.9:2380"),
+        ];
+        assert_eq!(
+            plan_join("m3", me, &moved, false),
+            JoinAction::Remove { id: 9 }
+        );
+    }
+}
