@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
@@ -338,28 +339,13 @@ pub fn write_config(root: &Path, config: &NodeConfig, live: bool) -> Result<Stri
     let schema = ConfigSchema::for_version(&version);
     let (changed, summary) = write_config_for(root, config, schema)?;
     if changed {
-        systemctl(&["restart", "containerd"])?;
+        systemd::restart("containerd")?;
         wait_for_socket(Path::new(SOCKET), SOCKET_WAIT)?;
     }
     Ok(format!(
         "containerd {version}: {summary}{}",
         if changed { ", restarted" } else { "" }
     ))
-}
-
-fn systemctl(args: &[&str]) -> Result<()> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .context("running systemctl")?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Waits until something accepts connections on the unix socket `path`.
@@ -582,7 +568,7 @@ pub fn import_images(root: &Path, live: bool, role: Role) -> Result<String> {
     }
     let socket = Path::new(SOCKET);
     if std::os::unix::net::UnixStream::connect(socket).is_err() {
-        systemctl(&["start", "containerd"])?;
+        systemd::start("containerd")?;
         wait_for_socket(socket, SOCKET_WAIT)?;
     }
     let report = import_images_with(root, role, &Ctr::system()?)?;

@@ -17,3 +17,4 @@ pub mod preflight;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod systemd;

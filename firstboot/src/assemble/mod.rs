@@ -45,6 +45,7 @@ use crate::etcd::{self, EtcdMemberSpec};
 use crate::kube::{self, GeneratedFile, KubeInputs};
 use crate::pki;
 use crate::run::{RunOptions, Step, StepContext};
+use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::layout::paths;
@@ -358,7 +359,7 @@ fn etcd_step(c: &StepContext) -> Result<String> {
         let changed = write_changed(root, &files)?;
         return Ok(format!("etcd {what}: {changed} files changed; {NOT_LIVE}"));
     }
-    wait::check_start_order(&[etcd::UNIT_NAME])?;
+    systemd::check_start_order(&[etcd::UNIT_NAME])?;
     let client = etcd::HttpEtcdClient::from_tls(&spec.tls, Duration::from_secs(5))?;
     let api = ProgressEtcd {
         inner: client,
@@ -416,7 +417,7 @@ pub fn wait_local_api(
         || {
             readyz(&client, url).map_err(|e| {
                 if live_units {
-                    format!("{e} ({})", wait::unit_states(&CONTROL_PLANE_UNITS))
+                    format!("{e} ({})", systemd::unit_states(&CONTROL_PLANE_UNITS))
                 } else {
                     e
                 }
@@ -438,7 +439,7 @@ fn control_plane_step(c: &StepContext) -> Result<String> {
     if !c.opts.live {
         return Ok(format!("{written}; {NOT_LIVE}"));
     }
-    wait::enable_now(&CONTROL_PLANE_UNITS)?;
+    systemd::enable_now(&CONTROL_PLANE_UNITS)?;
     let url = local_apiserver_url(&inp);
     let progress = Progress::new(Some(c.opts), "control-plane", Duration::from_secs(30));
     let took = wait_local_api(root, &url, &WaitOptions::minutes(10), &progress, true)?;
@@ -480,7 +481,7 @@ fn kubelet_step(c: &StepContext) -> Result<String> {
     if !c.opts.live {
         return Ok(format!("{written}; {NOT_LIVE}"));
     }
-    wait::enable_now(&NODE_UNITS)?;
+    systemd::enable_now(&NODE_UNITS)?;
     if c.config.role == Role::Master {
         return Ok(format!("{written}; {} started", NODE_UNITS.join(", ")));
     }
@@ -649,7 +650,7 @@ fn cluster_objects_step(c: &StepContext) -> Result<String> {
         tracing::warn!(error = %format!("{e:#}"), "labelling nodes failed; the approver timer retries");
         0
     });
-    wait::enable_now(&[APPROVER_TIMER_UNIT])?;
+    systemd::enable_now(&[APPROVER_TIMER_UNIT])?;
     let mut detail = format!(
         "applied {} manifests; {labelled} nodes labelled; CSR approver timer started",
         report.applied.len()

@@ -1,4 +1,4 @@
-//! Waiting with a deadline, backoff and progress lines; systemctl; the API server probes.
+//! Waiting with a deadline, backoff and progress lines; the API server probes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -116,100 +116,6 @@ pub fn wait_until(
     }
 }
 
-/// `systemctl ARGS`, failing with its stderr.
-pub fn systemctl(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("systemctl")
-        .args(args)
-        .output()
-        .with_context(|| format!("running systemctl {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The units among `units` that `firstboot.service` is ordered `Before=`, when it is
-/// starting right now (pure: from `systemctl show` output).
-pub fn ordered_after_firstboot<'u>(
-    active_state: &str,
-    before: &str,
-    units: &[&'u str],
-) -> Vec<&'u str> {
-    if active_state.trim() != "activating" {
-        return Vec::new();
-    }
-    let before: Vec<&str> = before.split_whitespace().collect();
-    units
-        .iter()
-        .copied()
-        .filter(|u| before.contains(u))
-        .collect()
-}
-
-/// A start job for a unit ordered after `firstboot.service` waits until firstboot's own
-/// (oneshot) start finishes, and firstboot waits for that unit: a deadlock that would
-/// only end at the wait's deadline. Say so at once instead.
-pub fn check_start_order(units: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("systemctl")
-        .args([
-            "show",
-            "-p",
-            "ActiveState",
-            "-p",
-            "Before",
-            "firstboot.service",
-        ])
-        .output();
-    let Ok(out) = out else { return Ok(()) };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let blocked = ordered_after_firstboot(&field("ActiveState"), &field("Before"), units);
-    if !blocked.is_empty() {
-        bail!(
-            "firstboot.service is ordered Before={0}, so starting {0} from firstboot would wait for \
-             firstboot itself: remove {0} from Before= in firstboot.service",
-            blocked.join(" ")
-        );
-    }
-    Ok(())
-}
-
-/// Reload units, then enable and start them without waiting for their start jobs (the
-/// caller waits for what matters with a deadline and says what it waits for).
-pub fn enable_now(units: &[&str]) -> Result<()> {
-    check_start_order(units)?;
-    systemctl(&["daemon-reload"])?;
-    let mut args = vec!["enable", "--now", "--no-block"];
-    args.extend_from_slice(units);
-    systemctl(&args)
-}
-
-/// `unit=state` for each unit (`systemctl is-active`), for progress lines.
-pub fn unit_states(units: &[&str]) -> String {
-    units
-        .iter()
-        .map(|u| {
-            let state = std::process::Command::new("systemctl")
-                .args(["is-active", u])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"));
-            format!("{u}={state}")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// An HTTPS client that trusts only `ca_pem`, optionally with a client identity.
 pub fn https_client(
     ca_pem: &str,
@@ -263,18 +169,6 @@ pub fn read_rooted(root: &Path, node_path: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_order_deadlock_is_detected_only_while_firstboot_starts() {
-        let before = "kubelet.service etcd.service multi-user.target";
-        let units = ["kubelet.service", "kube-proxy.service"];
-        assert_eq!(
-            ordered_after_firstboot("activating", before, &units),
-            ["kubelet.service"]
-        );
-        assert!(ordered_after_firstboot("inactive", before, &units).is_empty());
-        assert!(ordered_after_firstboot("activating", "multi-user.target", &units).is_empty());
-    }
 
     #[test]
     fn wait_until_succeeds_and_times_out_with_the_last_answer() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{EtcdError, EtcdTls};
+use crate::net::tls_client;
 
 /// An etcd member as the v3 API reports it. An unstarted member has no name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,28 +73,18 @@ impl HttpEtcdClient {
         key_pem: &str,
         timeout: Duration,
     ) -> Result<Self, EtcdError> {
-        let cfg = |e: reqwest::Error| EtcdError::Config(format!("etcd client TLS: {e}"));
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(cfg)?;
-        let id = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())
-            .map_err(cfg)?;
-        let client = reqwest::blocking::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .identity(id)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .map_err(cfg)?;
+        let identity = format!("{cert_pem}\n{key_pem}");
+        let client = tls_client(ca_pem, Some(&identity), timeout).map_err(EtcdError::Tls)?;
         Ok(HttpEtcdClient { client })
     }
 
     /// From the TLS files of a member spec.
     pub fn from_tls(tls: &EtcdTls, timeout: Duration) -> Result<Self, EtcdError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p)
-                .map_err(|e| EtcdError::Config(format!("{}: {e}", p.display())))
+            std::fs::read_to_string(p).map_err(|source| EtcdError::ReadTls {
+                path: p.to_path_buf(),
+                source,
+            })
         };
         Self::new(
             &read(&tls.ca)?,
@@ -109,18 +100,18 @@ impl HttpEtcdClient {
         path: &str,
         body: serde_json::Value,
     ) -> Result<T, EtcdError> {
-        let api = |message: String| EtcdError::Api {
+        let request = |source| EtcdError::Request {
             endpoint: endpoint.to_string(),
-            message,
+            source,
         };
         let resp = self
             .client
             .post(format!("{}{path}", endpoint.trim_end_matches('/')))
             .json(&body)
             .send()
-            .map_err(|e| api(error_chain(&e)))?;
+            .map_err(request)?;
         let status = resp.status();
-        let text = resp.text().map_err(|e| api(error_chain(&e)))?;
+        let text = resp.text().map_err(request)?;
         if !status.is_success() {
             #[derive(Deserialize)]
             struct E {
@@ -130,25 +121,22 @@ impl HttpEtcdClient {
             let msg = serde_json::from_str::<E>(&text)
                 .map(|e| e.error)
                 .unwrap_or_default();
-            return Err(api(format!(
-                "{status}: {}",
-                if msg.is_empty() { text.trim() } else { &msg }
-            )));
+            return Err(EtcdError::Status {
+                endpoint: endpoint.to_string(),
+                status,
+                message: if msg.is_empty() {
+                    text.trim().to_string()
+                } else {
+                    msg
+                },
+            });
         }
-        serde_json::from_str(&text)
-            .map_err(|e| api(format!("unexpected response ({e}): {}", text.trim())))
+        serde_json::from_str(&text).map_err(|source| EtcdError::Response {
+            endpoint: endpoint.to_string(),
+            source,
+            body: text.trim().to_string(),
+        })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl EtcdApi for HttpEtcdClient {

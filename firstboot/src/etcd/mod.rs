@@ -33,6 +33,9 @@ pub use systemd::SystemdEtcd;
 
 use std::time::Duration;
 
+use crate::net::{error_chain, TlsError};
+use nodeimage_core::ports::PortsError;
+
 /// etcd client port as the port table has it (for tests and tools; a node takes its
 /// ports and listeners from [`nodeimage_core::ports::PortPolicy`], and a test keeps the two equal).
 pub const CLIENT_PORT: u16 = 2379;
@@ -49,16 +52,47 @@ pub const DATA_DIR: &str = "/var/lib/etcd";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("etcd API {endpoint}: {message}")]
-    Api { endpoint: String, message: String },
+    /// etcd's JSON gateway could not be reached, or the answer could not be read.
+    #[error("etcd API {endpoint}: {}", error_chain(.source))]
+    Request {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The gateway refused the call (e.g. a member add while another member joins).
+    #[error("etcd API {endpoint}: {status}: {message}")]
+    Status {
+        endpoint: String,
+        status: reqwest::StatusCode,
+        message: String,
+    },
+    #[error("etcd API {endpoint}: unexpected response ({source}): {body}")]
+    Response {
+        endpoint: String,
+        #[source]
+        source: serde_json::Error,
+        body: String,
+    },
+    /// Writing etcd's files or (re)starting it failed.
     #[error("starting etcd: {0}")]
-    Service(String),
+    Service(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("timed out after {waited:?} {doing}; last error: {last}")]
     Deadline {
         waited: Duration,
         doing: String,
         last: String,
     },
+    /// The client's certificates could not be read or used.
+    #[error("{}: {source}", path.display())]
+    ReadTls {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("etcd client TLS: {}", error_chain(.0))]
+    Tls(#[source] TlsError),
+    #[error(transparent)]
+    Ports(#[from] PortsError),
     #[error("{0}")]
     Config(String),
 }

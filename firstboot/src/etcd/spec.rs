@@ -91,8 +91,7 @@ impl EtcdMemberSpec {
                 "the master's internal address `{address}` is not an IP address"
             ))
         })?;
-        let ports = |e: nodeimage_core::ports::PortsError| EtcdError::Config(e.to_string());
-        let policy = crate::kube::port_policy(c, ip).map_err(ports)?;
+        let policy = crate::kube::port_policy(c, ip)?;
         let (Some(client_port), Some(peer_port)) = (
             policy.port(Service::EtcdClient),
             policy.port(Service::EtcdPeer),
@@ -101,11 +100,10 @@ impl EtcdMemberSpec {
                 "the port table has no etcd rows for this master".into(),
             ));
         };
-        let listen_client_urls = policy.etcd_listen_client_urls().map_err(ports)?;
-        let listen_peer_urls = policy.etcd_listen_peer_urls().map_err(ports)?;
+        let listen_client_urls = policy.etcd_listen_client_urls()?;
+        let listen_peer_urls = policy.etcd_listen_peer_urls()?;
         let loopback_only = policy
-            .listen_addresses(Service::EtcdClient)
-            .map_err(ports)?
+            .listen_addresses(Service::EtcdClient)?
             .iter()
             .all(|a| a.ip().is_loopback());
         let address = if loopback_only {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{etcd_unit, EtcdEnv, EtcdError, EtcdService, ENV_FILE, UNIT_NAME, UNIT_PATH};
+use crate::systemd::{self, SystemdError};
 
 /// etcd under systemd on the node: env file + unit under a root prefix, then systemctl.
 pub struct SystemdEtcd {
@@ -10,13 +11,24 @@ pub struct SystemdEtcd {
     pub etcd_bin: String,
 }
 
-impl SystemdEtcd {
-    fn systemctl(&self, args: &[&str]) -> Result<bool, EtcdError> {
-        let st = std::process::Command::new("systemctl")
-            .args(args)
-            .status()
-            .map_err(|e| EtcdError::Service(format!("running systemctl: {e}")))?;
-        Ok(st.success())
+/// Writing one of etcd's files failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+struct WriteError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// A reload or enable that systemctl refuses does not stop the start (the restart that
+/// follows fails if it matters); one it cannot run at all does.
+fn tolerate(r: Result<(), SystemdError>) -> Result<(), EtcdError> {
+    match r {
+        Err(e @ SystemdError::Spawn { .. }) => Err(EtcdError::Service(e.into())),
+        Err(e) => {
+            tracing::warn!(error = %e, "systemctl refused; continuing");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 
@@ -25,7 +37,7 @@ impl EtcdService for SystemdEtcd {
         let w = |p: &str, data: &str, mode: u32| {
             let path = nodeimage_core::files::rooted(&self.root, p);
             nodeimage_core::files::atomic_write(&path, data.as_bytes(), mode)
-                .map_err(|e| EtcdError::Service(format!("{}: {e}", path.display())))
+                .map_err(|source| EtcdError::Service(WriteError { path, source }.into()))
         };
         w(ENV_FILE, &env.to_env_file(), 0o600)?;
         w(UNIT_PATH, &etcd_unit(&self.etcd_bin), 0o644)?;
@@ -33,25 +45,14 @@ impl EtcdService for SystemdEtcd {
             // Applying to a directory tree: nothing to start.
             return Ok(());
         }
-        self.systemctl(&["daemon-reload"])?;
-        self.systemctl(&["enable", UNIT_NAME])?;
+        tolerate(systemd::daemon_reload())?;
+        tolerate(systemd::enable(&[UNIT_NAME]))?;
         // --no-block: Type=notify would otherwise wait for a quorum this member may
         // only reach together with others.
-        if !self.systemctl(&["restart", "--no-block", UNIT_NAME])? {
-            return Err(EtcdError::Service(format!(
-                "systemctl restart {UNIT_NAME} failed"
-            )));
-        }
-        Ok(())
+        systemd::restart_no_block(UNIT_NAME).map_err(|e| EtcdError::Service(e.into()))
     }
 
     fn is_running(&self) -> bool {
-        if self.root != Path::new("/") {
-            return false;
-        }
-        std::process::Command::new("systemctl")
-            .args(["is-active", "--quiet", UNIT_NAME])
-            .status()
-            .is_ok_and(|s| s.success())
+        self.root == Path::new("/") && systemd::is_active(UNIT_NAME)
     }
 }
