@@ -29,6 +29,7 @@ use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
+use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
 /// containerd's configuration file.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
@@ -350,20 +351,22 @@ pub fn write_config(root: &Path, config: &NodeConfig, live: bool) -> Result<Stri
 
 /// Waits until something accepts connections on the unix socket `path`.
 pub fn wait_for_socket(path: &Path, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Ok(());
-        }
-        if start.elapsed() >= timeout {
-            bail!(
-                "containerd's socket {} did not come up within {} s",
-                path.display(),
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let up = wait_until(
+        &Deadline::after(timeout),
+        &mut Backoff::constant(Duration::from_millis(200)),
+        |_| match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Poll::Ready(()),
+            Err(e) => Poll::Pending(e),
+        },
+    );
+    if up.is_err() {
+        bail!(
+            "containerd's socket {} did not come up within {} s",
+            path.display(),
+            timeout.as_secs()
+        );
     }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ import ---

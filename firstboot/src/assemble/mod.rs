@@ -43,6 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::etcd::{self, EtcdMemberSpec};
 use crate::kube::{self, GeneratedFile, KubeInputs};
+use crate::net::tls_client;
 use crate::pki;
 use crate::run::{RunOptions, Step, StepContext};
 use crate::systemd;
@@ -409,7 +410,7 @@ pub fn wait_local_api(
         wait::read_rooted(root, paths::APISERVER_KUBELET_CLIENT_CRT)?,
         wait::read_rooted(root, paths::APISERVER_KUBELET_CLIENT_KEY)?
     );
-    let client = wait::https_client(&ca, Some(id), Duration::from_secs(5))?;
+    let client = tls_client(&ca, Some(&id), Duration::from_secs(5))?;
     wait_until(
         progress,
         &format!("the API server at {url}/readyz"),
@@ -504,7 +505,7 @@ pub fn wait_tls_bootstrap(
     progress: &Progress,
 ) -> Result<Duration> {
     let ca = wait::read_rooted(root, paths::CA_CRT)?;
-    let client = wait::https_client(&ca, None, Duration::from_secs(5))?;
+    let client = tls_client(&ca, None, Duration::from_secs(5))?;
     let kubelet_conf = rooted(root, paths::KUBELET_CONF);
     wait_until(
         progress,

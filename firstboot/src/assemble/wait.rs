@@ -3,9 +3,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
+use crate::net::error_chain;
 use crate::run::RunOptions;
+use nodeimage_core::retry::{self, Backoff, Deadline, Poll};
 
 /// How long and how often to wait for something.
 #[derive(Debug, Clone)]
@@ -94,57 +96,25 @@ pub fn wait_until(
     w: &WaitOptions,
     mut probe: impl FnMut() -> std::result::Result<(), String>,
 ) -> Result<Duration> {
-    let deadline = Instant::now() + w.deadline;
-    let mut backoff = w.initial_backoff;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let last = match probe() {
-            Ok(()) => return Ok(progress.elapsed()),
-            Err(e) => e,
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            bail!(
-                "timed out after {}s waiting for {what}; last: {last}",
-                progress.elapsed().as_secs()
-            );
+    let deadline = Deadline::after(w.deadline);
+    let mut backoff = Backoff::new(w.initial_backoff, w.max_backoff);
+    retry::wait_until(&deadline, &mut backoff, |attempt| match probe() {
+        Ok(()) => Poll::Ready(()),
+        Err(last) => {
+            if !deadline.expired() {
+                progress.waiting(what, attempt, &last);
+            }
+            Poll::Pending(last)
         }
-        progress.waiting(what, attempt, &last);
-        std::thread::sleep(backoff.min(deadline - now));
-        backoff = (backoff * 2).min(w.max_backoff);
-    }
-}
-
-/// An HTTPS client that trusts only `ca_pem`, optionally with a client identity.
-pub fn https_client(
-    ca_pem: &str,
-    identity_pem: Option<String>,
-    timeout: Duration,
-) -> Result<reqwest::blocking::Client> {
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the cluster CA")?;
-    let mut b = reqwest::blocking::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .timeout(timeout)
-        .no_proxy();
-    if let Some(id) = identity_pem {
-        b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).context("client identity")?);
-    }
-    b.build().context("building the HTTPS client")
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    })
+    .map_err(|t| {
+        anyhow!(
+            "timed out after {}s waiting for {what}; last: {}",
+            progress.elapsed().as_secs(),
+            t.last
+        )
+    })?;
+    Ok(progress.elapsed())
 }
 
 /// `GET {base}/readyz`: Ok on 200, else what the server (or the network) said.

@@ -2,7 +2,9 @@
 //! adding this member through a running member and starting it (see the module
 //! documentation of [`super`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
 use super::{etcd_env, ClusterState, EtcdApi, EtcdEnv, EtcdError, EtcdMemberSpec, Member};
 
@@ -116,20 +118,6 @@ pub enum JoinOutcome {
     },
 }
 
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn wait(&mut self, deadline: Instant) {
-        let now = Instant::now();
-        let d = self.next.min(deadline.saturating_duration_since(now));
-        std::thread::sleep(d);
-        self.next = (self.next * 2).min(self.max);
-    }
-}
-
 /// Bring this master's etcd member up: start a new cluster (bootstrap master), resume
 /// from data, or join the running cluster. Idempotent; safe to run again after a crash.
 pub fn join_cluster(
@@ -138,8 +126,7 @@ pub fn join_cluster(
     svc: &dyn EtcdService,
     opts: &JoinOptions,
 ) -> Result<JoinOutcome, EtcdError> {
-    let started = Instant::now();
-    let deadline = started + opts.deadline;
+    let deadline = Deadline::after(opts.deadline);
     let own = spec.client_url();
     if svc.is_running() && api.healthy(&own) {
         tracing::info!(member = %spec.name, "etcd already running and healthy");
@@ -154,7 +141,7 @@ pub fn join_cluster(
             ClusterState::Existing,
         );
         svc.start(&env)?;
-        wait_healthy(spec, api, svc, deadline, started)?;
+        wait_healthy(spec, api, svc, &deadline)?;
         return Ok(JoinOutcome::Resumed);
     }
     let others = spec.other_endpoints();
@@ -168,7 +155,7 @@ pub fn join_cluster(
                 let ic = format!("{}={}", spec.name, spec.peer_url());
                 tracing::info!(member = %spec.name, initial_cluster = %ic, "bootstrap master: starting a new etcd cluster");
                 svc.start(&etcd_env(spec, &ic, ClusterState::New))?;
-                wait_healthy(spec, api, svc, deadline, started)?;
+                wait_healthy(spec, api, svc, &deadline)?;
                 return Ok(JoinOutcome::NewCluster);
             }
             Some((ep, _)) => {
@@ -183,94 +170,138 @@ pub fn join_cluster(
         )));
     }
 
-    let mut backoff = Backoff {
-        next: opts.initial_backoff,
-        max: opts.max_backoff,
+    let mut join = Join {
+        spec,
+        api,
+        svc,
+        opts,
+        deadline,
+        others,
+        removed: None,
+        last: String::from("no member answered yet"),
     };
-    let mut removed: Option<u64> = None;
-    let mut last = String::from("no member answered yet");
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        if Instant::now() >= deadline {
-            return Err(EtcdError::Deadline {
-                waited: started.elapsed(),
-                doing: format!("joining etcd as {}", spec.name),
-                last,
-            });
-        }
+    let mut backoff = Backoff::new(opts.initial_backoff, opts.max_backoff);
+    match wait_until(&deadline, &mut backoff, |attempt| join.attempt(attempt)) {
+        Ok(outcome) => outcome,
+        Err(t) => Err(EtcdError::Deadline {
+            waited: deadline.elapsed(),
+            doing: format!("joining etcd as {}", spec.name),
+            last: t.last,
+        }),
+    }
+}
+
+/// The state of a join between its attempts.
+struct Join<'a> {
+    spec: &'a EtcdMemberSpec,
+    api: &'a dyn EtcdApi,
+    svc: &'a dyn EtcdService,
+    opts: &'a JoinOptions,
+    deadline: Deadline,
+    others: Vec<String>,
+    /// This node's stale member, once removed.
+    removed: Option<u64>,
+    /// Why the last attempt did not finish.
+    last: String,
+}
+
+/// What one join attempt yields: done (or failed for good), or retry with why not yet.
+type Attempt = Poll<Result<JoinOutcome, EtcdError>, String>;
+
+impl Join<'_> {
+    /// Ask a member for the list and take the step [`plan_join`] calls for. A refused
+    /// step backs off; a step that changed the cluster looks again at once.
+    fn attempt(&mut self, attempt: u32) -> Attempt {
+        let spec = self.spec;
         let mut answered = None;
-        for ep in &others {
-            match api.member_list(ep) {
+        for ep in &self.others {
+            match self.api.member_list(ep) {
                 Ok(m) => {
                     answered = Some((ep.clone(), m));
                     break;
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => self.last = e.to_string(),
             }
         }
         let Some((ep, members)) = answered else {
-            tracing::info!(member = %spec.name, attempt, waited_s = started.elapsed().as_secs(), last_error = %last, "waiting for an etcd member to answer");
-            backoff.wait(deadline);
-            continue;
+            tracing::info!(member = %spec.name, attempt, waited_s = self.deadline.elapsed().as_secs(), last_error = %self.last, "waiting for an etcd member to answer");
+            return self.pending();
         };
         let action = plan_join(&spec.name, &spec.peer_url(), &members, spec.has_data());
         tracing::info!(member = %spec.name, endpoint = %ep, members = members.len(), action = ?action_name(&action), "etcd member list");
-        let initial_cluster = match action {
+        match action {
             JoinAction::Remove { id } => {
                 tracing::info!(member = %spec.name, id = format!("{id:x}"), "removing this node's stale etcd member (data lost)");
-                match api.member_remove(&ep, id) {
-                    Ok(()) => removed = Some(id),
+                match self.api.member_remove(&ep, id) {
+                    Ok(()) => {
+                        self.removed = Some(id);
+                        self.again()
+                    }
                     Err(e) => {
                         tracing::info!(member = %spec.name, error = %e, "member remove refused; retrying");
-                        last = e.to_string();
-                        backoff.wait(deadline);
+                        self.last = e.to_string();
+                        self.pending()
                     }
                 }
-                continue;
             }
             JoinAction::Start { initial_cluster } => {
                 tracing::info!(member = %spec.name, "already a member that never started: starting");
-                svc.start(&etcd_env(spec, &initial_cluster, ClusterState::Existing))?;
-                if wait_healthy_for(spec, api, svc, deadline, opts.health_timeout)? {
-                    tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
-                    return Ok(match removed {
-                        Some(r) => JoinOutcome::Rejoined {
-                            removed: r,
-                            initial_cluster,
-                        },
-                        None => JoinOutcome::StartedUnstarted { initial_cluster },
-                    });
-                }
-                last = "started etcd did not become healthy".into();
-                continue;
+                self.start(initial_cluster, false)
             }
-            JoinAction::Add => match api.member_add(&ep, &[spec.peer_url()]) {
-                Ok(after) => initial_cluster(&after, &spec.name, &spec.peer_url()),
+            JoinAction::Add => match self.api.member_add(&ep, &[spec.peer_url()]) {
+                Ok(after) => {
+                    let ic = initial_cluster(&after, &spec.name, &spec.peer_url());
+                    tracing::info!(member = %spec.name, initial_cluster = %ic, "added to the etcd cluster: starting");
+                    // If etcd exits or stays unhealthy (e.g. the member list changed under a
+                    // concurrent add), the next attempt finds this member listed and starts
+                    // it with the current list.
+                    self.start(ic, true)
+                }
                 Err(e) => {
                     tracing::info!(member = %spec.name, attempt, error = %e, "member add refused (another member is joining?); backing off");
-                    last = e.to_string();
-                    backoff.wait(deadline);
-                    continue;
+                    self.last = e.to_string();
+                    self.pending()
                 }
             },
-        };
-        tracing::info!(member = %spec.name, initial_cluster = %initial_cluster, "added to the etcd cluster: starting");
-        svc.start(&etcd_env(spec, &initial_cluster, ClusterState::Existing))?;
-        if wait_healthy_for(spec, api, svc, deadline, opts.health_timeout)? {
-            tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
-            return Ok(match removed {
-                Some(r) => JoinOutcome::Rejoined {
-                    removed: r,
-                    initial_cluster,
-                },
-                None => JoinOutcome::Joined { initial_cluster },
-            });
         }
-        // etcd exited or stayed unhealthy (e.g. the member list changed under a concurrent
-        // add): look at the list again; this member is now listed and will be started
-        // with the current list.
-        last = "started etcd did not become healthy".into();
+    }
+
+    /// Start etcd as a member of the existing cluster and wait for it to be healthy.
+    fn start(&mut self, initial_cluster: String, added: bool) -> Attempt {
+        let spec = self.spec;
+        if let Err(e) = self
+            .svc
+            .start(&etcd_env(spec, &initial_cluster, ClusterState::Existing))
+        {
+            return Poll::Ready(Err(e));
+        }
+        if !wait_healthy_for(
+            spec,
+            self.api,
+            self.svc,
+            &self.deadline,
+            self.opts.health_timeout,
+        ) {
+            self.last = "started etcd did not become healthy".into();
+            return self.again();
+        }
+        tracing::info!(member = %spec.name, elapsed_ms = self.deadline.elapsed().as_millis() as u64, "etcd member healthy");
+        Poll::Ready(Ok(match (self.removed, added) {
+            (Some(removed), _) => JoinOutcome::Rejoined {
+                removed,
+                initial_cluster,
+            },
+            (None, true) => JoinOutcome::Joined { initial_cluster },
+            (None, false) => JoinOutcome::StartedUnstarted { initial_cluster },
+        }))
+    }
+
+    fn pending(&self) -> Attempt {
+        Poll::Pending(self.last.clone())
+    }
+
+    fn again(&self) -> Attempt {
+        Poll::Again(self.last.clone())
     }
 }
 
@@ -282,25 +313,19 @@ fn action_name(a: &JoinAction) -> &'static str {
     }
 }
 
+/// Wait until the member just started is healthy, up to the deadline.
 fn wait_healthy(
     spec: &EtcdMemberSpec,
     api: &dyn EtcdApi,
     svc: &dyn EtcdService,
-    deadline: Instant,
-    started: Instant,
+    deadline: &Deadline,
 ) -> Result<(), EtcdError> {
-    if wait_healthy_for(
-        spec,
-        api,
-        svc,
-        deadline,
-        deadline.saturating_duration_since(Instant::now()),
-    )? {
-        tracing::info!(member = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "etcd member healthy");
+    if wait_healthy_for(spec, api, svc, deadline, deadline.remaining()) {
+        tracing::info!(member = %spec.name, elapsed_ms = deadline.elapsed().as_millis() as u64, "etcd member healthy");
         Ok(())
     } else {
         Err(EtcdError::Deadline {
-            waited: started.elapsed(),
+            waited: deadline.elapsed(),
             doing: format!("waiting for etcd member {} to become healthy", spec.name),
             last: if svc.is_running() {
                 "not healthy".into()
@@ -311,36 +336,38 @@ fn wait_healthy(
     }
 }
 
-/// Poll the member's own /health. Ok(false) when etcd exited or `limit` passed.
+/// Poll the member's own /health every 200 ms. False when etcd exited or `limit` (or
+/// the deadline) passed.
 fn wait_healthy_for(
     spec: &EtcdMemberSpec,
     api: &dyn EtcdApi,
     svc: &dyn EtcdService,
-    deadline: Instant,
+    deadline: &Deadline,
     limit: Duration,
-) -> Result<bool, EtcdError> {
-    let until = (Instant::now() + limit).min(deadline);
+) -> bool {
     let own = spec.client_url();
     let mut exited_checks = 0;
-    loop {
-        if api.healthy(&own) {
-            return Ok(true);
-        }
-        if !svc.is_running() {
-            exited_checks += 1;
-            // systemd may be restarting it; a child process that exited stays exited.
-            if exited_checks >= 3 {
-                tracing::info!(member = %spec.name, "etcd is not running");
-                return Ok(false);
+    let polled = wait_until(
+        &deadline.within(limit),
+        &mut Backoff::constant(Duration::from_millis(200)),
+        |_| {
+            if api.healthy(&own) {
+                return Poll::Ready(true);
             }
-        } else {
-            exited_checks = 0;
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            if !svc.is_running() {
+                exited_checks += 1;
+                // systemd may be restarting it; a child process that exited stays exited.
+                if exited_checks >= 3 {
+                    tracing::info!(member = %spec.name, "etcd is not running");
+                    return Poll::Ready(false);
+                }
+            } else {
+                exited_checks = 0;
+            }
+            Poll::Pending(())
+        },
+    );
+    polled.unwrap_or(false)
 }
 
 #[cfg(test)]
