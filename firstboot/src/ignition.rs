@@ -112,8 +112,12 @@ pub enum IgnitionError {
         actual: String,
     },
     /// Writing failed; everything already written was rolled back.
-    #[error("Ignition: applying {path}: {message} (rolled back)")]
-    Apply { path: String, message: String },
+    #[error("Ignition: applying {path}: {error} (rolled back)")]
+    Apply {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 fn invalid(

@@ -66,7 +66,7 @@ fn main() {
         Command::StateSetup { rootmnt } => match firstboot::state::setup(&rootmnt) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("nodeimage: state setup failed: {e:#}");
+                eprintln!("nodeimage: state setup failed: {}", run::error_line(&e));
                 1
             }
         },
@@ -93,7 +93,7 @@ fn main() {
                 0
             }
             Err(e) => {
-                eprintln!("firstboot: approve-csrs: {e:#}");
+                eprintln!("firstboot: approve-csrs: {}", run::error_line(&e));
                 1
             }
         },
@@ -150,7 +150,7 @@ fn run_firstboot(args: &RunArgs) -> i32 {
             if status.state == "ok" {
                 if let Err(e) = run::mark_done(&opts.root) {
                     status.state = "failed".into();
-                    status.error = Some(format!("{e:#}"));
+                    status.error = Some(run::error_line(&e));
                 }
             }
             status
@@ -163,11 +163,11 @@ fn run_firstboot(args: &RunArgs) -> i32 {
             config_sha256: None,
             elapsed_ms: started.elapsed().as_millis(),
             steps: Vec::new(),
-            error: Some(format!("{e:#}")),
+            error: Some(run::error_line(&e)),
         },
     };
     if let Err(e) = run::write_status(&opts.root, &status) {
-        tracing::error!(error = %format!("{e:#}"), "could not write status.json");
+        tracing::error!(error = %run::error_line(&e), "could not write status.json");
     }
     run::announce(&opts, &run::console_line(&status));
     if status.state == "ok" {

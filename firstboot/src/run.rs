@@ -191,18 +191,18 @@ pub fn run_steps(
                 journal.done.insert(step.name.to_string(), digest.clone());
                 if let Err(e) = save_journal(&opts.root, &journal) {
                     status.state = "failed".into();
-                    status.error = Some(format!("{e:#}"));
+                    status.error = Some(error_line(&e));
                     break;
                 }
             }
             Err(e) => {
-                let msg = format!("step {}: {e:#}", step.name);
-                tracing::error!(step = step.name, error = %format!("{e:#}"), "step failed");
+                let msg = format!("step {}: {}", step.name, error_line(&e));
+                tracing::error!(step = step.name, error = %error_line(&e), "step failed");
                 status.steps.push(StepStatus {
                     name: step.name.into(),
                     state: "failed".into(),
                     ms: t.elapsed().as_millis(),
-                    detail: format!("{e:#}"),
+                    detail: error_line(&e),
                 });
                 status.state = "failed".into();
                 status.error = Some(msg);
@@ -212,6 +212,12 @@ pub fn run_steps(
     }
     status.elapsed_ms = started.elapsed().as_millis();
     status
+}
+
+/// An error and its causes on one line, each cause once: what status.json and the
+/// console say.
+pub fn error_line(e: &anyhow::Error) -> String {
+    nodeimage_core::errors::chain(e.as_ref())
 }
 
 /// Mark the run complete: firstboot never runs again on this node.

@@ -648,7 +648,7 @@ fn cluster_objects_step(c: &StepContext) -> Result<String> {
     )?;
     let labelled = label_nodes(&kubectl, &masters).unwrap_or_else(|e| {
         // The approver timer labels Nodes again every 30 seconds.
-        tracing::warn!(error = %format!("{e:#}"), "labelling nodes failed; the approver timer retries");
+        tracing::warn!(error = %crate::run::error_line(&e), "labelling nodes failed; the approver timer retries");
         0
     });
     systemd::enable_now(&[APPROVER_TIMER_UNIT])?;

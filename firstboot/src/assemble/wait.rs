@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::net::error_chain;
 use crate::run::RunOptions;
+use nodeimage_core::errors::chain as error_chain;
 use nodeimage_core::retry::{self, Backoff, Deadline, Poll};
 
 /// How long and how often to wait for something.

@@ -33,7 +33,8 @@ pub use systemd::SystemdEtcd;
 
 use std::time::Duration;
 
-use crate::net::{error_chain, TlsError};
+use crate::net::TlsError;
+use nodeimage_core::errors::chain as error_chain;
 use nodeimage_core::ports::PortsError;
 
 /// etcd client port as the port table has it (for tests and tools; a node takes its

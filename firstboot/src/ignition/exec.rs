@@ -44,9 +44,9 @@ impl Plan {
         let temps_of: BTreeMap<String, usize> = BTreeMap::new();
         let mut temps_of = temps_of;
 
-        let fail = |path: &str, e: std::io::Error| IgnitionError::Apply {
+        let fail = |path: &str, error: std::io::Error| IgnitionError::Apply {
             path: path.to_string(),
-            message: e.to_string(),
+            error,
         };
 
         // Phase 1: prepare.

@@ -12,7 +12,8 @@ use reqwest::Method;
 
 use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
-use super::{error_chain, NetError, Timeouts};
+use super::{NetError, Timeouts};
+use nodeimage_core::errors::chain as error_chain;
 
 /// An answer that is not retried (any status but 5xx and 429).
 #[derive(Debug)]

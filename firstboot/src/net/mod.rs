@@ -74,9 +74,3 @@ pub enum NetError {
         error: reqwest::Error,
     },
 }
-
-/// An error with its causes on one line (reqwest puts the useful part, "connection
-/// refused", "certificate unknown", in the causes).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    nodeimage_core::errors::chain(e)
-}
