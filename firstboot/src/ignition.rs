@@ -261,6 +261,19 @@ impl StagedIgnition {
         self.files.iter().map(|f| f.path.as_str()).collect()
     }
 
+    /// What the config holds, in counts (`3 files, 1 directories, …`), for `--dry-run`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} files, {} directories, {} links, {} units, {} users, {} groups",
+            self.files.len(),
+            self.directories.len(),
+            self.links.len(),
+            self.units.len(),
+            self.users.len(),
+            self.groups.len()
+        )
+    }
+
     /// Compute the writes against the tree under `root` without touching it.
     pub fn plan(&self, root: &std::path::Path) -> Result<Plan, IgnitionError> {
         apply::plan(self, root)

@@ -1,12 +1,10 @@
-//! Waiting with a deadline, backoff and progress lines; the API server probes.
+//! Waiting for something outside the node: a deadline, backoff and progress lines.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 
-use crate::run::RunOptions;
-use nodeimage_core::errors::chain as error_chain;
+use crate::step::RunOptions;
 use nodeimage_core::retry::{self, Backoff, Deadline, Poll};
 
 /// How long and how often to wait for something.
@@ -75,7 +73,7 @@ impl<'a> Progress<'a> {
         if due {
             self.last.set(Some(Instant::now()));
             if let Some(o) = self.opts {
-                crate::run::announce(
+                crate::step::announce(
                     o,
                     &format!(
                         "firstboot: {}: waiting {}s for {what}: {last}",
@@ -115,25 +113,6 @@ pub fn wait_until(
         )
     })?;
     Ok(progress.elapsed())
-}
-
-/// `GET {base}/readyz`: Ok on 200, else what the server (or the network) said.
-pub fn readyz(client: &reqwest::blocking::Client, base: &str) -> std::result::Result<(), String> {
-    match client.get(format!("{base}/readyz")).send() {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => {
-            let status = r.status();
-            let body: String = r.text().unwrap_or_default().chars().take(200).collect();
-            Err(format!("HTTP {status}: {}", body.trim()))
-        }
-        Err(e) => Err(error_chain(&e)),
-    }
-}
-
-/// Read a file under the root as text, naming it on error.
-pub fn read_rooted(root: &Path, node_path: &str) -> Result<String> {
-    let p = nodeimage_core::files::rooted(root, node_path);
-    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
 }
 
 #[cfg(test)]
