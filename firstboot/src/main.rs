@@ -128,11 +128,9 @@ fn init_tracing() {
 fn run_firstboot(args: &RunArgs) -> i32 {
     let started = Instant::now();
     let mut opts = RunOptions {
-        live: args.root == std::path::Path::new("/"),
-        root: args.root.clone(),
-        platform: None,
         config_file: args.config.clone(),
         metadata_url: args.metadata_url.clone(),
+        ..RunOptions::for_root(&args.root)
     };
     if args.dry_run {
         return dry_run(args, opts);

@@ -2,7 +2,6 @@
 //! asks each in turn, classifies what it finds ([`super::userdata`]) and stages an
 //! Ignition config ([`crate::ignition::stage`]). Nothing is written.
 
-use std::path::Path;
 use std::time::Instant;
 
 use nodeimage_core::config::{NodeConfig, NODE_CONFIG_IGNITION_PATH};
@@ -112,15 +111,6 @@ pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
         }
     }
     Err(SourceError::NoSource { platform, attempts })
-}
-
-/// [`SourceContext::from_system`] and [`acquire`] in one call: what
-/// `firstboot --root DIR [--platform X]` needs.
-pub fn acquire_from_system(
-    root: &Path,
-    platform_override: Option<Platform>,
-) -> Result<Acquired, SourceError> {
-    acquire(&SourceContext::from_system(root, platform_override)?)
 }
 
 /// The node config the user data carries, and the staged Ignition config when it is one

@@ -114,10 +114,6 @@ impl IsoFs {
         Ok(fs)
     }
 
-    pub fn name_space(&self) -> NameSpace {
-        self.names
-    }
-
     fn root_has_rock_ridge(&self) -> io::Result<bool> {
         // The root's "." record carries SUSP "SP" and, with Rock Ridge, "RR"/"PX" entries;
         // a cheap and sufficient test is any NM entry on a child record.

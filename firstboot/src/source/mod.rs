@@ -102,7 +102,7 @@ use crate::net::NetError;
 use nodeimage_core::config::{ConfigError, NodeConfig};
 
 pub use crate::net::Timeouts;
-pub use acquire::{acquire, acquire_from_system, source_order};
+pub use acquire::{acquire, source_order};
 pub use blockdev::{DeviceSet, Volume};
 pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
 pub use dmi::detect_from_dmi;
