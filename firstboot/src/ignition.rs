@@ -107,7 +107,7 @@ pub enum IgnitionError {
     HashMismatch {
         source_name: String,
         what: String,
-        algorithm: String,
+        algorithm: &'static str,
         expected: String,
         actual: String,
     },

@@ -107,9 +107,9 @@ fn verify_hash(
             format!("expected sha512-<hex> or sha256-<hex>, found `{spec}`"),
         )
     })?;
-    let actual = match algo {
-        "sha512" => hex::encode(Sha512::digest(data)),
-        "sha256" => hex::encode(Sha256::digest(data)),
+    let (algorithm, actual) = match algo {
+        "sha512" => ("sha512", hex::encode(Sha512::digest(data))),
+        "sha256" => ("sha256", hex::encode(Sha256::digest(data))),
         _ => {
             return Err(invalid(
                 source_name,
@@ -127,7 +127,7 @@ fn verify_hash(
         return Err(IgnitionError::HashMismatch {
             source_name: source_name.into(),
             what: shown,
-            algorithm: algo.into(),
+            algorithm,
             expected: expected.to_ascii_lowercase(),
             actual,
         });

@@ -121,7 +121,7 @@ fn interpret(
     ctx: &SourceContext,
 ) -> Result<(NodeConfig, Option<StagedIgnition>), SourceError> {
     match userdata::classify(source_name, data)? {
-        UserData::NodeConfig(nc) => Ok((nc, None)),
+        UserData::NodeConfig(nc) => Ok((*nc, None)),
         UserData::Ignition(raw) => {
             let staged = crate::ignition::stage(source_name, &raw, ctx.timeouts)?;
             let nc = node_config_in(source_name, &staged)?;

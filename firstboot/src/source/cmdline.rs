@@ -186,7 +186,7 @@ impl DataSource for ConfigUrlSource {
                 return Err(SourceError::HashMismatch {
                     source_name: SOURCE_NAME.into(),
                     what: self.url.clone(),
-                    algorithm: "sha256".into(),
+                    algorithm: "sha256",
                     expected: expected.clone(),
                     actual,
                 });

@@ -323,7 +323,7 @@ pub enum SourceError {
     HashMismatch {
         source_name: String,
         what: String,
-        algorithm: String,
+        algorithm: &'static str,
         expected: String,
         actual: String,
     },
@@ -336,7 +336,7 @@ pub enum SourceError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Ignition(#[from] IgnitionError),
+    Ignition(Box<IgnitionError>),
     /// A kernel argument or flag is malformed.
     #[error("{0}")]
     Invalid(String),
@@ -355,6 +355,12 @@ fn format_attempts(a: &[Attempt]) -> String {
         .map(|a| format!("{} ({})", a.source, a.outcome))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+impl From<IgnitionError> for SourceError {
+    fn from(e: IgnitionError) -> Self {
+        SourceError::Ignition(Box::new(e))
+    }
 }
 
 impl From<NetError> for SourceError {

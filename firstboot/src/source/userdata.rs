@@ -92,7 +92,7 @@ pub fn decompress(source_name: &str, data: &[u8]) -> Result<Vec<u8>, SourceError
 #[derive(Debug)]
 pub enum UserData {
     /// A native node config, parsed.
-    NodeConfig(NodeConfig),
+    NodeConfig(Box<NodeConfig>),
     /// An Ignition config (decompressed, not parsed yet): staging it fetches and
     /// validates it ([`crate::ignition::stage`]).
     Ignition(Vec<u8>),
@@ -110,7 +110,10 @@ pub fn classify(source_name: &str, data: &[u8]) -> Result<UserData, SourceError>
                 Ok(serde_yaml::Value::Mapping(_)) | Err(_) => {}
                 Ok(_) => return Err(SourceError::format(source_name, format!("user data is not a YAML mapping; {EXPECTED}"))),
             }
-            Ok(UserData::NodeConfig(NodeConfig::parse(source_name, text)?))
+            Ok(UserData::NodeConfig(Box::new(NodeConfig::parse(
+                source_name,
+                text,
+            )?)))
         }
         UserDataKind::Ignition => Ok(UserData::Ignition(data)),
         UserDataKind::CloudConfig => Err(SourceError::format(
