@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use crate::containerd;
 use crate::ignition::StagedIgnition;
 use crate::preflight::{self, Check};
-use crate::step::{RunOptions, Step, StepContext};
+use crate::step::{FnStep, RunOptions, Step, StepContext};
 use nodeimage_core::config::NodeConfig;
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::images::BakedImages;
@@ -17,92 +17,68 @@ use nodeimage_core::ports::PortPolicy;
 pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
 
 /// Nothing is changed before the host is known to meet the requirements.
-pub struct Preflight;
+pub const PREFLIGHT: FnStep = FnStep::new("preflight", preflight_plan, |c| {
+    apply_preflight(c.opts, c.config)
+});
 
-impl Step for Preflight {
-    fn name(&self) -> &'static str {
-        "preflight"
+fn preflight_plan(c: &StepContext) -> String {
+    let s = &c.config.preflight;
+    let checks: Vec<&str> = Check::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|n| !s.skip.iter().any(|k| k == n))
+        .collect();
+    let mut limits = Vec::new();
+    if checks.contains(&Check::Memory.name()) {
+        limits.push(format!("at least {} MiB of memory", s.min_memory_mib));
     }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let s = &c.config.preflight;
-        let checks: Vec<&str> = Check::ALL
-            .iter()
-            .map(|k| k.name())
-            .filter(|n| !s.skip.iter().any(|k| k == n))
-            .collect();
-        let mut limits = Vec::new();
-        if checks.contains(&Check::Memory.name()) {
-            limits.push(format!("at least {} MiB of memory", s.min_memory_mib));
-        }
-        if checks.contains(&Check::Disk.name()) {
-            limits.push(format!("{} GiB free for /var", s.min_disk_gib));
-        }
-        let mut line = format!("check {}", checks.join(", "));
-        if !limits.is_empty() {
-            line.push_str(&format!(" ({})", limits.join(", ")));
-        }
-        if !s.skip.is_empty() {
-            line.push_str(&format!("; skip {}", s.skip.join(", ")));
-        }
-        line
+    if checks.contains(&Check::Disk.name()) {
+        limits.push(format!("{} GiB free for /var", s.min_disk_gib));
     }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        apply_preflight(c.opts, c.config)
+    let mut line = format!("check {}", checks.join(", "));
+    if !limits.is_empty() {
+        line.push_str(&format!(" ({})", limits.join(", ")));
     }
+    if !s.skip.is_empty() {
+        line.push_str(&format!("; skip {}", s.skip.join(", ")));
+    }
+    line
 }
 
 /// The firewall is up before any component listens.
-pub struct Firewall;
+pub const FIREWALL: FnStep = FnStep::new("firewall", firewall_plan, |c| {
+    apply_firewall(c.opts, c.config)
+});
 
-impl Step for Firewall {
-    fn name(&self) -> &'static str {
-        "firewall"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        match PortPolicy::for_node(c.config) {
-            Ok(p) => format!(
-                "write {} rules to {FIREWALL_RULESET}{}",
-                p.rules.len(),
-                if c.opts.live {
-                    " and load them"
-                } else {
-                    " (not loaded: not live)"
-                }
-            ),
-            Err(e) => format!("render the ruleset; it would fail: {e}"),
-        }
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        apply_firewall(c.opts, c.config)
+fn firewall_plan(c: &StepContext) -> String {
+    match PortPolicy::for_node(c.config) {
+        Ok(p) => format!(
+            "write {} rules to {FIREWALL_RULESET}{}",
+            p.rules.len(),
+            if c.opts.live {
+                " and load them"
+            } else {
+                " (not loaded: not live)"
+            }
+        ),
+        Err(e) => format!("render the ruleset; it would fail: {e}"),
     }
 }
 
-pub struct Hostname;
+pub const HOSTNAME: FnStep = FnStep::new("hostname", hostname_plan, |c| {
+    apply_hostname(c.opts, c.hostname)
+});
 
-impl Step for Hostname {
-    fn name(&self) -> &'static str {
-        "hostname"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        format!(
-            "set the hostname to {} in /etc/hostname{}",
-            c.hostname,
-            if c.opts.live {
-                " and in the kernel"
-            } else {
-                ""
-            }
-        )
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        apply_hostname(c.opts, c.hostname)
-    }
+fn hostname_plan(c: &StepContext) -> String {
+    format!(
+        "set the hostname to {} in /etc/hostname{}",
+        c.hostname,
+        if c.opts.live {
+            " and in the kernel"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The Ignition config a data source staged.
@@ -133,83 +109,58 @@ impl Step for Ignition<'_> {
     }
 }
 
-pub struct Files;
+pub const FILES: FnStep = FnStep::new("files", files_plan, |c| apply_files(c.opts, c.config));
 
-impl Step for Files {
-    fn name(&self) -> &'static str {
-        "files"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let paths: Vec<&str> = c.config.files.iter().map(|f| f.path.as_str()).collect();
-        if paths.is_empty() {
-            "no files to write".into()
-        } else {
-            format!("write {} files: {}", paths.len(), paths.join(", "))
-        }
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        apply_files(c.opts, c.config)
+fn files_plan(c: &StepContext) -> String {
+    let paths: Vec<&str> = c.config.files.iter().map(|f| f.path.as_str()).collect();
+    if paths.is_empty() {
+        "no files to write".into()
+    } else {
+        format!("write {} files: {}", paths.len(), paths.join(", "))
     }
 }
 
-pub struct ContainerdConfig;
-
-impl Step for ContainerdConfig {
-    fn name(&self) -> &'static str {
-        "containerd-config"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let mirrors = c.config.cluster.registry_mirrors.len();
-        if c.opts.live {
-            format!(
-                "write {} for the installed containerd and {mirrors} registry mirror host(s); \
-                 restart containerd if that changed anything",
-                containerd::CONFIG_PATH
-            )
-        } else {
-            format!(
-                "write {} (config version 3) and {mirrors} registry mirror host(s) \
-                 (not restarted: not live)",
-                containerd::CONFIG_PATH
-            )
-        }
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
+pub const CONTAINERD_CONFIG: FnStep =
+    FnStep::new("containerd-config", containerd_config_plan, |c| {
         containerd::write_config(&c.opts.root, c.config, c.opts.live)
+    });
+
+fn containerd_config_plan(c: &StepContext) -> String {
+    let mirrors = c.config.cluster.registry_mirrors.len();
+    if c.opts.live {
+        format!(
+            "write {} for the installed containerd and {mirrors} registry mirror host(s); \
+             restart containerd if that changed anything",
+            containerd::CONFIG_PATH
+        )
+    } else {
+        format!(
+            "write {} (config version 3) and {mirrors} registry mirror host(s) \
+             (not restarted: not live)",
+            containerd::CONFIG_PATH
+        )
     }
 }
 
-pub struct Images;
+pub const IMAGES: FnStep = FnStep::new("images", images_plan, |c| {
+    containerd::import_images(&c.opts.root, c.opts.live, c.config.role)
+});
 
-impl Step for Images {
-    fn name(&self) -> &'static str {
-        "images"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let role = c.config.role;
-        match BakedImages::load(&c.opts.root) {
-            Ok(None) => "no baked images: nothing to import".into(),
-            Ok(Some(b)) if c.opts.live => format!(
-                "import the {} baked image(s) for {role} into containerd's {} namespace \
-                 (those present are kept)",
-                b.for_role(role).count(),
-                containerd::K8S_NAMESPACE
-            ),
-            Ok(Some(b)) => format!(
-                "check the {} image archive(s) for {role} (not live: nothing imported)",
-                b.for_role(role).count()
-            ),
-            Err(e) => format!("read images.json; it would fail: {e}"),
-        }
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        containerd::import_images(&c.opts.root, c.opts.live, c.config.role)
+fn images_plan(c: &StepContext) -> String {
+    let role = c.config.role;
+    match BakedImages::load(&c.opts.root) {
+        Ok(None) => "no baked images: nothing to import".into(),
+        Ok(Some(b)) if c.opts.live => format!(
+            "import the {} baked image(s) for {role} into containerd's {} namespace \
+             (those present are kept)",
+            b.for_role(role).count(),
+            containerd::K8S_NAMESPACE
+        ),
+        Ok(Some(b)) => format!(
+            "check the {} image archive(s) for {role} (not live: nothing imported)",
+            b.for_role(role).count()
+        ),
+        Err(e) => format!("read images.json; it would fail: {e}"),
     }
 }
 

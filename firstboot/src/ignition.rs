@@ -62,7 +62,7 @@ mod validate;
 use ignition_config::v3_6;
 use serde_json::Value;
 
-use crate::net::{NetError, Timeouts};
+use crate::net::{HashMismatch, NetError, Timeouts};
 
 use fetch::Fetcher;
 
@@ -103,14 +103,8 @@ pub enum IgnitionError {
     #[error(transparent)]
     Fetch(#[from] NetError),
     /// Fetched contents do not match their `verification.hash`.
-    #[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
-    HashMismatch {
-        source_name: String,
-        what: String,
-        algorithm: &'static str,
-        expected: String,
-        actual: String,
-    },
+    #[error(transparent)]
+    HashMismatch(HashMismatch),
     /// Writing failed; everything already written was rolled back.
     #[error("Ignition: applying {path}: {error} (rolled back)")]
     Apply {
@@ -211,6 +205,10 @@ pub struct StagedIgnition {
     node_config: Option<Vec<u8>>,
 }
 
+fn names<'a, T>(items: &'a [T], name: fn(&'a T) -> &'a String) -> Vec<&'a str> {
+    items.iter().map(|i| name(i).as_str()).collect()
+}
+
 impl std::fmt::Debug for StagedIgnition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StagedIgnition")
@@ -220,30 +218,9 @@ impl std::fmt::Debug for StagedIgnition {
             .field("files", &self.file_paths())
             .field("directories", &self.directories.len())
             .field("links", &self.links.len())
-            .field(
-                "units",
-                &self
-                    .units
-                    .iter()
-                    .map(|u| u.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .field(
-                "users",
-                &self
-                    .users
-                    .iter()
-                    .map(|u| u.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .field(
-                "groups",
-                &self
-                    .groups
-                    .iter()
-                    .map(|g| g.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("units", &names(&self.units, |u| &u.name))
+            .field("users", &names(&self.users, |u| &u.name))
+            .field("groups", &names(&self.groups, |g| &g.name))
             .field("node_config", &self.node_config.is_some())
             .finish()
     }

@@ -185,16 +185,16 @@ pub fn steps_for<'a>(
     ignition: Option<&'a StagedIgnition>,
 ) -> Vec<Box<dyn Step + 'a>> {
     let mut steps: Vec<Box<dyn Step + 'a>> = vec![
-        Box::new(host::Preflight),
-        Box::new(host::Firewall),
-        Box::new(host::Hostname),
+        Box::new(host::PREFLIGHT),
+        Box::new(host::FIREWALL),
+        Box::new(host::HOSTNAME),
     ];
     if let Some(staged) = ignition {
         steps.push(Box::new(host::Ignition(staged)));
     }
-    steps.push(Box::new(host::Files));
-    steps.push(Box::new(host::ContainerdConfig));
-    steps.push(Box::new(host::Images));
+    steps.push(Box::new(host::FILES));
+    steps.push(Box::new(host::CONTAINERD_CONFIG));
+    steps.push(Box::new(host::IMAGES));
     if config.join {
         steps.extend(crate::assemble::steps(config));
     }
@@ -464,21 +464,14 @@ mod tests {
         let plan = dry_run(&opts, &a);
         let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
-            names,
-            [
-                "preflight",
-                "firewall",
-                "hostname",
-                "files",
-                "containerd-config",
-                "images"
-            ]
+            names.join(" "),
+            "preflight firewall hostname files containerd-config images"
         );
         assert!(plan.iter().all(|p| !p.done && !p.would.is_empty()));
         assert_eq!(plan[3].would, "write 1 files: /etc/demo/motd");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
         // A step the journal has for this config is shown as done.
-        let steps: Vec<Box<dyn Step>> = vec![Box::new(host::Files)];
+        let steps: Vec<Box<dyn Step>> = vec![Box::new(host::FILES)];
         assert_eq!(
             run_steps(&opts, &a, &steps, Instant::now()).state,
             RunState::Ok

@@ -63,6 +63,39 @@ pub trait Step {
     fn apply(&self, c: &StepContext) -> Result<String>;
 }
 
+/// A step made of two functions, its plan and its work: most steps need nothing but the
+/// context.
+#[derive(Clone, Copy)]
+pub struct FnStep {
+    pub name: &'static str,
+    pub plan: fn(&StepContext) -> String,
+    pub apply: fn(&StepContext) -> Result<String>,
+}
+
+impl FnStep {
+    pub const fn new(
+        name: &'static str,
+        plan: fn(&StepContext) -> String,
+        apply: fn(&StepContext) -> Result<String>,
+    ) -> Self {
+        FnStep { name, plan, apply }
+    }
+}
+
+impl Step for FnStep {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn plan(&self, c: &StepContext) -> String {
+        (self.plan)(c)
+    }
+
+    fn apply(&self, c: &StepContext) -> Result<String> {
+        (self.apply)(c)
+    }
+}
+
 /// Print a console line to stdout and, on a live node, to the kernel log (which reaches
 /// the console reliably even when a getty owns the serial line).
 pub fn announce(opts: &RunOptions, line: &str) {

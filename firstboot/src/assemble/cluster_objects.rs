@@ -19,34 +19,28 @@ use super::node::{
 use super::wait::{Progress, WaitOptions};
 use crate::kube::{self, GeneratedFile, KubeInputs};
 use crate::pki;
-use crate::step::{Step, StepContext};
+use crate::step::{FnStep, StepContext};
 use crate::systemd;
 use nodeimage_core::config::NodeConfig;
 use nodeimage_core::layout::paths;
 
-pub struct ClusterObjects;
+pub const CLUSTER_OBJECTS: FnStep = FnStep::new(
+    "cluster-objects",
+    cluster_objects_plan,
+    cluster_objects_step,
+);
 
-impl Step for ClusterObjects {
-    fn name(&self) -> &'static str {
-        "cluster-objects"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        format!(
-            "write the cluster manifests under {MANIFESTS_APPLIED_DIR} and the CSR approver's \
-             units{}",
-            if c.opts.live {
-                "; once the API answers, apply them with kubectl, label the Nodes and start the \
-                 approver timer"
-            } else {
-                " (not applied: not live)"
-            }
-        )
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        cluster_objects_step(c)
-    }
+fn cluster_objects_plan(c: &StepContext) -> String {
+    format!(
+        "write the cluster manifests under {MANIFESTS_APPLIED_DIR} and the CSR approver's \
+         units{}",
+        if c.opts.live {
+            "; once the API answers, apply them with kubectl, label the Nodes and start the \
+             approver timer"
+        } else {
+            " (not applied: not live)"
+        }
+    )
 }
 
 /// The bootstrap master's manifests in apply order: bootstrap token, RBAC (with the

@@ -10,33 +10,23 @@ use super::node::{files_detail, inputs, node_address, require_binaries, write_ch
 use super::node::{NODE_BINARIES, NODE_UNITS, NOT_LIVE};
 use super::wait::{Progress, WaitOptions};
 use crate::kube::{self, GeneratedFile};
-use crate::step::{Step, StepContext};
+use crate::step::{FnStep, StepContext};
 use crate::systemd;
 use nodeimage_core::config::Role;
 use nodeimage_core::layout::paths;
 
-pub struct Kubelet;
+pub const KUBELET: FnStep = FnStep::new("kubelet", kubelet_plan, kubelet_step);
 
-impl Step for Kubelet {
-    fn name(&self) -> &'static str {
-        "kubelet"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let mut s = "write the kubelet and kube-proxy units, configs and credentials".to_string();
-        match (c.opts.live, c.config.role) {
-            (false, _) => s.push_str(" (not started: not live)"),
-            (true, Role::Master) => s.push_str("; start them"),
-            (true, Role::Worker) => {
-                s.push_str("; start them and wait up to 30 min for the kubelet's TLS bootstrap")
-            }
+fn kubelet_plan(c: &StepContext) -> String {
+    let mut s = "write the kubelet and kube-proxy units, configs and credentials".to_string();
+    match (c.opts.live, c.config.role) {
+        (false, _) => s.push_str(" (not started: not live)"),
+        (true, Role::Master) => s.push_str("; start them"),
+        (true, Role::Worker) => {
+            s.push_str("; start them and wait up to 30 min for the kubelet's TLS bootstrap")
         }
-        s
     }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        kubelet_step(c)
-    }
+    s
 }
 
 /// Every node: KubeletConfiguration, kubelet and kube-proxy units and credentials (a

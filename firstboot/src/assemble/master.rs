@@ -15,89 +15,60 @@ use super::wait::{Progress, WaitOptions};
 use crate::etcd::{self, EtcdMemberSpec};
 use crate::kube::{self, GeneratedFile};
 use crate::pki;
-use crate::step::{Step, StepContext};
+use crate::step::{FnStep, StepContext};
 use crate::systemd;
 use nodeimage_core::layout::paths;
 
 /// Masters: CA files and every certificate this master needs, kept while valid.
-pub struct Pki;
+pub const PKI: FnStep = FnStep::new("pki", pki_plan, pki_step);
 
-impl Step for Pki {
-    fn name(&self) -> &'static str {
-        "pki"
-    }
-
-    fn plan(&self, _: &StepContext) -> String {
-        "write the CA files and this master's certificates and kubeconfigs under \
-         /etc/kubernetes (kept while valid)"
-            .into()
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        pki_step(c)
-    }
+fn pki_plan(_: &StepContext) -> String {
+    "write the CA files and this master's certificates and kubeconfigs under \
+     /etc/kubernetes (kept while valid)"
+        .into()
 }
 
 /// Masters: this master's stacked etcd member, or the external etcd's client
 /// certificates.
-pub struct Etcd;
+pub const ETCD: FnStep = FnStep::new("etcd", etcd_plan, etcd_step);
 
-impl Step for Etcd {
-    fn name(&self) -> &'static str {
-        "etcd"
+fn etcd_plan(c: &StepContext) -> String {
+    let cfg = c.config;
+    if let Some(ext) = &cfg.cluster.etcd {
+        return format!(
+            "write the client certificates of the external etcd ({}); no local member",
+            ext.endpoints.join(",")
+        );
     }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let cfg = c.config;
-        if let Some(ext) = &cfg.cluster.etcd {
-            return format!(
-                "write the client certificates of the external etcd ({}); no local member",
-                ext.endpoints.join(",")
-            );
-        }
-        let mut s = if cfg.bootstrap {
-            format!("start a new etcd cluster with member {}", c.hostname)
-        } else {
-            format!(
-                "join the etcd cluster of the masters {} as {}",
-                cfg.cluster.masters.join(", "),
-                c.hostname
-            )
-        };
-        if !c.opts.live {
-            s.push_str(" (not live: unit and environment written, nothing started or contacted)");
-        }
-        s
+    let mut s = if cfg.bootstrap {
+        format!("start a new etcd cluster with member {}", c.hostname)
+    } else {
+        format!(
+            "join the etcd cluster of the masters {} as {}",
+            cfg.cluster.masters.join(", "),
+            c.hostname
+        )
+    };
+    if !c.opts.live {
+        s.push_str(" (not live: unit and environment written, nothing started or contacted)");
     }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        etcd_step(c)
-    }
+    s
 }
 
 /// Masters: kube-apiserver, kube-controller-manager and kube-scheduler.
-pub struct ControlPlane;
+pub const CONTROL_PLANE: FnStep =
+    FnStep::new("control-plane", control_plane_plan, control_plane_step);
 
-impl Step for ControlPlane {
-    fn name(&self) -> &'static str {
-        "control-plane"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        format!(
-            "write the units and files of {}{}",
-            CONTROL_PLANE_UNITS.join(", "),
-            if c.opts.live {
-                "; start them and wait up to 10 min for the API's /readyz"
-            } else {
-                " (not started: not live)"
-            }
-        )
-    }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        control_plane_step(c)
-    }
+fn control_plane_plan(c: &StepContext) -> String {
+    format!(
+        "write the units and files of {}{}",
+        CONTROL_PLANE_UNITS.join(", "),
+        if c.opts.live {
+            "; start them and wait up to 10 min for the API's /readyz"
+        } else {
+            " (not started: not live)"
+        }
+    )
 }
 
 /// Masters: CA files and every certificate this master needs, kept while valid.

@@ -30,7 +30,7 @@ pub use address::{
     pick_address, NodeAddress,
 };
 pub use api::{readyz, wait_local_api, wait_tls_bootstrap};
-pub use cluster_objects::{bootstrap_manifests, ClusterObjects};
+pub use cluster_objects::{bootstrap_manifests, CLUSTER_OBJECTS};
 pub use images::{
     needed_images, parse_images_json, resolve_images, ImageEntry, ImageKey, IMAGES_JSON, IMAGE_KEYS,
 };
@@ -40,12 +40,12 @@ pub use kubectl::{
     APPROVER_SERVICE, APPROVER_TIMER, APPROVER_TIMER_UNIT, CLUSTER_ROLES_FILE, CSR_APPROVER_CONF,
     CSR_APPROVER_USER, FIELD_MANAGER, KUBECTL,
 };
-pub use kubelet::Kubelet;
-pub use master::{ControlPlane, Etcd, Pki};
+pub use kubelet::KUBELET;
+pub use master::{CONTROL_PLANE, ETCD, PKI};
 pub use node::{
-    require_binaries, required_binaries, write_changed, JoinCheck, APISERVER_UNIT,
-    CONTROL_PLANE_BINARIES, CONTROL_PLANE_UNITS, ETCD_BIN, FIRSTBOOT_BIN, MANIFESTS_APPLIED_DIR,
-    NODE_BINARIES, NODE_UNITS, NOT_LIVE,
+    require_binaries, required_binaries, write_changed, APISERVER_UNIT, CONTROL_PLANE_BINARIES,
+    CONTROL_PLANE_UNITS, ETCD_BIN, FIRSTBOOT_BIN, JOIN_CHECK, MANIFESTS_APPLIED_DIR, NODE_BINARIES,
+    NODE_UNITS, NOT_LIVE,
 };
 pub use wait::{wait_until, Progress, WaitOptions};
 
@@ -56,15 +56,15 @@ use nodeimage_core::config::{NodeConfig, Role};
 
 /// The ordered cluster steps for this node's role.
 pub fn steps<'a>(config: &NodeConfig) -> Vec<Box<dyn Step + 'a>> {
-    let mut v: Vec<Box<dyn Step + 'a>> = vec![Box::new(JoinCheck)];
+    let mut v: Vec<Box<dyn Step + 'a>> = vec![Box::new(JOIN_CHECK)];
     if config.role == Role::Master {
-        v.push(Box::new(Pki));
-        v.push(Box::new(Etcd));
-        v.push(Box::new(ControlPlane));
+        v.push(Box::new(PKI));
+        v.push(Box::new(ETCD));
+        v.push(Box::new(CONTROL_PLANE));
     }
-    v.push(Box::new(Kubelet));
+    v.push(Box::new(KUBELET));
     if config.is_bootstrap_master() {
-        v.push(Box::new(ClusterObjects));
+        v.push(Box::new(CLUSTER_OBJECTS));
     }
     v
 }

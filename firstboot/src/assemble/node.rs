@@ -11,7 +11,7 @@ use super::images::resolve_images;
 use super::kubectl::KUBECTL;
 use crate::kube::{self, GeneratedFile, KubeInputs};
 use crate::pki;
-use crate::step::{Step, StepContext};
+use crate::step::{FnStep, StepContext};
 use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 
@@ -147,34 +147,24 @@ pub(super) fn master_secrets(cfg: &NodeConfig) -> Result<pki::MasterSecrets> {
 
 /// All nodes: the join secrets, the internal address, the binaries and (bootstrap
 /// master) the manifests' images, before anything is changed.
-pub struct JoinCheck;
+pub const JOIN_CHECK: FnStep = FnStep::new("join-check", join_check_plan, join_check);
 
-impl Step for JoinCheck {
-    fn name(&self) -> &'static str {
-        "join-check"
-    }
-
-    fn plan(&self, c: &StepContext) -> String {
-        let cfg = c.config;
-        let mut s = format!(
-            "check the join secrets, the internal address and the {} binaries of a {}{}",
-            required_binaries(cfg).len(),
-            cfg.role,
-            if cfg.is_bootstrap_master() {
-                " (bootstrap)"
-            } else {
-                ""
-            }
-        );
+fn join_check_plan(c: &StepContext) -> String {
+    let cfg = c.config;
+    let mut s = format!(
+        "check the join secrets, the internal address and the {} binaries of a {}{}",
+        required_binaries(cfg).len(),
+        cfg.role,
         if cfg.is_bootstrap_master() {
-            s.push_str(", and the manifests' images");
+            " (bootstrap)"
+        } else {
+            ""
         }
-        s
+    );
+    if cfg.is_bootstrap_master() {
+        s.push_str(", and the manifests' images");
     }
-
-    fn apply(&self, c: &StepContext) -> Result<String> {
-        join_check(c)
-    }
+    s
 }
 
 /// All nodes: the join secrets, the internal address, the binaries and (bootstrap

@@ -490,6 +490,17 @@ fn default_home(name: &str) -> String {
     }
 }
 
+/// The member list (fourth field) of a group or gshadow line, which is padded to four
+/// fields.
+fn members_of(line: &mut Vec<String>) -> Vec<String> {
+    line.resize(line.len().max(4), String::new());
+    line[3]
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Add `user` to the member lists of `groups` (group and gshadow). Returns whether
 /// anything changed.
 fn add_to_groups(
@@ -506,27 +517,15 @@ fn add_to_groups(
         let line = table
             .find_mut(g)
             .ok_or_else(|| conflict(what, format!("group `{g}` does not exist")))?;
-        line.resize(line.len().max(4), String::new());
-        let mut members: Vec<String> = line[3]
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
+        let mut members = members_of(line);
         if !members.iter().any(|m| m == user) {
             members.push(user.to_string());
             line[3] = members.join(",");
             changed = true;
-            if let Some(gs) = a.gshadow.as_mut() {
-                if let Some(l) = gs.find_mut(g) {
-                    l.resize(l.len().max(4), String::new());
-                    let mut m: Vec<String> = l[3]
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    m.push(user.to_string());
-                    l[3] = m.join(",");
-                }
+            if let Some(l) = a.gshadow.as_mut().and_then(|gs| gs.find_mut(g)) {
+                let mut m = members_of(l);
+                m.push(user.to_string());
+                l[3] = m.join(",");
             }
         }
     }

@@ -75,14 +75,8 @@ impl Plan {
                         step.temp = Some(temp.clone());
                         steps.push(step);
                         write_temp(&temp, data, *mode).map_err(|e| fail(path, e))?;
-                        if let Some((u, g)) = owner {
-                            if chown {
-                                std::os::unix::fs::chown(&temp, *u, *g)
-                                    .map_err(|e| fail(path, e))?;
-                            } else if !owned_by_us(&(*u, *g)) {
-                                report.ownership_skipped.push(path.clone());
-                            }
-                        }
+                        set_owner(&temp, owner, path, chown, Follow::Yes, &mut report)
+                            .map_err(|e| fail(path, e))?;
                         temps_of.insert(path.clone(), i);
                         continue;
                     }
@@ -94,14 +88,8 @@ impl Plan {
                         step.temp = Some(temp.clone());
                         steps.push(step);
                         std::os::unix::fs::symlink(target, &temp).map_err(|e| fail(path, e))?;
-                        if let Some((u, g)) = owner {
-                            if chown {
-                                std::os::unix::fs::lchown(&temp, *u, *g)
-                                    .map_err(|e| fail(path, e))?;
-                            } else if !owned_by_us(&(*u, *g)) {
-                                report.ownership_skipped.push(path.clone());
-                            }
-                        }
+                        set_owner(&temp, owner, path, chown, Follow::No, &mut report)
+                            .map_err(|e| fail(path, e))?;
                         continue;
                     }
                     PlannedOp::HardLink { target, path } => {
@@ -157,6 +145,39 @@ impl Plan {
             }
         }
         Ok(report)
+    }
+}
+
+/// Whether [`set_owner`] changes a symlink itself or what it points to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    Yes,
+    No,
+}
+
+/// Give `file` (node path `path`) the requested owner when running as root (`chown`);
+/// otherwise record that it was not applied, unless this process already owns it so.
+fn set_owner(
+    file: &Path,
+    owner: &Option<Ownership>,
+    path: &str,
+    chown: bool,
+    follow: Follow,
+    report: &mut ApplyReport,
+) -> std::io::Result<()> {
+    let Some((u, g)) = *owner else {
+        return Ok(());
+    };
+    if chown {
+        match follow {
+            Follow::Yes => std::os::unix::fs::chown(file, u, g),
+            Follow::No => std::os::unix::fs::lchown(file, u, g),
+        }
+    } else {
+        if !owned_by_us(&(u, g)) {
+            report.ownership_skipped.push(path.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -249,13 +270,7 @@ fn commit(
             }
             step.committed = true;
             fs::set_permissions(&step.full, fs::Permissions::from_mode(*mode))?;
-            if let Some((u, g)) = owner {
-                if chown {
-                    std::os::unix::fs::chown(&step.full, *u, *g)?;
-                } else if !owned_by_us(&(*u, *g)) {
-                    report.ownership_skipped.push(path.clone());
-                }
-            }
+            set_owner(&step.full, owner, path, chown, Follow::Yes, report)?;
         }
         PlannedOp::Remove { .. } => {
             if exists(&step.full) {

@@ -9,7 +9,7 @@ use ignition_config::v3_6;
 use sha2::{Digest, Sha256, Sha512};
 
 use super::{invalid, unsupported, IgnitionError};
-use crate::net::{Http, Timeouts};
+use crate::net::{HashMismatch, Http, Timeouts};
 
 const MAX_RESOURCE: u64 = 256 << 20;
 
@@ -124,13 +124,13 @@ fn verify_hash(
         } else {
             format!("{what} ({url})")
         };
-        return Err(IgnitionError::HashMismatch {
+        return Err(IgnitionError::HashMismatch(HashMismatch {
             source_name: source_name.into(),
             what: shown,
             algorithm,
             expected: expected.to_ascii_lowercase(),
             actual,
-        });
+        }));
     }
     Ok(())
 }

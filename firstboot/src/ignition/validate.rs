@@ -31,12 +31,13 @@ fn mode_bits(source_name: &str, field: &str, m: Option<i64>) -> Result<Option<u3
     }
 }
 
+/// A node's `user` or `group`: `(id, name)` when the entry has one.
 fn owner(
     source_name: &str,
     field: &str,
-    id: Option<i64>,
-    name: Option<&String>,
+    entry: Option<(Option<i64>, Option<&String>)>,
 ) -> Result<Option<Owner>, IgnitionError> {
+    let (id, name) = entry.unwrap_or((None, None));
     match (id, name) {
         (Some(_), Some(_)) => Err(invalid(
             source_name,
@@ -58,19 +59,12 @@ fn owner_of(
     user: &Option<v3_6::NodeUser>,
     group: &Option<v3_6::NodeGroup>,
 ) -> Result<(Option<Owner>, Option<Owner>), IgnitionError> {
-    let user = owner(
-        sn,
-        &format!("{field}.user"),
-        user.as_ref().and_then(|u| u.id),
-        user.as_ref().and_then(|u| u.name.as_ref()),
-    )?;
-    let group = owner(
-        sn,
-        &format!("{field}.group"),
-        group.as_ref().and_then(|g| g.id),
-        group.as_ref().and_then(|g| g.name.as_ref()),
-    )?;
-    Ok((user, group))
+    let user = user.as_ref().map(|u| (u.id, u.name.as_ref()));
+    let group = group.as_ref().map(|g| (g.id, g.name.as_ref()));
+    Ok((
+        owner(sn, &format!("{field}.user"), user)?,
+        owner(sn, &format!("{field}.group"), group)?,
+    ))
 }
 
 fn nonempty<T>(v: &Option<Vec<T>>) -> bool {
@@ -279,36 +273,10 @@ pub(super) fn validate_and_fetch(
     let users = passwd.users.unwrap_or_default();
     let groups = passwd.groups.unwrap_or_default();
     for u in &users {
-        if u.should_exist == Some(false) {
-            return Err(unsupported(
-                sn,
-                &format!("passwd.users[{}].shouldExist", u.name),
-                "deleting users",
-            ));
-        }
-        if !accounts::valid_account_name(&u.name) {
-            return Err(invalid(
-                sn,
-                format!("passwd.users[{}].name", u.name),
-                "expected a POSIX user name",
-            ));
-        }
+        check_account(sn, "passwd.users", "user", &u.name, u.should_exist)?;
     }
     for g in &groups {
-        if g.should_exist == Some(false) {
-            return Err(unsupported(
-                sn,
-                &format!("passwd.groups[{}].shouldExist", g.name),
-                "deleting groups",
-            ));
-        }
-        if !accounts::valid_account_name(&g.name) {
-            return Err(invalid(
-                sn,
-                format!("passwd.groups[{}].name", g.name),
-                "expected a POSIX group name",
-            ));
-        }
+        check_account(sn, "passwd.groups", "group", &g.name, g.should_exist)?;
     }
 
     Ok(StagedIgnition {
@@ -323,6 +291,32 @@ pub(super) fn validate_and_fetch(
         groups,
         node_config,
     })
+}
+
+/// A user or group (`noun`) of `section`: created or updated, never deleted, with a
+/// POSIX name.
+fn check_account(
+    sn: &str,
+    section: &str,
+    noun: &str,
+    name: &str,
+    should_exist: Option<bool>,
+) -> Result<(), IgnitionError> {
+    if should_exist == Some(false) {
+        return Err(unsupported(
+            sn,
+            &format!("{section}[{name}].shouldExist"),
+            format!("deleting {noun}s"),
+        ));
+    }
+    if !accounts::valid_account_name(name) {
+        return Err(invalid(
+            sn,
+            format!("{section}[{name}].name"),
+            format!("expected a POSIX {noun} name"),
+        ));
+    }
+    Ok(())
 }
 
 fn valid_unit_name(n: &str) -> bool {

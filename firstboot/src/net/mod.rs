@@ -18,6 +18,18 @@ mod tls;
 pub use http::{Http, Reply};
 pub use tls::{tls_client, TlsError};
 
+/// A fetched document whose digest is not the one it was pinned to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
+pub struct HashMismatch {
+    pub source_name: String,
+    /// What was fetched (a config field, a URL).
+    pub what: String,
+    pub algorithm: &'static str,
+    pub expected: String,
+    pub actual: String,
+}
+
 use std::time::Duration;
 
 /// Timeouts of one retrying HTTP client.

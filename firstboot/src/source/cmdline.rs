@@ -14,7 +14,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{DataSource, SourceContext, SourceError};
-use crate::net::Http;
+use crate::net::{HashMismatch, Http};
 
 pub(crate) const SOURCE_NAME: &str = "kernel-cmdline-url";
 
@@ -183,13 +183,13 @@ impl DataSource for ConfigUrlSource {
         if let Some(expected) = &self.sha256 {
             let actual = hex::encode(Sha256::digest(&body));
             if &actual != expected {
-                return Err(SourceError::HashMismatch {
+                return Err(SourceError::HashMismatch(HashMismatch {
                     source_name: SOURCE_NAME.into(),
                     what: self.url.clone(),
                     algorithm: "sha256",
                     expected: expected.clone(),
                     actual,
-                });
+                }));
             }
         }
         Ok(Some(body))

@@ -32,7 +32,7 @@ impl DataSource for DigitalOceanSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self.endpoint.get("v1/user-data")?.filter(|d| !d.is_empty()))
+        self.endpoint.user_data("v1/user-data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {

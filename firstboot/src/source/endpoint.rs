@@ -44,6 +44,11 @@ impl Endpoint {
         Ok(self.http.get_optional(&self.url(path), self.headers)?)
     }
 
+    /// User data at `<base>/<path>`: `None` for 404 or an empty answer.
+    pub fn user_data(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self.get(path)?.filter(|d| !d.is_empty()))
+    }
+
     /// [`Endpoint::get`] as text (see [`text`]).
     pub fn text(&self, path: &str) -> Result<Option<String>, SourceError> {
         match self.get(path)? {

@@ -48,9 +48,7 @@ impl DataSource for GcpSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self
-            .get("instance/attributes/user-data")?
-            .filter(|d| !d.is_empty()))
+        self.endpoint.user_data("instance/attributes/user-data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {

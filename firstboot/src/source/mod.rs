@@ -98,7 +98,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ignition::{IgnitionError, StagedIgnition};
-use crate::net::NetError;
+use crate::net::{HashMismatch, NetError};
 use nodeimage_core::config::{ConfigError, NodeConfig};
 
 pub use crate::net::Timeouts;
@@ -319,14 +319,9 @@ pub enum SourceError {
         #[source]
         error: std::io::Error,
     },
-    #[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
-    HashMismatch {
-        source_name: String,
-        what: String,
-        algorithm: &'static str,
-        expected: String,
-        actual: String,
-    },
+    /// The document does not match `firstboot.config_sha256`.
+    #[error(transparent)]
+    HashMismatch(HashMismatch),
     /// The user data (or metadata) is not in a form firstboot accepts.
     #[error("{source_name}: {message}")]
     Format {

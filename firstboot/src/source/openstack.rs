@@ -131,9 +131,7 @@ impl DataSource for OpenStackMetadataSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self
-            .get("openstack/latest/user_data")?
-            .filter(|d| !d.is_empty()))
+        self.endpoint.user_data("openstack/latest/user_data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {
