@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use firstboot::run::{self, RunOptions, RunState, Status};
+use firstboot::run::{self, NodeInput, RunOptions, RunState, Status};
 use firstboot::source::Platform;
 
 #[derive(Parser, Debug)]
@@ -142,10 +142,7 @@ fn run_firstboot(args: &RunArgs) -> i32 {
         );
         return 0;
     }
-    let status = match platform(args).and_then(|p| {
-        opts.platform = p;
-        run::acquire(&opts)
-    }) {
+    let status = match acquire(args, &mut opts) {
         Ok(input) => run::run(&opts, &input, started),
         Err(e) => Status::failed(started, &e),
     };
@@ -162,11 +159,7 @@ fn run_firstboot(args: &RunArgs) -> i32 {
 
 /// `--dry-run`: acquire the node config and print the plan; nothing is written.
 fn dry_run(args: &RunArgs, mut opts: RunOptions) -> i32 {
-    let input = platform(args).and_then(|p| {
-        opts.platform = p;
-        run::acquire(&opts)
-    });
-    match input {
+    match acquire(args, &mut opts) {
         Ok(input) => {
             let plan = run::dry_run(&opts, &input);
             print!("{}", run::render_plan(&opts, &input, &plan));
@@ -179,11 +172,13 @@ fn dry_run(args: &RunArgs, mut opts: RunOptions) -> i32 {
     }
 }
 
-/// `--platform`, parsed (an unknown name fails the run like any acquisition error).
-fn platform(args: &RunArgs) -> anyhow::Result<Option<Platform>> {
-    Ok(args
+/// The node config, with `--platform` parsed into `opts` first (an unknown name fails
+/// the run like any acquisition error).
+fn acquire(args: &RunArgs, opts: &mut RunOptions) -> anyhow::Result<NodeInput> {
+    opts.platform = args
         .platform
         .as_deref()
         .map(str::parse::<Platform>)
-        .transpose()?)
+        .transpose()?;
+    run::acquire(opts)
 }

@@ -13,7 +13,7 @@ use nodeimage_core::files::rooted;
 /// `(uid, gid)` to set; `None` leaves that id as created.
 pub(crate) type Ownership = (Option<u32>, Option<u32>);
 
-/// One write in a [`Plan`]; paths are node paths (`/etc/foo`).
+/// One write in a [`super::apply::Plan`]; paths are node paths (`/etc/foo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlannedOp {
     Write {
