@@ -10,8 +10,11 @@
 //! * [`pki`]: certificate authorities and the issuing and checking of leaf certificates.
 //! * [`fat`]: the FAT file systems of the ESP and the NODECONFIG partition.
 //! * [`files`]: atomic, fsynced writes and root-prefixed paths.
+//! * [`retry`]: backoff, deadlines and one `wait_until` for every retry and poll loop.
+//! * [`errors`]: printing an error with its causes.
 
 pub mod config;
+pub mod errors;
 pub mod fat;
 pub mod files;
 pub mod firewall;
@@ -19,3 +22,4 @@ pub mod images;
 pub mod layout;
 pub mod pki;
 pub mod ports;
+pub mod retry;

@@ -25,9 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
+use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
 /// containerd's configuration file.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
@@ -338,7 +340,7 @@ pub fn write_config(root: &Path, config: &NodeConfig, live: bool) -> Result<Stri
     let schema = ConfigSchema::for_version(&version);
     let (changed, summary) = write_config_for(root, config, schema)?;
     if changed {
-        systemctl(&["restart", "containerd"])?;
+        systemd::restart("containerd")?;
         wait_for_socket(Path::new(SOCKET), SOCKET_WAIT)?;
     }
     Ok(format!(
@@ -347,37 +349,24 @@ pub fn write_config(root: &Path, config: &NodeConfig, live: bool) -> Result<Stri
     ))
 }
 
-fn systemctl(args: &[&str]) -> Result<()> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .context("running systemctl")?;
-    if !out.status.success() {
+/// Waits until something accepts connections on the unix socket `path`.
+pub fn wait_for_socket(path: &Path, timeout: Duration) -> Result<()> {
+    let up = wait_until(
+        &Deadline::after(timeout),
+        &mut Backoff::constant(Duration::from_millis(200)),
+        |_| match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Poll::Ready(()),
+            Err(e) => Poll::Pending(e),
+        },
+    );
+    if up.is_err() {
         bail!(
-            "systemctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "containerd's socket {} did not come up within {} s",
+            path.display(),
+            timeout.as_secs()
         );
     }
     Ok(())
-}
-
-/// Waits until something accepts connections on the unix socket `path`.
-pub fn wait_for_socket(path: &Path, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Ok(());
-        }
-        if start.elapsed() >= timeout {
-            bail!(
-                "containerd's socket {} did not come up within {} s",
-                path.display(),
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 // ------------------------------------------------------------------ import ---
@@ -582,7 +571,7 @@ pub fn import_images(root: &Path, live: bool, role: Role) -> Result<String> {
     }
     let socket = Path::new(SOCKET);
     if std::os::unix::net::UnixStream::connect(socket).is_err() {
-        systemctl(&["start", "containerd"])?;
+        systemd::start("containerd")?;
         wait_for_socket(socket, SOCKET_WAIT)?;
     }
     let report = import_images_with(root, role, &Ctr::system()?)?;

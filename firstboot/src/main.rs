@@ -1,14 +1,14 @@
 //! `firstboot`: runs once on a node's first boot (systemd `firstboot.service`), and from
 //! the initramfs as `firstboot state-setup` to prepare the writable state partition.
+//! The steps and the runner are in the library ([`firstboot::run`]); this is the CLI.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use firstboot::run::{self, Acquired, RunOptions, Status, Step};
-use nodeimage_core::config::NodeConfig;
+use firstboot::run::{self, NodeInput, RunOptions, RunState, Status};
+use firstboot::source::Platform;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +40,10 @@ struct RunArgs {
     /// Run even if the first-boot marker says it already ran.
     #[arg(long, global = true)]
     force: bool,
+    /// Acquire the node config and print what each step would do (and which the journal
+    /// has done already); change nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,7 +70,7 @@ fn main() {
         Command::StateSetup { rootmnt } => match firstboot::state::setup(&rootmnt) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("nodeimage: state setup failed: {e:#}");
+                eprintln!("nodeimage: state setup failed: {}", run::error_line(&e));
                 1
             }
         },
@@ -93,7 +97,7 @@ fn main() {
                 0
             }
             Err(e) => {
-                eprintln!("firstboot: approve-csrs: {e:#}");
+                eprintln!("firstboot: approve-csrs: {}", run::error_line(&e));
                 1
             }
         },
@@ -123,13 +127,14 @@ fn init_tracing() {
 
 fn run_firstboot(args: &RunArgs) -> i32 {
     let started = Instant::now();
-    let opts = RunOptions {
-        live: args.root == std::path::Path::new("/"),
-        root: args.root.clone(),
-        platform: args.platform.clone(),
+    let mut opts = RunOptions {
         config_file: args.config.clone(),
         metadata_url: args.metadata_url.clone(),
+        ..RunOptions::for_root(&args.root)
     };
+    if args.dry_run {
+        return dry_run(args, opts);
+    }
     if run::already_done(&opts.root) && !args.force {
         run::announce(
             &opts,
@@ -137,131 +142,43 @@ fn run_firstboot(args: &RunArgs) -> i32 {
         );
         return 0;
     }
-    let status = match acquire(&opts) {
-        Ok(acquired) => {
-            let hostname = acquired
-                .config
-                .hostname
-                .clone()
-                .or_else(|| acquired.hostname.clone())
-                .unwrap_or_else(|| "node".to_string());
-            let steps = steps_for(&acquired);
-            let mut status = run::run_steps(&opts, &acquired, &hostname, &steps, started);
-            if status.state == "ok" {
-                if let Err(e) = run::mark_done(&opts.root) {
-                    status.state = "failed".into();
-                    status.error = Some(format!("{e:#}"));
-                }
-            }
-            status
-        }
-        Err(e) => Status {
-            state: "failed".into(),
-            role: None,
-            hostname: None,
-            source: None,
-            config_sha256: None,
-            elapsed_ms: started.elapsed().as_millis(),
-            steps: Vec::new(),
-            error: Some(format!("{e:#}")),
-        },
+    let status = match acquire(args, &mut opts) {
+        Ok(input) => run::run(&opts, &input, started),
+        Err(e) => Status::failed(started, &e),
     };
     if let Err(e) = run::write_status(&opts.root, &status) {
-        tracing::error!(error = %format!("{e:#}"), "could not write status.json");
+        tracing::error!(error = %run::error_line(&e), "could not write status.json");
     }
     run::announce(&opts, &run::console_line(&status));
-    if status.state == "ok" {
+    if status.state == RunState::Ok {
         0
     } else {
         1
     }
 }
 
-/// The node config: from `--config`, else from the data sources.
-fn acquire(opts: &RunOptions) -> Result<Acquired> {
-    let t = Instant::now();
-    if let Some(path) = &opts.config_file {
-        let config = NodeConfig::load(path)?;
-        return Ok(Acquired {
-            source: format!("file:{}", path.display()),
-            config,
-            hostname: None,
-            staged: None,
-            elapsed_ms: t.elapsed().as_millis(),
-        });
+/// `--dry-run`: acquire the node config and print the plan; nothing is written.
+fn dry_run(args: &RunArgs, mut opts: RunOptions) -> i32 {
+    match acquire(args, &mut opts) {
+        Ok(input) => {
+            let plan = run::dry_run(&opts, &input);
+            print!("{}", run::render_plan(&opts, &input, &plan));
+            0
+        }
+        Err(e) => {
+            println!("firstboot: dry run: error: {}", run::error_line(&e));
+            1
+        }
     }
-    let platform = opts
+}
+
+/// The node config, with `--platform` parsed into `opts` first (an unknown name fails
+/// the run like any acquisition error).
+fn acquire(args: &RunArgs, opts: &mut RunOptions) -> anyhow::Result<NodeInput> {
+    opts.platform = args
         .platform
         .as_deref()
-        .map(str::parse::<firstboot::source::Platform>)
+        .map(str::parse::<Platform>)
         .transpose()?;
-    let mut ctx = firstboot::source::SourceContext::from_system(&opts.root, platform)?;
-    if let (Some(url), Some(p)) = (&opts.metadata_url, platform) {
-        ctx.endpoints.insert(p, url.clone());
-    }
-    let a = firstboot::source::acquire(&ctx).context("acquiring the node config")?;
-    Ok(Acquired {
-        source: a.source,
-        config: a.node_config,
-        hostname: a.metadata.hostname,
-        staged: a
-            .ignition
-            .map(|i| Box::new(IgnitionStep(i)) as Box<dyn run::StagedApply>),
-        elapsed_ms: a.elapsed.as_millis(),
-    })
-}
-
-/// The Ignition config a data source staged, applied as the `ignition` step.
-struct IgnitionStep(firstboot::ignition::StagedIgnition);
-
-impl run::StagedApply for IgnitionStep {
-    fn apply(&self, root: &std::path::Path) -> Result<String> {
-        self.0.apply(root)?;
-        Ok("ignition config applied".into())
-    }
-}
-
-/// The ordered steps this node's role needs.
-fn steps_for<'a>(acquired: &'a Acquired) -> Vec<Step<'a>> {
-    let mut steps: Vec<Step> = Vec::new();
-    // Nothing is changed before the host is known to meet the requirements.
-    steps.push(Step {
-        name: "preflight",
-        apply: Box::new(|c| run::apply_preflight(c.opts, c.config)),
-    });
-    // The firewall is up before any component listens.
-    steps.push(Step {
-        name: "firewall",
-        apply: Box::new(|c| run::apply_firewall(c.opts, c.config)),
-    });
-    steps.push(Step {
-        name: "hostname",
-        apply: Box::new(|c| run::apply_hostname(c.opts, c.hostname)),
-    });
-    if let Some(staged) = &acquired.staged {
-        steps.push(Step {
-            name: "ignition",
-            apply: Box::new(move |c| staged.apply(&c.opts.root)),
-        });
-    }
-    steps.push(Step {
-        name: "files",
-        apply: Box::new(|c| run::apply_files(c.opts, c.config)),
-    });
-    steps.push(Step {
-        name: "containerd-config",
-        apply: Box::new(|c| {
-            firstboot::containerd::write_config(&c.opts.root, c.config, c.opts.live)
-        }),
-    });
-    steps.push(Step {
-        name: "images",
-        apply: Box::new(|c| {
-            firstboot::containerd::import_images(&c.opts.root, c.opts.live, c.config.role)
-        }),
-    });
-    if acquired.config.join {
-        steps.extend(firstboot::assemble::steps(&acquired.config));
-    }
-    steps
+    run::acquire(opts)
 }

@@ -3,7 +3,7 @@
 //! valid is kept, the rest is (re)issued with [`nodeimage_core::pki`] and written 0600.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use time::OffsetDateTime;
 
@@ -481,14 +481,6 @@ fn write_issued(
             let p = rooted(root, path);
             write_secret(&p, k.to_yaml().as_bytes()).map_err(io_err(&p))
         }
-    }
-}
-
-/// Node path of a spec's certificate file (for tests and reports).
-pub fn cert_path(spec: &CertSpec) -> PathBuf {
-    match &spec.target {
-        Target::Files { cert, .. } => PathBuf::from(cert),
-        Target::Combined { path } | Target::Kubeconfig { path, .. } => PathBuf::from(path),
     }
 }
 

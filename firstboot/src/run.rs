@@ -1,5 +1,7 @@
 //! The first-boot run: acquire the node config, then apply an ordered list of idempotent
-//! steps, journaling each so an interrupted run resumes, and report.
+//! steps ([`steps_for`]), journaling each so an interrupted run resumes, and report. The
+//! same list, with what each step would do and which the journal already has, is the
+//! plan `firstboot --dry-run` prints ([`dry_run`]).
 //!
 //! Files (under the root prefix):
 //! * `/var/lib/firstboot/journal.json`: steps completed, with the config digest they ran for;
@@ -14,49 +16,60 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use nodeimage_core::config::NodeConfig;
+use crate::host;
+use crate::ignition::StagedIgnition;
+use crate::source::{self, SourceContext};
+pub use crate::step::{announce, error_line, RunOptions, Step, StepContext};
+use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 
 pub const STATE_DIR: &str = "/var/lib/firstboot";
 
-/// How and where to run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// `/` on a node; a directory tree in tests.
-    pub root: PathBuf,
-    /// Apply to the running system too (set the kernel hostname, load the firewall,
-    /// start services). True only when `root` is `/`.
-    pub live: bool,
-    /// `firstboot.platform=` override.
-    pub platform: Option<String>,
-    /// Read the node config from this file instead of the data sources.
-    pub config_file: Option<PathBuf>,
-    /// Base URL override for the platform's metadata service.
-    pub metadata_url: Option<String>,
-}
-
-/// The node config and where it came from.
-pub struct Acquired {
+/// The node config, where it came from, and what the data source staged with it.
+pub struct NodeInput {
     pub source: String,
     pub config: NodeConfig,
     /// The data source's hostname (used when the config names none).
     pub hostname: Option<String>,
-    /// Further work the data source staged (e.g. Ignition files), applied as a step.
-    pub staged: Option<Box<dyn StagedApply>>,
+    /// The Ignition config the user data was, applied as the `ignition` step.
+    pub ignition: Option<StagedIgnition>,
     pub elapsed_ms: u128,
 }
 
-/// Something staged by a data source and applied as one step.
-pub trait StagedApply {
-    fn apply(&self, root: &Path) -> Result<String>;
+impl NodeInput {
+    /// The node's name: the config's hostname, else the data source's, else `node`.
+    pub fn hostname(&self) -> String {
+        self.config
+            .hostname
+            .clone()
+            .or_else(|| self.hostname.clone())
+            .unwrap_or_else(|| "node".to_string())
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Done,
+    /// Already done in an earlier run (the journal says so).
+    Skipped,
+    Failed,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Ok,
+    Failed,
 }
 
 /// Outcome of one step.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepStatus {
     pub name: String,
-    /// `done`, `skipped` (already done in an earlier run), or `failed`.
-    pub state: String,
+    pub state: StepState,
     pub ms: u128,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
@@ -65,9 +78,8 @@ pub struct StepStatus {
 /// `status.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
-    /// `ok` or `failed`.
-    pub state: String,
-    pub role: Option<String>,
+    pub state: RunState,
+    pub role: Option<Role>,
     pub hostname: Option<String>,
     pub source: Option<String>,
     pub config_sha256: Option<String>,
@@ -77,24 +89,26 @@ pub struct Status {
     pub error: Option<String>,
 }
 
+impl Status {
+    /// A run that failed before any step (no node config).
+    pub fn failed(started: Instant, e: &anyhow::Error) -> Self {
+        Status {
+            state: RunState::Failed,
+            role: None,
+            hostname: None,
+            source: None,
+            config_sha256: None,
+            elapsed_ms: started.elapsed().as_millis(),
+            steps: Vec::new(),
+            error: Some(error_line(e)),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     /// Step name -> digest of the config it completed for.
     done: BTreeMap<String, String>,
-}
-
-/// Everything a step may read.
-pub struct StepContext<'a> {
-    pub opts: &'a RunOptions,
-    pub config: &'a NodeConfig,
-    pub hostname: &'a str,
-}
-
-/// One idempotent step of the run.
-pub struct Step<'a> {
-    pub name: &'static str,
-    #[allow(clippy::type_complexity)]
-    pub apply: Box<dyn Fn(&StepContext) -> Result<String> + 'a>,
 }
 
 fn state_path(root: &Path, file: &str) -> PathBuf {
@@ -136,75 +150,127 @@ pub fn config_digest(c: &NodeConfig) -> String {
     hex::encode(Sha256::digest(c.to_yaml().as_bytes()))
 }
 
+/// The node config: from `--config`, else from the data sources. Writes nothing.
+pub fn acquire(opts: &RunOptions) -> Result<NodeInput> {
+    let t = Instant::now();
+    if let Some(path) = &opts.config_file {
+        let config = NodeConfig::load(path)?;
+        return Ok(NodeInput {
+            source: format!("file:{}", path.display()),
+            config,
+            hostname: None,
+            ignition: None,
+            elapsed_ms: t.elapsed().as_millis(),
+        });
+    }
+    let mut ctx = SourceContext::from_system(&opts.root, opts.platform)?;
+    if let (Some(url), Some(p)) = (&opts.metadata_url, opts.platform) {
+        ctx.endpoints.insert(p, url.clone());
+    }
+    let a = source::acquire(&ctx).context("acquiring the node config")?;
+    Ok(NodeInput {
+        source: a.source,
+        config: a.node_config,
+        hostname: a.metadata.hostname,
+        ignition: a.ignition,
+        elapsed_ms: a.elapsed.as_millis(),
+    })
+}
+
+/// The ordered steps a node with this config runs. The host comes first: nothing is
+/// changed before preflight passes, and the firewall is up before any component
+/// listens. The cluster steps ([`crate::assemble`]) follow when the config joins.
+pub fn steps_for<'a>(
+    config: &NodeConfig,
+    ignition: Option<&'a StagedIgnition>,
+) -> Vec<Box<dyn Step + 'a>> {
+    let mut steps: Vec<Box<dyn Step + 'a>> = vec![
+        Box::new(host::PREFLIGHT),
+        Box::new(host::FIREWALL),
+        Box::new(host::HOSTNAME),
+    ];
+    if let Some(staged) = ignition {
+        steps.push(Box::new(host::Ignition(staged)));
+    }
+    steps.push(Box::new(host::FILES));
+    steps.push(Box::new(host::CONTAINERD_CONFIG));
+    steps.push(Box::new(host::IMAGES));
+    if config.join {
+        steps.extend(crate::assemble::steps(config));
+    }
+    steps
+}
+
 /// Run `steps` in order, skipping those the journal records as done for this config.
 /// Stops at the first failure; the status says which step and why.
 pub fn run_steps(
     opts: &RunOptions,
-    acquired: &Acquired,
-    hostname: &str,
-    steps: &[Step],
+    input: &NodeInput,
+    steps: &[Box<dyn Step + '_>],
     started: Instant,
 ) -> Status {
-    let digest = config_digest(&acquired.config);
+    let hostname = input.hostname();
+    let digest = config_digest(&input.config);
     let mut journal = load_journal(&opts.root);
     let ctx = StepContext {
         opts,
-        config: &acquired.config,
-        hostname,
+        config: &input.config,
+        hostname: &hostname,
     };
     let mut status = Status {
-        state: "ok".into(),
-        role: Some(acquired.config.role.to_string()),
-        hostname: Some(hostname.to_string()),
-        source: Some(acquired.source.clone()),
+        state: RunState::Ok,
+        role: Some(input.config.role),
+        hostname: Some(hostname.clone()),
+        source: Some(input.source.clone()),
         config_sha256: Some(digest.clone()),
         elapsed_ms: 0,
         steps: vec![StepStatus {
             name: "acquire".into(),
-            state: "done".into(),
-            ms: acquired.elapsed_ms,
-            detail: acquired.source.clone(),
+            state: StepState::Done,
+            ms: input.elapsed_ms,
+            detail: input.source.clone(),
         }],
         error: None,
     };
     for step in steps {
-        if journal.done.get(step.name) == Some(&digest) {
+        let name = step.name();
+        if journal.done.get(name) == Some(&digest) {
             status.steps.push(StepStatus {
-                name: step.name.into(),
-                state: "skipped".into(),
+                name: name.into(),
+                state: StepState::Skipped,
                 ms: 0,
                 detail: "done in an earlier run".into(),
             });
             continue;
         }
         let t = Instant::now();
-        tracing::info!(step = step.name, "step starting");
-        match (step.apply)(&ctx) {
+        tracing::info!(step = name, "step starting");
+        match step.apply(&ctx) {
             Ok(detail) => {
-                tracing::info!(step = step.name, ms = t.elapsed().as_millis() as u64, detail = %detail, "step done");
+                tracing::info!(step = name, ms = t.elapsed().as_millis() as u64, detail = %detail, "step done");
                 status.steps.push(StepStatus {
-                    name: step.name.into(),
-                    state: "done".into(),
+                    name: name.into(),
+                    state: StepState::Done,
                     ms: t.elapsed().as_millis(),
                     detail,
                 });
-                journal.done.insert(step.name.to_string(), digest.clone());
+                journal.done.insert(name.to_string(), digest.clone());
                 if let Err(e) = save_journal(&opts.root, &journal) {
-                    status.state = "failed".into();
-                    status.error = Some(format!("{e:#}"));
+                    status.state = RunState::Failed;
+                    status.error = Some(error_line(&e));
                     break;
                 }
             }
             Err(e) => {
-                let msg = format!("step {}: {e:#}", step.name);
-                tracing::error!(step = step.name, error = %format!("{e:#}"), "step failed");
+                let msg = format!("step {name}: {}", error_line(&e));
+                tracing::error!(step = name, error = %error_line(&e), "step failed");
                 status.steps.push(StepStatus {
-                    name: step.name.into(),
-                    state: "failed".into(),
+                    name: name.into(),
+                    state: StepState::Failed,
                     ms: t.elapsed().as_millis(),
-                    detail: format!("{e:#}"),
+                    detail: error_line(&e),
                 });
-                status.state = "failed".into();
+                status.state = RunState::Failed;
                 status.error = Some(msg);
                 break;
             }
@@ -214,50 +280,92 @@ pub fn run_steps(
     status
 }
 
+/// The whole run for an acquired node config: its steps, then the marker when they all
+/// succeeded.
+pub fn run(opts: &RunOptions, input: &NodeInput, started: Instant) -> Status {
+    let steps = steps_for(&input.config, input.ignition.as_ref());
+    let mut status = run_steps(opts, input, &steps, started);
+    if status.state == RunState::Ok {
+        if let Err(e) = mark_done(&opts.root) {
+            status.state = RunState::Failed;
+            status.error = Some(error_line(&e));
+        }
+    }
+    status
+}
+
+/// One step of a plan: what it would do, and whether the journal has it done already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub would: String,
+    /// Done in an earlier run for this config: a run skips it.
+    pub done: bool,
+}
+
+/// What a run would do on this node, step by step, without doing any of it.
+pub fn dry_run(opts: &RunOptions, input: &NodeInput) -> Vec<PlannedStep> {
+    let hostname = input.hostname();
+    let digest = config_digest(&input.config);
+    let journal = load_journal(&opts.root);
+    let ctx = StepContext {
+        opts,
+        config: &input.config,
+        hostname: &hostname,
+    };
+    steps_for(&input.config, input.ignition.as_ref())
+        .iter()
+        .map(|s| PlannedStep {
+            name: s.name().to_string(),
+            would: s.plan(&ctx),
+            done: journal.done.get(s.name()) == Some(&digest),
+        })
+        .collect()
+}
+
+/// The plan as people read it: a heading, then one line per step.
+pub fn render_plan(opts: &RunOptions, input: &NodeInput, plan: &[PlannedStep]) -> String {
+    let mut s = format!(
+        "firstboot: dry run: {} {} (config from {}, sha256 {}); nothing is changed\n",
+        input.config.role,
+        input.hostname(),
+        input.source,
+        config_digest(&input.config)
+    );
+    if already_done(&opts.root) {
+        s.push_str(&format!(
+            "firstboot already ran on this node (marker {STATE_DIR}/done): a run does nothing \
+             unless forced\n"
+        ));
+    }
+    let width = plan.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for (i, p) in plan.iter().enumerate() {
+        s.push_str(&format!(
+            "{:>2}. {:<width$}  {}{}\n",
+            i + 1,
+            p.name,
+            p.would,
+            if p.done {
+                " [done in an earlier run]"
+            } else {
+                ""
+            }
+        ));
+    }
+    s
+}
+
 /// Mark the run complete: firstboot never runs again on this node.
 pub fn mark_done(root: &Path) -> Result<()> {
     atomic_write(&state_path(root, "done"), b"", 0o644).context("writing the firstboot marker")
 }
 
-/// Write `/etc/hostname` under the root, and set the kernel's hostname when live.
-pub fn apply_hostname(opts: &RunOptions, hostname: &str) -> Result<String> {
-    let path = rooted(&opts.root, "/etc/hostname");
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    if current.trim() != hostname {
-        atomic_write(&path, format!("{hostname}\n").as_bytes(), 0o644)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if opts.live {
-        // SAFETY: sethostname(2) with a pointer and length of a valid buffer.
-        let rc =
-            unsafe { libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) };
-        if rc != 0 {
-            anyhow::bail!(
-                "sethostname({hostname}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(hostname.to_string())
-}
-
-/// Write the files the node config lists (atomically, with their modes).
-pub fn apply_files(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    for f in &config.files {
-        let mode = f.mode_bits().map_err(anyhow::Error::msg)?;
-        let path = rooted(&opts.root, &f.path);
-        atomic_write(&path, f.contents.as_bytes(), mode)
-            .with_context(|| format!("writing {}", f.path))?;
-    }
-    Ok(format!("{} files", config.files.len()))
-}
-
 /// The console line: one line a person reads on the serial console or a screen.
 pub fn console_line(status: &Status) -> String {
-    if status.state == "ok" {
+    if status.state == RunState::Ok {
         format!(
             "firstboot: ok role={} hostname={} in {} ms",
-            status.role.as_deref().unwrap_or("?"),
+            status.role.map(Role::as_str).unwrap_or("?"),
             status.hostname.as_deref().unwrap_or("?"),
             status.elapsed_ms
         )
@@ -269,133 +377,116 @@ pub fn console_line(status: &Status) -> String {
     }
 }
 
-/// Print the console line to stdout and, on a live node, to the kernel log (which reaches
-/// the console reliably even when a getty owns the serial line).
-pub fn announce(opts: &RunOptions, line: &str) {
-    println!("{line}");
-    if opts.live {
-        if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-            use std::io::Write;
-            let _ = writeln!(k, "{line}");
-        }
-    }
-}
-
-/// Where the node's ruleset is kept; `nodeimage-firewall.service` loads it on every boot.
-pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
-
-/// Check the seeds' host requirements before anything is changed.
-pub fn apply_preflight(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = nodeimage_core::ports::PortPolicy::for_node(config)?;
-    let report = crate::preflight::run(&opts.root, &config.preflight, &policy);
-    if !report.passed {
-        let failures: Vec<String> = report.failures().map(|c| c.line()).collect();
-        anyhow::bail!("{}", failures.join("; "));
-    }
-    Ok(format!("{} checks passed", report.checks.len()))
-}
-
-/// Render this role's nftables ruleset from the port table, keep it under /etc, and load
-/// it on a live node (before any Kubernetes component starts).
-pub fn apply_firewall(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
-    let policy = nodeimage_core::ports::PortPolicy::for_node(config)?;
-    let ruleset = nodeimage_core::firewall::render_nft(&policy);
-    let path = rooted(&opts.root, FIREWALL_RULESET);
-    atomic_write(&path, ruleset.as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", path.display()))?;
-    if opts.live {
-        nodeimage_core::firewall::apply(&ruleset, &nodeimage_core::firewall::nft_binary())?;
-        Ok(format!("{} rules loaded", policy.rules.len()))
-    } else {
-        Ok(format!("{} rules written", policy.rules.len()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::Cell;
 
-    fn acquired() -> Acquired {
+    fn input() -> NodeInput {
         let config = NodeConfig::parse(
             "t",
             "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\nfiles:\n  - {path: /etc/demo/motd, mode: \"0640\", contents: hello}\n",
         )
         .unwrap();
-        Acquired {
+        NodeInput {
             source: "test".into(),
             config,
             hostname: None,
-            staged: None,
+            ignition: None,
             elapsed_ms: 1,
+        }
+    }
+
+    /// A step made of a closure.
+    struct FnStep<'a> {
+        name: &'static str,
+        apply: Box<dyn Fn() -> Result<String> + 'a>,
+    }
+
+    impl Step for FnStep<'_> {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn plan(&self, _: &StepContext) -> String {
+            format!("run {}", self.name)
+        }
+        fn apply(&self, _: &StepContext) -> Result<String> {
+            (self.apply)()
         }
     }
 
     #[test]
     fn steps_are_journaled_and_skipped_on_rerun() {
         let d = tempfile::tempdir().unwrap();
-        let opts = RunOptions {
-            root: d.path().into(),
-            live: false,
-            platform: None,
-            config_file: None,
-            metadata_url: None,
-        };
-        let a = acquired();
+        let opts = RunOptions::for_root(d.path());
+        let a = input();
         let calls = Cell::new(0);
         let fail_second = Cell::new(true);
-        let steps = vec![
-            Step {
+        let steps: Vec<Box<dyn Step>> = vec![
+            Box::new(FnStep {
                 name: "one",
-                apply: Box::new(|_| {
+                apply: Box::new(|| {
                     calls.set(calls.get() + 1);
                     Ok("1".into())
                 }),
-            },
-            Step {
+            }),
+            Box::new(FnStep {
                 name: "two",
-                apply: Box::new(|_| {
+                apply: Box::new(|| {
                     if fail_second.get() {
                         anyhow::bail!("disk on fire")
                     } else {
                         Ok("2".into())
                     }
                 }),
-            },
+            }),
         ];
-        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
-        assert_eq!(s.state, "failed");
+        let s = run_steps(&opts, &a, &steps, Instant::now());
+        assert_eq!(s.state, RunState::Failed);
         assert_eq!(s.error.as_deref(), Some("step two: disk on fire"));
         assert_eq!(console_line(&s), "firstboot: error: step two: disk on fire");
         // Resume after the interruption: step one is not repeated.
         fail_second.set(false);
-        let s = run_steps(&opts, &a, "node-1", &steps, Instant::now());
-        assert_eq!(s.state, "ok");
+        let s = run_steps(&opts, &a, &steps, Instant::now());
+        assert_eq!(s.state, RunState::Ok);
         assert_eq!(calls.get(), 1);
-        assert_eq!(s.steps[1].state, "skipped");
-        assert_eq!(s.steps[2].state, "done");
+        assert_eq!(s.steps[1].state, StepState::Skipped);
+        assert_eq!(s.steps[2].state, StepState::Done);
         assert!(console_line(&s).starts_with("firstboot: ok role=worker hostname=node-1 in "));
     }
 
     #[test]
-    fn hostname_and_files_are_written_under_the_root() {
+    fn the_plan_lists_the_steps_of_the_role_and_changes_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let opts = RunOptions {
-            root: d.path().into(),
-            live: false,
-            platform: None,
-            config_file: None,
-            metadata_url: None,
-        };
-        let a = acquired();
-        apply_hostname(&opts, "node-1").unwrap();
-        apply_files(&opts, &a.config).unwrap();
+        let opts = RunOptions::for_root(d.path());
+        let mut a = input();
+        a.config.join = false;
+        let plan = dry_run(&opts, &a);
+        let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
-            std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(),
-            "node-1\n"
+            names.join(" "),
+            "preflight firewall hostname files containerd-config images"
         );
-        use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(d.path().join("etc/demo/motd")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o640);
+        assert!(plan.iter().all(|p| !p.done && !p.would.is_empty()));
+        assert_eq!(plan[3].would, "write 1 files: /etc/demo/motd");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // A step the journal has for this config is shown as done.
+        let steps: Vec<Box<dyn Step>> = vec![Box::new(host::FILES)];
+        assert_eq!(
+            run_steps(&opts, &a, &steps, Instant::now()).state,
+            RunState::Ok
+        );
+        let plan = dry_run(&opts, &a);
+        assert!(plan[3].done && !plan[2].done);
+        assert!(
+            render_plan(&opts, &a, &plan).contains(" 4. files   "),
+            "{}",
+            render_plan(&opts, &a, &plan)
+        );
+        // Joining adds the cluster steps of the role.
+        let join = input();
+        assert!(join.config.join, "joining is the default");
+        let names: Vec<String> = dry_run(&opts, &join).into_iter().map(|p| p.name).collect();
+        assert_eq!(names[6..], ["join-check", "kubelet"]);
     }
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll, TimedOut};
+
 /// GPT partition name of the state partition.
 pub const STATE_PARTITION_NAME: &str = "nodeimage-state";
 /// ext4 label of the state filesystem.
@@ -235,33 +237,42 @@ fn blkpg(disk: &Path, op: libc::c_int, number: u32, first: u64, last: u64) -> Re
 /// Wait until the partition's device node exists (udev creates it); create it from
 /// sysfs ourselves if udev is slow or absent.
 fn wait_for_node(disk_name: &str, number: u32) -> Result<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(name) = partition_name(disk_name, number) {
-            let node = PathBuf::from("/dev").join(&name);
-            if node.exists() {
-                return Ok(node);
-            }
-            if Instant::now() > deadline {
-                let devnum = fs::read_to_string(format!("/sys/class/block/{name}/dev"))?;
-                let (ma, mi) = devnum.trim().split_once(':').context("bad dev file")?;
-                let dev = libc::makedev(ma.parse()?, mi.parse()?);
-                let c = CString::new(node.as_os_str().as_encoded_bytes())?;
-                // SAFETY: plain mknod(2) on a NUL-terminated path.
-                if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, dev) } != 0 {
-                    bail!(
-                        "creating {}: {}",
-                        node.display(),
-                        std::io::Error::last_os_error()
-                    );
+    let waited = wait_until(
+        &Deadline::after(Duration::from_secs(10)),
+        &mut Backoff::constant(Duration::from_millis(50)),
+        |_| match partition_name(disk_name, number) {
+            Some(name) => {
+                let node = PathBuf::from("/dev").join(&name);
+                if node.exists() {
+                    Poll::Ready(node)
+                } else {
+                    Poll::Pending(Some(name))
                 }
-                return Ok(node);
             }
-        } else if Instant::now() > deadline {
-            bail!("partition {number} of {disk_name} did not appear in sysfs");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+            None => Poll::Pending(None),
+        },
+    );
+    let name = match waited {
+        Ok(node) => return Ok(node),
+        Err(TimedOut {
+            last: Some(name), ..
+        }) => name,
+        Err(_) => bail!("partition {number} of {disk_name} did not appear in sysfs"),
+    };
+    let node = PathBuf::from("/dev").join(&name);
+    let devnum = fs::read_to_string(format!("/sys/class/block/{name}/dev"))?;
+    let (ma, mi) = devnum.trim().split_once(':').context("bad dev file")?;
+    let dev = libc::makedev(ma.parse()?, mi.parse()?);
+    let c = CString::new(node.as_os_str().as_encoded_bytes())?;
+    // SAFETY: plain mknod(2) on a NUL-terminated path.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, dev) } != 0 {
+        bail!(
+            "creating {}: {}",
+            node.display(),
+            std::io::Error::last_os_error()
+        );
     }
+    Ok(node)
 }
 
 fn mount(src: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {

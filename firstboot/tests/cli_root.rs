@@ -109,3 +109,55 @@ fn malformed_config_is_one_clear_line_and_a_failed_status() {
     assert_eq!(status["state"], "failed");
     assert!(!root.path().join("var/lib/firstboot/done").exists());
 }
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("node.yaml");
+    std::fs::write(&cfg, NODE_YAML).unwrap();
+    let (r, c) = (root.path().to_str().unwrap(), cfg.to_str().unwrap());
+    let steps = [
+        "preflight",
+        "firewall",
+        "hostname",
+        "files",
+        "containerd-config",
+        "images",
+    ];
+
+    let (code, stdout, stderr) = firstboot(&["--root", r, "--config", c, "--dry-run"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("firstboot: dry run: worker node (config from file:"),
+        "{stdout}"
+    );
+    for (i, step) in steps.iter().enumerate() {
+        assert!(
+            stdout.contains(&format!("{:>2}. {step} ", i + 1)),
+            "{step}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("write 1 files: /etc/demo/motd"), "{stdout}");
+    assert!(!stdout.contains("[done in an earlier run]"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(root.path()).unwrap().count(),
+        0,
+        "a dry run writes nothing"
+    );
+
+    // After a real run the journal has every step, and the plan says so.
+    let (code, stdout, stderr) = firstboot(&["--root", r, "--config", c]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = firstboot(&["--root", r, "--config", c, "--dry-run"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.matches("[done in an earlier run]").count(),
+        steps.len(),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("firstboot already ran on this node"),
+        "{stdout}"
+    );
+}

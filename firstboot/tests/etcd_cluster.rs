@@ -134,7 +134,7 @@ impl EtcdService for ChildEtcd {
             .create(true)
             .append(true)
             .open(&self.log)
-            .map_err(|e| EtcdError::Service(e.to_string()))?;
+            .map_err(|e| EtcdError::Service(e.into()))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns, ETCD])
             .stdin(Stdio::null())
@@ -143,7 +143,7 @@ impl EtcdService for ChildEtcd {
         for (k, v) in &env.vars {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| EtcdError::Service(e.to_string()))?;
+        let child = cmd.spawn().map_err(|e| EtcdError::Service(e.into()))?;
         *self.child.lock().unwrap() = Some(child);
         Ok(())
     }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firstboot::ignition::{stage, IgnitionError};
-use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, SourceError, Timeouts};
+use firstboot::net::NetError;
+use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, Timeouts};
 use serde_json::json;
 use sha2::Digest;
 use sources_mock::{Faults, Mock, Resp};
@@ -204,7 +205,7 @@ fn unsupported_sections_are_refused_by_name() {
         }
         let e = stage("ec2", cfg.to_string().as_bytes(), fast()).unwrap_err();
         assert!(
-            matches!(e, SourceError::Ignition(IgnitionError::Unsupported { .. })),
+            matches!(e, IgnitionError::Unsupported { .. }),
             "{section}: {e}"
         );
         let s = e.to_string();
@@ -326,7 +327,7 @@ fn a_bad_hash_anywhere_is_refused_and_nothing_is_applied() {
     let tree = base_tree();
     let before = fs::read_dir(tree.path().join("etc")).unwrap().count();
     let e = stage("nocloud", &top, fast()).unwrap_err();
-    assert!(matches!(e, SourceError::HashMismatch { .. }), "{e}");
+    assert!(matches!(e, IgnitionError::HashMismatch { .. }), "{e}");
     assert!(
         e.to_string()
             .contains("storage.files[/etc/blob.txt].contents")
@@ -342,7 +343,7 @@ fn a_bad_hash_anywhere_is_refused_and_nothing_is_applied() {
         "verification": {"hash": format!("sha256-{}", "ab".repeat(32))}}]}}, "storage": {"files": [node_file()]}});
     let e = stage("nocloud", top.to_string().as_bytes(), fast()).unwrap_err();
     assert!(
-        matches!(e, SourceError::HashMismatch { .. })
+        matches!(e, IgnitionError::HashMismatch { .. })
             && e.to_string().contains("ignition.config.merge[0]"),
         "{e}"
     );
@@ -377,7 +378,13 @@ fn a_missing_referenced_config_is_an_error() {
     let served = serve(vec![]);
     let top = json!({"ignition": {"version": "3.6.0", "config": {"merge": [{"source": format!("{}/nope.ign", served.mock.base)}]}}});
     let e = stage("ec2", top.to_string().as_bytes(), fast()).unwrap_err();
-    assert!(matches!(e, SourceError::Http { status: 404, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            IgnitionError::Fetch(NetError::Status { status: 404, .. })
+        ),
+        "{e}"
+    );
 }
 
 fn fw_cfg_root(content: &str) -> tempfile::TempDir {

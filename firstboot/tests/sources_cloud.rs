@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use firstboot::net::NetError;
 use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, SourceError, Timeouts};
 use sha2::Digest;
 use sources_mock::{Faults, Mock};
@@ -118,7 +119,7 @@ fn ec2_token_refusal_is_an_error_not_a_downgrade() {
         );
         let e = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap_err();
         assert!(
-            matches!(e, SourceError::Http { status: s, .. } if s == status),
+            matches!(e, SourceError::Net(NetError::Status { status: s, .. }) if s == status),
             "{e}"
         );
         assert!(e.to_string().starts_with("ec2: "), "{e}");
@@ -171,7 +172,10 @@ fn a_slow_server_is_a_timeout_within_the_deadline() {
     let t = Instant::now();
     let e = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap_err();
     let took = t.elapsed();
-    assert!(matches!(e, SourceError::Timeout { .. }), "{e}");
+    assert!(
+        matches!(e, SourceError::Net(NetError::Timeout { .. })),
+        "{e}"
+    );
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert!(e.to_string().contains("/latest/api/token"), "{e}");
 }
@@ -188,7 +192,10 @@ fn a_server_that_keeps_failing_is_an_http_error_at_the_deadline() {
     );
     let t = Instant::now();
     let e = acquire(&ctx(d.path(), Platform::Gcp, &mock)).unwrap_err();
-    assert!(matches!(e, SourceError::Http { status: 500, .. }), "{e}");
+    assert!(
+        matches!(e, SourceError::Net(NetError::Status { status: 500, .. })),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
@@ -495,7 +502,10 @@ fn kernel_cmdline_url_hash_mismatch_and_missing_document_are_errors() {
     )
     .with_timeouts(fast());
     let e = acquire(&c).unwrap_err();
-    assert!(matches!(e, SourceError::Http { status: 404, .. }), "{e}");
+    assert!(
+        matches!(e, SourceError::Net(NetError::Status { status: 404, .. })),
+        "{e}"
+    );
 
     let c =
         SourceContext::new(d.path(), "firstboot.config_url=ftp://example/x").with_timeouts(fast());

@@ -6,10 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use firstboot::source::blockdev::{probe, FilesystemReader};
 use firstboot::source::{
     acquire, detect_from_dmi, DeviceSet, Platform, SourceContext, SourceError,
 };
+use firstboot::source::{blockdev::probe, FilesystemReader};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 

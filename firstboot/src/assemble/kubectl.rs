@@ -149,7 +149,7 @@ pub fn apply_manifests(
                     ],
                     Some(m.yaml.as_bytes()),
                 )
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| crate::step::error_line(&e))?;
             if out.ok {
                 tracing::info!(manifest = %m.name, objects = out.stdout.lines().count(), "applied");
                 return Ok(());
@@ -425,7 +425,7 @@ pub fn approve_csrs(root: &Path) -> Result<usize> {
         Ok(masters) => {
             label_nodes(&kubectl, &masters)?;
         }
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "node role labels skipped"),
+        Err(e) => tracing::warn!(error = %crate::step::error_line(&e), "node role labels skipped"),
     }
     Ok(approved)
 }

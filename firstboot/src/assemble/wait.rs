@@ -1,11 +1,11 @@
-//! Waiting with a deadline, backoff and progress lines; systemctl; the API server probes.
+//! Waiting for something outside the node: a deadline, backoff and progress lines.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Result};
 
-use crate::run::RunOptions;
+use crate::step::RunOptions;
+use nodeimage_core::retry::{self, Backoff, Deadline, Poll};
 
 /// How long and how often to wait for something.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ impl<'a> Progress<'a> {
         if due {
             self.last.set(Some(Instant::now()));
             if let Some(o) = self.opts {
-                crate::run::announce(
+                crate::step::announce(
                     o,
                     &format!(
                         "firstboot: {}: waiting {}s for {what}: {last}",
@@ -94,187 +94,30 @@ pub fn wait_until(
     w: &WaitOptions,
     mut probe: impl FnMut() -> std::result::Result<(), String>,
 ) -> Result<Duration> {
-    let deadline = Instant::now() + w.deadline;
-    let mut backoff = w.initial_backoff;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let last = match probe() {
-            Ok(()) => return Ok(progress.elapsed()),
-            Err(e) => e,
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            bail!(
-                "timed out after {}s waiting for {what}; last: {last}",
-                progress.elapsed().as_secs()
-            );
+    let deadline = Deadline::after(w.deadline);
+    let mut backoff = Backoff::new(w.initial_backoff, w.max_backoff);
+    retry::wait_until(&deadline, &mut backoff, |attempt| match probe() {
+        Ok(()) => Poll::Ready(()),
+        Err(last) => {
+            if !deadline.expired() {
+                progress.waiting(what, attempt, &last);
+            }
+            Poll::Pending(last)
         }
-        progress.waiting(what, attempt, &last);
-        std::thread::sleep(backoff.min(deadline - now));
-        backoff = (backoff * 2).min(w.max_backoff);
-    }
-}
-
-/// `systemctl ARGS`, failing with its stderr.
-pub fn systemctl(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("systemctl")
-        .args(args)
-        .output()
-        .with_context(|| format!("running systemctl {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The units among `units` that `firstboot.service` is ordered `Before=`, when it is
-/// starting right now (pure: from `systemctl show` output).
-pub fn ordered_after_firstboot<'u>(
-    active_state: &str,
-    before: &str,
-    units: &[&'u str],
-) -> Vec<&'u str> {
-    if active_state.trim() != "activating" {
-        return Vec::new();
-    }
-    let before: Vec<&str> = before.split_whitespace().collect();
-    units
-        .iter()
-        .copied()
-        .filter(|u| before.contains(u))
-        .collect()
-}
-
-/// A start job for a unit ordered after `firstboot.service` waits until firstboot's own
-/// (oneshot) start finishes, and firstboot waits for that unit: a deadlock that would
-/// only end at the wait's deadline. Say so at once instead.
-pub fn check_start_order(units: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("systemctl")
-        .args([
-            "show",
-            "-p",
-            "ActiveState",
-            "-p",
-            "Before",
-            "firstboot.service",
-        ])
-        .output();
-    let Ok(out) = out else { return Ok(()) };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let blocked = ordered_after_firstboot(&field("ActiveState"), &field("Before"), units);
-    if !blocked.is_empty() {
-        bail!(
-            "firstboot.service is ordered Before={0}, so starting {0} from firstboot would wait for \
-             firstboot itself: remove {0} from Before= in firstboot.service",
-            blocked.join(" ")
-        );
-    }
-    Ok(())
-}
-
-/// Reload units, then enable and start them without waiting for their start jobs (the
-/// caller waits for what matters with a deadline and says what it waits for).
-pub fn enable_now(units: &[&str]) -> Result<()> {
-    check_start_order(units)?;
-    systemctl(&["daemon-reload"])?;
-    let mut args = vec!["enable", "--now", "--no-block"];
-    args.extend_from_slice(units);
-    systemctl(&args)
-}
-
-/// `unit=state` for each unit (`systemctl is-active`), for progress lines.
-pub fn unit_states(units: &[&str]) -> String {
-    units
-        .iter()
-        .map(|u| {
-            let state = std::process::Command::new("systemctl")
-                .args(["is-active", u])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_else(|e| format!("unknown ({e})"));
-            format!("{u}={state}")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// An HTTPS client that trusts only `ca_pem`, optionally with a client identity.
-pub fn https_client(
-    ca_pem: &str,
-    identity_pem: Option<String>,
-    timeout: Duration,
-) -> Result<reqwest::blocking::Client> {
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the cluster CA")?;
-    let mut b = reqwest::blocking::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .timeout(timeout)
-        .no_proxy();
-    if let Some(id) = identity_pem {
-        b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).context("client identity")?);
-    }
-    b.build().context("building the HTTPS client")
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// `GET {base}/readyz`: Ok on 200, else what the server (or the network) said.
-pub fn readyz(client: &reqwest::blocking::Client, base: &str) -> std::result::Result<(), String> {
-    match client.get(format!("{base}/readyz")).send() {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => {
-            let status = r.status();
-            let body: String = r.text().unwrap_or_default().chars().take(200).collect();
-            Err(format!("HTTP {status}: {}", body.trim()))
-        }
-        Err(e) => Err(error_chain(&e)),
-    }
-}
-
-/// Read a file under the root as text, naming it on error.
-pub fn read_rooted(root: &Path, node_path: &str) -> Result<String> {
-    let p = nodeimage_core::files::rooted(root, node_path);
-    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    })
+    .map_err(|t| {
+        anyhow!(
+            "timed out after {}s waiting for {what}; last: {}",
+            progress.elapsed().as_secs(),
+            t.last
+        )
+    })?;
+    Ok(progress.elapsed())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_order_deadlock_is_detected_only_while_firstboot_starts() {
-        let before = "kubelet.service etcd.service multi-user.target";
-        let units = ["kubelet.service", "kube-proxy.service"];
-        assert_eq!(
-            ordered_after_firstboot("activating", before, &units),
-            ["kubelet.service"]
-        );
-        assert!(ordered_after_firstboot("inactive", before, &units).is_empty());
-        assert!(ordered_after_firstboot("activating", "multi-user.target", &units).is_empty());
-    }
 
     #[test]
     fn wait_until_succeeds_and_times_out_with_the_last_answer() {

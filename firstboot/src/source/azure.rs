@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 
-use super::http::Endpoint;
+use super::endpoint::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "azure";

@@ -13,21 +13,12 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::fs::FilesystemReader;
 use super::iso9660::{self, IsoFs};
 use nodeimage_core::fat::{BootSector, FatError, FatImage, FatType, Stat};
 
 /// Largest file read from a FAT volume (configuration data is small).
 const MAX_FAT_FILE: u64 = 64 << 20;
-
-/// Read-only access to files on a filesystem that is not mounted.
-pub trait FilesystemReader: Send + Sync {
-    /// The volume label (FAT: root-directory label or boot-sector label; ISO9660: volume id).
-    fn label(&self) -> Option<String>;
-    /// The contents of the file at a `/`-separated path, `None` when it does not exist.
-    fn read_file(&self, path: &str) -> io::Result<Option<Vec<u8>>>;
-    /// A short filesystem type name ("fat16", "iso9660").
-    fn kind(&self) -> &'static str;
-}
 
 /// A FAT volume on a device or image file, read through [`nodeimage_core::fat::FatImage`].
 struct FatVolume {

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::http::Http;
 use super::{DataSource, SourceContext, SourceError};
+use crate::net::{HashMismatch, Http};
 
 pub(crate) const SOURCE_NAME: &str = "kernel-cmdline-url";
 
@@ -168,7 +168,7 @@ impl ConfigUrlSource {
             }
         };
         // The operator named this URL: a refused connection is retried until the deadline.
-        let http = Http::new(SOURCE_NAME, ctx.timeouts, false)?;
+        let http = Http::new(SOURCE_NAME, ctx.timeouts, false);
         Ok(Some(ConfigUrlSource { url, sha256, http }))
     }
 }
@@ -183,13 +183,13 @@ impl DataSource for ConfigUrlSource {
         if let Some(expected) = &self.sha256 {
             let actual = hex::encode(Sha256::digest(&body));
             if &actual != expected {
-                return Err(SourceError::HashMismatch {
+                return Err(SourceError::HashMismatch(HashMismatch {
                     source_name: SOURCE_NAME.into(),
                     what: self.url.clone(),
-                    algorithm: "sha256".into(),
+                    algorithm: "sha256",
                     expected: expected.clone(),
                     actual,
-                });
+                }));
             }
         }
         Ok(Some(body))

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::http::Endpoint;
+use super::endpoint::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "digitalocean";
@@ -32,7 +32,7 @@ impl DataSource for DigitalOceanSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self.endpoint.get("v1/user-data")?.filter(|d| !d.is_empty()))
+        self.endpoint.user_data("v1/user-data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use reqwest::Method;
 
-use super::http::{text, Endpoint};
+use super::endpoint::{parse_ip, text, Endpoint};
 use super::{DataSource, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "ec2";
@@ -39,7 +39,7 @@ impl Ec2Source {
             return Ok(t.clone());
         }
         let url = self.endpoint.url("latest/api/token");
-        let http = self.endpoint.http()?;
+        let http = self.endpoint.http();
         let r = http.request(
             Method::PUT,
             &url,
@@ -58,7 +58,7 @@ impl Ec2Source {
                     );
                     None
                 }
-                status => return Err(http.status_error(&url, status, &r.body)),
+                status => return Err(http.status_error(&url, status, &r.body).into()),
             };
         let _ = self.token.set(token.clone());
         Ok(token)
@@ -67,13 +67,11 @@ impl Ec2Source {
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let token = self.token()?;
         let url = self.endpoint.url(&format!("latest/{path}"));
-        match &token {
-            Some(t) => self
-                .endpoint
-                .http()?
-                .get_optional(&url, &[("X-aws-ec2-metadata-token", t)]),
-            None => self.endpoint.http()?.get_optional(&url, &[]),
-        }
+        let http = self.endpoint.http();
+        Ok(match &token {
+            Some(t) => http.get_optional(&url, &[("X-aws-ec2-metadata-token", t)])?,
+            None => http.get_optional(&url, &[])?,
+        })
     }
 
     fn meta(&self, path: &str) -> Result<Option<String>, SourceError> {
@@ -84,13 +82,7 @@ impl Ec2Source {
     }
 
     fn meta_ip(&self, path: &str) -> Result<Option<IpAddr>, SourceError> {
-        self.meta(path)?
-            .map(|s| {
-                s.parse().map_err(|_| {
-                    SourceError::format(SOURCE_NAME, format!("{path}: not an IP address: {s}"))
-                })
-            })
-            .transpose()
+        parse_ip(SOURCE_NAME, path, self.meta(path)?)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::http::{text, Endpoint};
+use super::endpoint::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "gcp";
@@ -34,20 +34,11 @@ impl GcpSource {
     }
 
     fn text(&self, path: &str) -> Result<Option<String>, SourceError> {
-        match self.get(path)? {
-            Some(b) => text(SOURCE_NAME, path, b),
-            None => Ok(None),
-        }
+        self.endpoint.text(path)
     }
 
     fn ip(&self, path: &str) -> Result<Option<IpAddr>, SourceError> {
-        self.text(path)?
-            .map(|s| {
-                s.parse().map_err(|_| {
-                    SourceError::format(SOURCE_NAME, format!("{path}: not an IP address: {s}"))
-                })
-            })
-            .transpose()
+        self.endpoint.ip(path)
     }
 }
 
@@ -57,9 +48,7 @@ impl DataSource for GcpSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self
-            .get("instance/attributes/user-data")?
-            .filter(|d| !d.is_empty()))
+        self.endpoint.user_data("instance/attributes/user-data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::http::Endpoint;
+use super::endpoint::Endpoint;
 use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const SOURCE_NAME: &str = "hetzner";

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::blockdev::FilesystemReader;
+use super::fs::FilesystemReader;
 
 const SECTOR: u64 = 2048;
 const MAX_FILE_SIZE: u64 = 64 << 20;
@@ -112,10 +112,6 @@ impl IsoFs {
             fs.names = NameSpace::RockRidge;
         }
         Ok(fs)
-    }
-
-    pub fn name_space(&self) -> NameSpace {
-        self.names
     }
 
     fn root_has_rock_ridge(&self) -> io::Result<bool> {

@@ -73,147 +73,43 @@
 //! [`nodeimage_core::config::NODE_CONFIG_IGNITION_PATH`]; gzip is decompressed first. cloud-init
 //! documents, scripts and anything else are refused, naming the source.
 
+mod acquire;
 mod azure;
 pub mod blockdev;
 mod cmdline;
 mod digitalocean;
 mod dmi;
 mod ec2;
+mod endpoint;
+pub mod fs;
 mod fwcfg;
 mod gcp;
 mod hetzner;
-pub(crate) mod http;
 pub mod iso9660;
 mod nocloud;
 mod nodeconfig;
 mod openstack;
+mod platform;
 pub mod userdata;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ignition::{IgnitionError, StagedIgnition};
+use crate::net::{HashMismatch, NetError};
 use nodeimage_core::config::{ConfigError, NodeConfig};
 
-pub use blockdev::{DeviceSet, FilesystemReader, Volume};
+pub use crate::net::Timeouts;
+pub use acquire::{acquire, source_order};
+pub use blockdev::{DeviceSet, Volume};
 pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
 pub use dmi::detect_from_dmi;
+pub use fs::FilesystemReader;
 pub use fwcfg::FW_CFG_NAME;
 pub use nodeconfig::NODECONFIG_LABEL;
-
-/// The cloud or machine type, which decides the platform sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Platform {
-    Ec2,
-    Gcp,
-    Azure,
-    OpenStack,
-    DigitalOcean,
-    Hetzner,
-    Qemu,
-    /// Bare metal or unknown: local sources only.
-    Metal,
-}
-
-impl Platform {
-    pub const ALL: [Platform; 8] = [
-        Platform::Ec2,
-        Platform::Gcp,
-        Platform::Azure,
-        Platform::OpenStack,
-        Platform::DigitalOcean,
-        Platform::Hetzner,
-        Platform::Qemu,
-        Platform::Metal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Ec2 => "ec2",
-            Platform::Gcp => "gcp",
-            Platform::Azure => "azure",
-            Platform::OpenStack => "openstack",
-            Platform::DigitalOcean => "digitalocean",
-            Platform::Hetzner => "hetzner",
-            Platform::Qemu => "qemu",
-            Platform::Metal => "metal",
-        }
-    }
-
-    /// The metadata service's base URL on the platform (overridable per context).
-    pub fn default_endpoint(self) -> Option<&'static str> {
-        match self {
-            Platform::Ec2
-            | Platform::Gcp
-            | Platform::Azure
-            | Platform::OpenStack
-            | Platform::DigitalOcean
-            | Platform::Hetzner => Some("http://169.254.169.254"),
-            Platform::Qemu | Platform::Metal => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Platform {
-    type Err = SourceError;
-    fn from_str(s: &str) -> Result<Self, SourceError> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "ec2" | "aws" => Platform::Ec2,
-            "gcp" | "gce" => Platform::Gcp,
-            "azure" => Platform::Azure,
-            "openstack" => Platform::OpenStack,
-            "digitalocean" => Platform::DigitalOcean,
-            "hetzner" => Platform::Hetzner,
-            "qemu" => Platform::Qemu,
-            "metal" | "none" => Platform::Metal,
-            other => {
-                return Err(SourceError::Invalid(format!(
-                    "unknown platform `{other}`; expected one of ec2, gcp, azure, openstack, digitalocean, hetzner, qemu, metal"
-                )))
-            }
-        })
-    }
-}
-
-/// How the platform was chosen (reported in logs and status).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlatformChoice {
-    Flag,
-    KernelArgument,
-    Dmi(String),
-    Default,
-}
-
-/// Timeouts of the network sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// One HTTP request (connect + answer).
-    pub request: Duration,
-    /// All requests of one source together, retries included.
-    pub deadline: Duration,
-    /// First pause between retries; doubled each time up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            request: Duration::from_secs(5),
-            deadline: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
-        }
-    }
-}
+pub use platform::{Platform, PlatformChoice};
 
 /// Everything a source needs to know about the machine it runs on.
 #[derive(Debug, Clone)]
@@ -413,29 +309,9 @@ pub enum SourceError {
     /// The source is not present on this machine (try the next one).
     #[error("{source_name}: not present: {reason}")]
     Absent { source_name: String, reason: String },
-    #[error(
-        "{source_name}: {url}: no answer within {after_ms} ms ({attempts} attempts; last: {last})"
-    )]
-    Timeout {
-        source_name: String,
-        url: String,
-        after_ms: u128,
-        attempts: u32,
-        last: String,
-    },
-    #[error("{source_name}: {url}: HTTP {status}: {detail}")]
-    Http {
-        source_name: String,
-        url: String,
-        status: u16,
-        detail: String,
-    },
-    #[error("{source_name}: {url}: {message}")]
-    Network {
-        source_name: String,
-        url: String,
-        message: String,
-    },
+    /// A metadata service or URL did not answer as it should (timeout, HTTP status).
+    #[error(transparent)]
+    Net(NetError),
     #[error("{source_name}: {context}: {error}")]
     Io {
         source_name: String,
@@ -443,14 +319,9 @@ pub enum SourceError {
         #[source]
         error: std::io::Error,
     },
-    #[error("{source_name}: {what}: expected {algorithm} {expected}, found {actual}")]
-    HashMismatch {
-        source_name: String,
-        what: String,
-        algorithm: String,
-        expected: String,
-        actual: String,
-    },
+    /// The document does not match `firstboot.config_sha256`.
+    #[error(transparent)]
+    HashMismatch(HashMismatch),
     /// The user data (or metadata) is not in a form firstboot accepts.
     #[error("{source_name}: {message}")]
     Format {
@@ -460,7 +331,7 @@ pub enum SourceError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Ignition(#[from] IgnitionError),
+    Ignition(Box<IgnitionError>),
     /// A kernel argument or flag is malformed.
     #[error("{0}")]
     Invalid(String),
@@ -479,6 +350,25 @@ fn format_attempts(a: &[Attempt]) -> String {
         .map(|a| format!("{} ({})", a.source, a.outcome))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+impl From<IgnitionError> for SourceError {
+    fn from(e: IgnitionError) -> Self {
+        SourceError::Ignition(Box::new(e))
+    }
+}
+
+impl From<NetError> for SourceError {
+    /// A refused connection to a metadata service means the source is not here.
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Refused { who, url } => SourceError::Absent {
+                source_name: who,
+                reason: format!("{url}: connection refused"),
+            },
+            e => SourceError::Net(e),
+        }
+    }
 }
 
 impl SourceError {
@@ -501,114 +391,6 @@ impl SourceError {
             error,
         }
     }
-}
-
-/// The sources to try, in order (see the module documentation).
-pub fn source_order(
-    ctx: &SourceContext,
-    platform: Platform,
-) -> Result<Vec<Box<dyn DataSource>>, SourceError> {
-    if let Some(url_source) = cmdline::ConfigUrlSource::from_context(ctx)? {
-        return Ok(vec![Box::new(url_source)]);
-    }
-    let mut out: Vec<Box<dyn DataSource>> =
-        vec![Box::new(nodeconfig::NodeConfigPartition::new(ctx))];
-    let mut local_done = Vec::new();
-    match platform {
-        Platform::Ec2 => out.push(Box::new(ec2::Ec2Source::new(ctx))),
-        Platform::Gcp => out.push(Box::new(gcp::GcpSource::new(ctx))),
-        Platform::Azure => {
-            out.push(Box::new(azure::AzureImdsSource::new(ctx)));
-            out.push(Box::new(azure::AzureOvfSource::new(ctx)));
-        }
-        Platform::OpenStack => {
-            out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
-            local_done.push("config-drive");
-            out.push(Box::new(openstack::OpenStackMetadataSource::new(ctx)));
-        }
-        Platform::DigitalOcean => out.push(Box::new(digitalocean::DigitalOceanSource::new(ctx))),
-        Platform::Hetzner => out.push(Box::new(hetzner::HetznerSource::new(ctx))),
-        Platform::Qemu => {
-            out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
-            local_done.push("fw-cfg");
-        }
-        Platform::Metal => {}
-    }
-    if !local_done.contains(&"fw-cfg") {
-        out.push(Box::new(fwcfg::FwCfgSource::new(ctx)));
-    }
-    out.push(Box::new(nocloud::NoCloudSource::new(ctx)));
-    if !local_done.contains(&"config-drive") {
-        out.push(Box::new(openstack::ConfigDriveSource::new(ctx)));
-    }
-    Ok(out)
-}
-
-/// Find the user data, parse it into a node config and stage any Ignition config.
-/// Writes nothing.
-pub fn acquire(ctx: &SourceContext) -> Result<Acquired, SourceError> {
-    let start = Instant::now();
-    let (platform, platform_choice) = ctx.platform()?;
-    tracing::info!(platform = %platform, choice = ?platform_choice, "platform");
-    let mut attempts = Vec::new();
-    for source in source_order(ctx, platform)? {
-        let name = source.name();
-        let t = Instant::now();
-        match source.user_data() {
-            Ok(Some(data)) if data.iter().all(u8::is_ascii_whitespace) => {
-                tracing::info!(source = name, "present, empty user data");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: "present, no user data".into(),
-                });
-            }
-            Ok(Some(data)) => {
-                tracing::info!(
-                    source = name,
-                    bytes = data.len(),
-                    ms = t.elapsed().as_millis() as u64,
-                    "user data found"
-                );
-                let (node_config, ignition) = userdata::interpret(&source.document(), &data, ctx)?;
-                let metadata = source.metadata()?;
-                return Ok(Acquired {
-                    source: name.to_string(),
-                    platform,
-                    platform_choice,
-                    metadata,
-                    node_config,
-                    ignition,
-                    attempts,
-                    elapsed: start.elapsed(),
-                });
-            }
-            Ok(None) => {
-                tracing::info!(source = name, "present, no user data");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: "present, no user data".into(),
-                });
-            }
-            Err(SourceError::Absent { reason, .. }) => {
-                tracing::debug!(source = name, reason = %reason, "not present");
-                attempts.push(Attempt {
-                    source: name.into(),
-                    outcome: format!("not present: {reason}"),
-                });
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(SourceError::NoSource { platform, attempts })
-}
-
-/// [`SourceContext::from_system`] and [`acquire`] in one call: what
-/// `firstboot --root DIR [--platform X]` needs.
-pub fn acquire_from_system(
-    root: &Path,
-    platform_override: Option<Platform>,
-) -> Result<Acquired, SourceError> {
-    acquire(&SourceContext::from_system(root, platform_override)?)
 }
 
 /// Read one file from the first volume carrying one of `labels` (shared by the

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::http::{text, Endpoint};
+use super::endpoint::Endpoint;
 use super::{read_labelled, DataSource, Metadata, Platform, SourceContext, SourceError};
 
 pub(crate) const DRIVE_SOURCE_NAME: &str = "openstack-config-drive";
@@ -119,11 +119,9 @@ impl OpenStackMetadataSource {
         self.endpoint.get(path)
     }
 
+    /// An address that does not parse is left out (the service is not strict about it).
     fn ip(&self, path: &str) -> Result<Option<IpAddr>, SourceError> {
-        let Some(b) = self.get(path)? else {
-            return Ok(None);
-        };
-        Ok(text(SERVICE_SOURCE_NAME, path, b)?.and_then(|s| s.parse().ok()))
+        Ok(self.endpoint.text(path)?.and_then(|s| s.parse().ok()))
     }
 }
 
@@ -133,9 +131,7 @@ impl DataSource for OpenStackMetadataSource {
     }
 
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        Ok(self
-            .get("openstack/latest/user_data")?
-            .filter(|d| !d.is_empty()))
+        self.endpoint.user_data("openstack/latest/user_data")
     }
 
     fn metadata(&self) -> Result<Metadata, SourceError> {

@@ -3,7 +3,8 @@
 //! * a native node config: YAML mapping, parsed strictly by [`NodeConfig::parse`] (errors
 //!   carry line and column);
 //! * an Ignition config v3.0.0–v3.6.0 (JSON with `ignition.version`); the node config then
-//!   travels inside it as the file [`NODE_CONFIG_IGNITION_PATH`].
+//!   travels inside it as the file
+//!   [`nodeimage_core::config::NODE_CONFIG_IGNITION_PATH`].
 //!
 //! gzip-compressed user data (as Terraform and some clouds send it) is decompressed first.
 //! Anything else (cloud-init `#cloud-config`, scripts, MIME multipart, other JSON) is an
@@ -11,10 +12,9 @@
 
 use std::io::Read;
 
-use crate::ignition::StagedIgnition;
-use nodeimage_core::config::{NodeConfig, NODE_CONFIG_IGNITION_PATH};
+use nodeimage_core::config::NodeConfig;
 
-use super::{SourceContext, SourceError};
+use super::SourceError;
 
 const MAX_USER_DATA: u64 = 64 << 20;
 
@@ -88,12 +88,19 @@ pub fn decompress(source_name: &str, data: &[u8]) -> Result<Vec<u8>, SourceError
     Ok(out)
 }
 
-/// Turn raw user data into a node config and, for Ignition, a staged config.
-pub fn interpret(
-    source_name: &str,
-    data: &[u8],
-    ctx: &SourceContext,
-) -> Result<(NodeConfig, Option<StagedIgnition>), SourceError> {
+/// What a user-data document carries.
+#[derive(Debug)]
+pub enum UserData {
+    /// A native node config, parsed.
+    NodeConfig(Box<NodeConfig>),
+    /// An Ignition config (decompressed, not parsed yet): staging it fetches and
+    /// validates it ([`crate::ignition::stage`]).
+    Ignition(Vec<u8>),
+}
+
+/// Classify raw user data: a native node config (parsed here) or an Ignition config;
+/// anything else is refused, naming the source.
+pub fn classify(source_name: &str, data: &[u8]) -> Result<UserData, SourceError> {
     let data = decompress(source_name, data)?;
     match detect(&data) {
         UserDataKind::NodeConfig => {
@@ -103,22 +110,12 @@ pub fn interpret(
                 Ok(serde_yaml::Value::Mapping(_)) | Err(_) => {}
                 Ok(_) => return Err(SourceError::format(source_name, format!("user data is not a YAML mapping; {EXPECTED}"))),
             }
-            Ok((NodeConfig::parse(source_name, text)?, None))
+            Ok(UserData::NodeConfig(Box::new(NodeConfig::parse(
+                source_name,
+                text,
+            )?)))
         }
-        UserDataKind::Ignition => {
-            let staged = crate::ignition::stage(source_name, &data, ctx.timeouts)?;
-            let Some(yaml) = staged.node_config_yaml() else {
-                return Err(SourceError::format(
-                    source_name,
-                    format!("the Ignition config carries no node config: expected a storage.files entry at {NODE_CONFIG_IGNITION_PATH}"),
-                ));
-            };
-            let text = std::str::from_utf8(yaml).map_err(|_| {
-                SourceError::format(source_name, format!("Ignition file {NODE_CONFIG_IGNITION_PATH}: not UTF-8"))
-            })?;
-            let nc = NodeConfig::parse(&format!("{source_name}: {NODE_CONFIG_IGNITION_PATH}"), text)?;
-            Ok((nc, Some(staged)))
-        }
+        UserDataKind::Ignition => Ok(UserData::Ignition(data)),
         UserDataKind::CloudConfig => Err(SourceError::format(
             source_name,
             format!("user data is a cloud-init document (#cloud-config); firstboot does not run cloud-init: {EXPECTED}"),
@@ -157,17 +154,12 @@ mod tests {
 
     #[test]
     fn cloud_config_is_refused_with_the_source_named() {
-        let ctx = SourceContext::new(std::path::Path::new("/nonexistent"), "");
-        let e = interpret("ec2", b"#cloud-config\n", &ctx)
-            .unwrap_err()
-            .to_string();
+        let e = classify("ec2", b"#cloud-config\n").unwrap_err().to_string();
         assert!(
             e.starts_with("ec2: ") && e.contains("#cloud-config") && e.contains("Ignition"),
             "{e}"
         );
-        let e = interpret("ec2", b"just some words", &ctx)
-            .unwrap_err()
-            .to_string();
+        let e = classify("ec2", b"just some words").unwrap_err().to_string();
         assert!(e.contains("not a YAML mapping"), "{e}");
     }
 
