@@ -44,8 +44,8 @@ fn unit_flag<'a>(unit: &'a str, flag: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(&format!("--{flag}=")))
 }
 
-fn yaml(root: &Path, node_path: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(&read(root, node_path)).unwrap()
+fn yaml(root: &Path, node_path: &str) -> yaml_serde::Value {
+    yaml_serde::from_str(&read(root, node_path)).unwrap()
 }
 
 /// The kubelet and kube-proxy listen where the port table says, on any role.

@@ -137,8 +137,8 @@ fn golden_files(dir: &str, files: &[GeneratedFile]) {
 fn check_documents(name: &str, yaml: &str) -> Vec<(String, String)> {
     use serde::Deserialize;
     let mut kinds = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for doc in yaml_serde::Deserializer::from_str(yaml) {
+        let v = yaml_serde::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
         if v.is_null() {
             continue;
         }

@@ -52,13 +52,13 @@ impl ConfigError {
     }
 }
 
-/// Parse strict YAML, turning serde_yaml's error (which carries "at line L column C")
+/// Parse strict YAML, turning yaml_serde's error (which carries "at line L column C")
 /// into a [`ConfigError::Parse`] naming the document.
 pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     source_name: &str,
     text: &str,
 ) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
         source_name: source_name.to_string(),
         message: e.to_string(),
     })

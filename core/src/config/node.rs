@@ -258,7 +258,7 @@ impl NodeConfig {
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("node config serialises")
+        yaml_serde::to_string(self).expect("node config serialises")
     }
 
     pub fn is_bootstrap_master(&self) -> bool {
