@@ -270,7 +270,7 @@ impl Ruleset {
         );
         let _ = writeln!(
             s,
-            "# (core/src/ports.rs). Input hook only: forwarded pod and service"
+            "# (core/src/ports/table.rs). Input hook only: forwarded pod and service"
         );
         let _ = writeln!(
             s,
