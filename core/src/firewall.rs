@@ -539,7 +539,7 @@ mod tests {
             f.network.node_subnets = vec!["fd00:20::/64".parse().unwrap()];
             f.ingress = Some(IngressNginx {
                 enabled: true,
-                node_selector: [("ingress".to_string(), "yes".to_string())].into(),
+                node_selector: [("ingress".parse().unwrap(), "yes".to_string())].into(),
                 ..Default::default()
             });
             f.labels = BTreeMap::from([("ingress".to_string(), "yes".to_string())]);

@@ -143,6 +143,7 @@ fn run_firstboot(args: &RunArgs) -> i32 {
                 .config
                 .hostname
                 .clone()
+                .map(String::from)
                 .or_else(|| acquired.hostname.clone())
                 .unwrap_or_else(|| "node".to_string());
             let steps = steps_for(&acquired);

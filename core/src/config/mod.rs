@@ -4,13 +4,19 @@
 //! * [`NodeConfig`] is the user data one node receives: its role, the cluster facts it
 //!   needs and only the secrets that role needs.
 //!
-//! Both are strict: unknown keys are errors that carry the line and column.
+//! Both are strict: unknown keys are errors that carry the line and column. Constrained
+//! values (hostnames, bootstrap tokens, label keys, file modes, node paths) are types
+//! ([`types`]) checked while parsing; [`validate`] holds the checks between fields.
 
 mod cluster;
 mod node;
+mod types;
+mod validate;
 
 pub use cluster::*;
 pub use node::*;
+pub use types::*;
+pub use validate::*;
 
 use std::path::Path;
 

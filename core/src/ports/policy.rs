@@ -132,7 +132,11 @@ impl NodeFacts {
         };
         Ok(NodeFacts {
             role: cfg.role,
-            labels: cfg.labels.clone(),
+            labels: cfg
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             node_address,
             network: cfg.cluster.network.clone(),
             masters: list("cluster.masters", &cfg.cluster.masters)?,
@@ -518,7 +522,7 @@ fn ingress_runs_here(facts: &NodeFacts) -> bool {
         && ing
             .node_selector
             .iter()
-            .all(|(k, v)| facts.labels.get(k).is_some_and(|have| have == v))
+            .all(|(k, v)| facts.labels.get(k.as_str()).is_some_and(|have| have == v))
 }
 
 /// Merge overlapping and adjacent networks: nft interval sets refuse overlaps.

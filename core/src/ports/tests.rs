@@ -194,7 +194,7 @@ fn ingress_respects_selector_and_taints() {
     let sel: BTreeMap<String, String> = [("disk".to_string(), "ssd".to_string())].into();
     let ing = IngressNginx {
         enabled: true,
-        node_selector: sel.clone(),
+        node_selector: [("disk".parse().unwrap(), "ssd".to_string())].into(),
         ..Default::default()
     };
     let has_http = |p: &PortPolicy| {

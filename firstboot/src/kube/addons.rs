@@ -190,7 +190,11 @@ spec:
     let node_selector = if i.node_selector.is_empty() {
         "      nodeSelector:\n        kubernetes.io/os: linux\n".to_string()
     } else {
-        let mut sel = i.node_selector.clone();
+        let mut sel: std::collections::BTreeMap<String, String> = i
+            .node_selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         sel.entry("kubernetes.io/os".into())
             .or_insert_with(|| "linux".into());
         format!("      nodeSelector:\n{}", map_block(8, &sel))

@@ -17,7 +17,7 @@ pub fn register_taints(inp: &KubeInputs) -> Vec<(String, Option<String>, TaintEf
         .node
         .taints
         .iter()
-        .map(|t| (t.key.clone(), t.value.clone(), t.effect))
+        .map(|t| (t.key.to_string(), t.value.clone(), t.effect))
         .collect();
     if inp.is_master()
         && inp.node.cluster.taint_masters
@@ -150,7 +150,7 @@ pub fn bootstrap_kubeconfig(inp: &KubeInputs) -> Option<String> {
             &nodeimage_core::layout::api_server_url(&inp.node.cluster.api_endpoint),
             ca,
             "tls-bootstrap-token-user",
-            KubeconfigUser::Token(token.clone()),
+            KubeconfigUser::Token(token.to_string()),
         )
         .to_yaml(),
     )
