@@ -179,7 +179,9 @@ impl Kubeconfig {
     }
 
     pub fn to_yaml(&self) -> String {
-        yaml_serde::to_string(self).expect("kubeconfig serialises")
+        // As Kubernetes' YAML 1.1 reader reads it back (a cluster named `on` stays a
+        // string).
+        crate::yaml::to_string(self)
     }
 
     pub fn server(&self) -> Option<&str> {

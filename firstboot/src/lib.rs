@@ -16,3 +16,4 @@ pub mod preflight;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod yaml;

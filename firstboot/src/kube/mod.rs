@@ -2,8 +2,11 @@
 //! the kubelet and kube-proxy, KubeletConfiguration, kubeconfigs, and the manifests the
 //! bootstrap master applies (bootstrap token, RBAC, CoreDNS, Weave Net, addons).
 //!
-//! All of it is pure: values in, text out, golden-file tested. Written from the
-//! Kubernetes v1.35 reference documentation. Decisions worth knowing:
+//! All of it is pure: values in, text out, golden-file tested. Manifests, the kubelet's
+//! and kube-proxy's configurations and kubeconfigs are typed values ([`objects`] and
+//! the configuration structs) serialized by [`crate::yaml`], never text templates;
+//! systemd units come from [`ServiceUnit`]. Written from the Kubernetes v1.35 reference
+//! documentation. Decisions worth knowing:
 //!
 //! * The control plane runs as systemd services with the pinned binaries, not as static
 //!   pods: the image has no registry to pull control-plane images from, and etcd is a
@@ -38,6 +41,7 @@ pub mod csr;
 
 pub mod kubelet;
 pub mod manifests;
+pub mod objects;
 pub mod proxy;
 
 /// Where the pinned Kubernetes binaries are on the image.
@@ -240,32 +244,6 @@ impl ServiceUnit<'_> {
         s.push_str("\nRestart=always\nRestartSec=5s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n");
         s
     }
-}
-
-/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-pub(crate) fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("string serialises")
-}
-
-/// A YAML scalar for an address: plain when that is unambiguous (`0.0.0.0:10256`,
-/// `127.0.0.1`), double-quoted otherwise (`"::"`, `"[::]:10256"`).
-pub(crate) fn yaml_addr(s: &str) -> String {
-    let plain = !s.is_empty()
-        && !s.starts_with(':')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':');
-    if plain {
-        s.to_string()
-    } else {
-        q(s)
-    }
-}
-
-/// Split `id.secret` of a bootstrap token.
-pub fn split_token(token: &str) -> Option<(&str, &str)> {
-    nodeimage_core::config::valid_bootstrap_token(token)
-        .then(|| token.split_once('.'))
-        .flatten()
 }
 
 /// Every file this node's role needs: control plane (masters), kubelet, kube-proxy.
