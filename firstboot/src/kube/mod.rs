@@ -235,15 +235,52 @@ impl ServiceUnit<'_> {
             s.push_str(&format!("Requires={}\n", self.requires.join(" ")));
         }
         s.push_str("\n[Service]\nExecStart=");
-        s.push_str(&self.exec);
+        s.push_str(&exec_word(&self.exec));
         for a in self.flags.to_args() {
-            // systemd expands `%` specifiers and `$VAR`: escape both.
             s.push_str(" \\\n    ");
-            s.push_str(&a.replace('%', "%%").replace('$', "$$"));
+            s.push_str(&exec_word(&a));
         }
         s.push_str("\nRestart=always\nRestartSec=5s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n");
         s
     }
+}
+
+/// One word of an `ExecStart=` line, as systemd splits and unescapes it again
+/// (systemd.service(5), "Command lines"): `%` specifiers and `$VAR` expansion are
+/// escaped (`%%`, `$$`) everywhere; a word with whitespace, quotes, backslashes, control
+/// characters or other shell-ish characters is double-quoted with C escapes (`\"`,
+/// `\\`, `\n`, `\xNN`), which systemd decodes; a lone `;` is written `\;`.
+pub fn exec_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%$~*[]".contains(c));
+    let escaped = word.replace('%', "%%").replace('$', "$$");
+    if plain {
+        return escaped;
+    }
+    if word == ";" {
+        return "\\;".into();
+    }
+    let mut s = String::with_capacity(escaped.len() + 2);
+    s.push('"');
+    for c in escaped.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            '\r' => s.push_str("\\r"),
+            c if c.is_control() => {
+                for b in c.to_string().bytes() {
+                    s.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
 }
 
 /// Every file this node's role needs: control plane (masters), kubelet, kube-proxy.
@@ -255,4 +292,64 @@ pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
     v.extend(kubelet::kubelet_files(inp));
     v.extend(proxy::kube_proxy_files(inp));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_words_are_quoted_and_escaped() {
+        for (word, written) in [
+            (
+                "--node-labels=disk=ssd,topology.kubernetes.io/zone=a",
+                "--node-labels=disk=ssd,topology.kubernetes.io/zone=a",
+            ),
+            ("/usr/bin/kubelet", "/usr/bin/kubelet"),
+            ("--x=100%", "--x=100%%"),
+            ("--x=$HOME", "--x=$$HOME"),
+            ("--x=a b", "\"--x=a b\""),
+            ("--x=a\tb", "\"--x=a\\tb\""),
+            ("--x=say \"hi\"", "\"--x=say \\\"hi\\\"\""),
+            ("--x='a'", "\"--x='a'\""),
+            ("--x=a\\b", "\"--x=a\\\\b\""),
+            ("--x=line1\nline2", "\"--x=line1\\nline2\""),
+            ("--x=a\u{1}", "\"--x=a\\x01\""),
+            ("--x=50% of $X y", "\"--x=50%% of $$X y\""),
+            ("--x=a;b", "\"--x=a;b\""),
+            (";", "\\;"),
+            ("", "\"\""),
+        ] {
+            assert_eq!(exec_word(word), written, "{word:?}");
+        }
+    }
+
+    #[test]
+    fn a_unit_keeps_one_word_per_line() {
+        let mut f = Flags::default();
+        f.set("a", "x y").set("b", "two\nlines");
+        let unit = ServiceUnit {
+            description: "d",
+            documentation: "https://example.com",
+            after: &[],
+            wants: &[],
+            requires: &[],
+            exec: "/usr/bin/x".into(),
+            flags: &f,
+        }
+        .render();
+        let exec: Vec<&str> = unit
+            .lines()
+            .skip_while(|l| !l.starts_with("ExecStart="))
+            .take(3)
+            .collect();
+        assert_eq!(
+            exec,
+            [
+                "ExecStart=/usr/bin/x \\",
+                "    \"--a=x y\" \\",
+                "    \"--b=two\\nlines\"",
+            ]
+        );
+    }
 }
