@@ -472,7 +472,13 @@ fn bootstrap_token_values_stay_strings() {
         "000000.0000000000000000",
     ] {
         let t: BootstrapToken = token.parse().unwrap();
-        let yaml = firstboot::yaml::to_string(&bootstrap_token_secret(&t));
+        let secret = bootstrap_token_secret(&t);
+        let debug = format!("{secret:?}");
+        assert!(
+            !debug.contains(t.secret()),
+            "Debug shows the secret: {debug}"
+        );
+        let yaml = firstboot::yaml::to_string(&secret);
         let v = parse(&yaml);
         let (id, secret) = token.split_once('.').unwrap();
         assert_eq!(v["stringData"]["token-id"], json!(id), "{yaml}");

@@ -100,7 +100,8 @@ impl ObjectMeta {
 
 // ------------------------------------------------------------------ core/v1 ---
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// A Secret's fields. Debug shows the keys, never the values.
+#[derive(Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretBody {
     #[serde(rename = "type")]
@@ -109,6 +110,18 @@ pub struct SecretBody {
     pub string_data: Option<StringMap>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<StringMap>,
+}
+
+impl std::fmt::Debug for SecretBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys =
+            |m: &Option<StringMap>| m.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>());
+        f.debug_struct("SecretBody")
+            .field("type", &self.type_)
+            .field("string_data", &keys(&self.string_data))
+            .field("data", &keys(&self.data))
+            .finish()
+    }
 }
 
 /// `data` absent or present (`data: {}` is kept: the ingress controller's ConfigMap).
