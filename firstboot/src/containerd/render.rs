@@ -8,12 +8,15 @@ use serde::Serialize;
 
 use super::{ConfigSchema, ContainerdSettings, MARKER};
 
-/// `config.toml`, version 3 (containerd 2.x).
+/// `config.toml`: the schema version and the plugins' sections (`PluginsV2` for
+/// containerd 1.x, `PluginsV3` for 2.x).
 #[derive(Debug, Serialize)]
-struct ConfigV3<'a> {
+struct Config<P> {
     version: u32,
+    /// Empty: the CRI plugin must not be disabled (some packages ship
+    /// `disabled_plugins = ["cri"]`).
     disabled_plugins: Vec<String>,
-    plugins: PluginsV3<'a>,
+    plugins: P,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,14 +42,6 @@ struct PinnedImages<'a> {
 #[derive(Debug, Serialize)]
 struct CriRuntimeV3 {
     containerd: CriContainerd,
-}
-
-/// `config.toml`, version 2 (containerd 1.x).
-#[derive(Debug, Serialize)]
-struct ConfigV2<'a> {
-    version: u32,
-    disabled_plugins: Vec<String>,
-    plugins: PluginsV2<'a>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,10 +125,8 @@ pub fn render_config(s: &ContainerdSettings, schema: ConfigSchema) -> String {
     let registry = Registry {
         config_path: &s.config_path,
     };
-    // `disabled_plugins = []`: the CRI plugin must not be disabled (some packages ship
-    // `disabled_plugins = ["cri"]`).
     let body = match schema {
-        ConfigSchema::V3 => toml::to_string(&ConfigV3 {
+        ConfigSchema::V3 => toml::to_string(&Config {
             version: schema.number(),
             disabled_plugins: Vec::new(),
             plugins: PluginsV3 {
@@ -149,7 +142,7 @@ pub fn render_config(s: &ContainerdSettings, schema: ConfigSchema) -> String {
                 },
             },
         }),
-        ConfigSchema::V2 => toml::to_string(&ConfigV2 {
+        ConfigSchema::V2 => toml::to_string(&Config {
             version: schema.number(),
             disabled_plugins: Vec::new(),
             plugins: PluginsV2 {

@@ -148,16 +148,18 @@ fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
         .as_ref()
         .and_then(|d| d.image.clone())
         .or(images.ingress_default_backend.clone());
-    let mut docs = vec![
-        yaml::value(&Object::new(
-            "v1",
-            "Namespace",
-            meta(ns).labels(map([("app.kubernetes.io/name", "ingress-nginx")])),
-            NoBody {},
-        )),
-        yaml::value(&service_account("ingress-nginx", ns)),
-        yaml::value(&role(
-            "ClusterRole",
+    let mut docs = [
+        vec![
+            yaml::value(&Object::new(
+                "v1",
+                "Namespace",
+                meta(ns).labels(map([("app.kubernetes.io/name", "ingress-nginx")])),
+                NoBody {},
+            )),
+            yaml::value(&service_account("ingress-nginx", ns)),
+        ],
+        role_for_service_account(
+            Scope::Cluster,
             meta("ingress-nginx"),
             vec![
                 rule(
@@ -188,16 +190,12 @@ fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
                     ["get", "list", "watch"],
                 ),
             ],
-        )),
-        yaml::value(&binding(
-            "ClusterRoleBinding",
-            meta("ingress-nginx"),
-            "ClusterRole",
             "ingress-nginx",
-            vec![sa_subject("ingress-nginx", ns)],
-        )),
-        yaml::value(&role(
-            "Role",
+            ns,
+        )
+        .into(),
+        role_for_service_account(
+            Scope::Namespace,
             meta_ns("ingress-nginx", ns),
             vec![
                 rule([""], ["namespaces"], ["get"]),
@@ -211,36 +209,31 @@ fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
                 rule(["coordination.k8s.io"], ["leases"], ["create"]),
                 rule([""], ["events"], ["create", "patch"]),
             ],
-        )),
-        yaml::value(&binding(
-            "RoleBinding",
-            meta_ns("ingress-nginx", ns),
-            "Role",
             "ingress-nginx",
-            vec![sa_subject("ingress-nginx", ns)],
-        )),
-        yaml::value(&ConfigMap::new(
-            "v1",
-            "ConfigMap",
-            meta_ns("ingress-nginx-controller", ns),
-            ConfigMapBody {
-                data: Some(i.configmap.clone().into_iter().collect()),
-            },
-        )),
-        yaml::value(&Object::new(
-            "networking.k8s.io/v1",
-            "IngressClass",
-            meta("nginx").annotations(map([(
-                "ingressclass.kubernetes.io/is-default-class",
-                "true",
-            )])),
-            IngressClassBody {
-                spec: IngressClassSpec {
-                    controller: "k8s.io/ingress-nginx".into(),
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&config_map(
+                meta_ns("ingress-nginx-controller", ns),
+                Some(i.configmap.clone().into_iter().collect()),
+            )),
+            yaml::value(&Object::new(
+                "networking.k8s.io/v1",
+                "IngressClass",
+                meta("nginx").annotations(map([(
+                    "ingressclass.kubernetes.io/is-default-class",
+                    "true",
+                )])),
+                IngressClassBody {
+                    spec: IngressClassSpec {
+                        controller: "k8s.io/ingress-nginx".into(),
+                    },
                 },
-            },
-        )),
-    ];
+            )),
+        ],
+    ]
+    .concat();
     let mut args = strings([
         "/nginx-ingress-controller",
         "--election-id=ingress-nginx-leader",
@@ -275,22 +268,16 @@ fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
         );
         deployment.body.spec.replicas = Some(1);
         docs.push(yaml::value(&deployment));
-        docs.push(yaml::value(&Object::new(
-            "v1",
-            "Service",
+        docs.push(yaml::value(&service(
             meta_ns("ingress-nginx-default-backend", ns),
-            ServiceBody {
-                spec: ServiceSpec {
-                    selector: backend,
-                    cluster_ip: None,
-                    ports: vec![ServicePort {
-                        name: Some("http".into()),
-                        port: 80,
-                        target_port: Some(IntOrString::String("http".into())),
-                        protocol: None,
-                    }],
-                },
-            },
+            backend,
+            None,
+            vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: None,
+            }],
         )));
     }
     // Deploy to the `node_selector` nodes, and to Linux ones in any case.
@@ -377,10 +364,10 @@ fn kured(image: &str) -> Manifest {
     daemonset.body.spec.update_strategy = Some(rolling_update(None));
     m(
         "50-kured.yaml",
-        vec![
-            yaml::value(&service_account("kured", ns)),
-            yaml::value(&role(
-                "ClusterRole",
+        [
+            vec![yaml::value(&service_account("kured", ns))],
+            role_for_service_account(
+                Scope::Cluster,
                 meta("kured"),
                 vec![
                     rule([""], ["nodes"], ["get", "patch"]),
@@ -388,28 +375,21 @@ fn kured(image: &str) -> Manifest {
                     rule(["apps"], ["daemonsets"], ["get"]),
                     rule([""], ["pods/eviction"], ["create"]),
                 ],
-            )),
-            yaml::value(&binding(
-                "ClusterRoleBinding",
-                meta("kured"),
-                "ClusterRole",
                 "kured",
-                vec![sa_subject("kured", ns)],
-            )),
-            yaml::value(&role(
-                "Role",
+                ns,
+            )
+            .into(),
+            role_for_service_account(
+                Scope::Namespace,
                 meta_ns("kured", ns),
                 vec![rule(["apps"], ["daemonsets"], ["update", "patch"]).named(["kured"])],
-            )),
-            yaml::value(&binding(
-                "RoleBinding",
-                meta_ns("kured", ns),
-                "Role",
                 "kured",
-                vec![sa_subject("kured", ns)],
-            )),
-            yaml::value(&daemonset),
-        ],
+                ns,
+            )
+            .into(),
+            vec![yaml::value(&daemonset)],
+        ]
+        .concat(),
     )
 }
 
@@ -417,16 +397,7 @@ fn dashboard(image: &str) -> Manifest {
     let ns = "kubernetes-dashboard";
     let app = map([("k8s-app", "kubernetes-dashboard")]);
     let opaque = |name: &str, data: Option<StringMap>| {
-        yaml::value(&Secret::new(
-            "v1",
-            "Secret",
-            meta_ns(name, ns),
-            SecretBody {
-                type_: "Opaque".into(),
-                string_data: None,
-                data,
-            },
-        ))
+        yaml::value(&secret(meta_ns(name, ns), "Opaque", None, data))
     };
     let mut deployment = workload(
         "Deployment",
@@ -487,20 +458,20 @@ fn dashboard(image: &str) -> Manifest {
     deployment.body.spec.replicas = Some(1);
     m(
         "60-kubernetes-dashboard.yaml",
-        vec![
-            yaml::value(&namespace(ns)),
-            yaml::value(&service_account("kubernetes-dashboard", ns)),
-            opaque("kubernetes-dashboard-certs", None),
-            opaque("kubernetes-dashboard-csrf", Some(map([("csrf", "")]))),
-            opaque("kubernetes-dashboard-key-holder", None),
-            yaml::value(&ConfigMap::new(
-                "v1",
-                "ConfigMap",
-                meta_ns("kubernetes-dashboard-settings", ns),
-                ConfigMapBody { data: None },
-            )),
-            yaml::value(&role(
-                "Role",
+        [
+            vec![
+                yaml::value(&namespace(ns)),
+                yaml::value(&service_account("kubernetes-dashboard", ns)),
+                opaque("kubernetes-dashboard-certs", None),
+                opaque("kubernetes-dashboard-csrf", Some(map([("csrf", "")]))),
+                opaque("kubernetes-dashboard-key-holder", None),
+                yaml::value(&config_map(
+                    meta_ns("kubernetes-dashboard-settings", ns),
+                    None,
+                )),
+            ],
+            role_for_service_account(
+                Scope::Namespace,
                 meta_ns("kubernetes-dashboard", ns),
                 vec![
                     rule([""], ["secrets"], ["get", "update", "delete"]).named([
@@ -511,31 +482,24 @@ fn dashboard(image: &str) -> Manifest {
                     rule([""], ["configmaps"], ["get", "update"])
                         .named(["kubernetes-dashboard-settings"]),
                 ],
-            )),
-            yaml::value(&binding(
-                "RoleBinding",
-                meta_ns("kubernetes-dashboard", ns),
-                "Role",
                 "kubernetes-dashboard",
-                vec![sa_subject("kubernetes-dashboard", ns)],
-            )),
-            yaml::value(&deployment),
-            yaml::value(&Object::new(
-                "v1",
-                "Service",
-                meta_ns("kubernetes-dashboard", ns),
-                ServiceBody {
-                    spec: ServiceSpec {
-                        selector: app,
-                        cluster_ip: None,
-                        ports: vec![ServicePort {
-                            port: 443,
-                            target_port: Some(IntOrString::Int(8443)),
-                            ..Default::default()
-                        }],
-                    },
-                },
-            )),
-        ],
+                ns,
+            )
+            .into(),
+            vec![
+                yaml::value(&deployment),
+                yaml::value(&service(
+                    meta_ns("kubernetes-dashboard", ns),
+                    app,
+                    None,
+                    vec![ServicePort {
+                        port: 443,
+                        target_port: Some(IntOrString::Int(8443)),
+                        ..Default::default()
+                    }],
+                )),
+            ],
+        ]
+        .concat(),
     )
 }

@@ -63,25 +63,21 @@ pub(crate) fn manifest(name: &str, docs: Vec<yaml_serde::Value>, secret: bool) -
 /// node configs carrying it may boot long after `cluster new` (autoscaling). Replace it
 /// with `nodeimage cluster new --force` and new node configs.
 pub fn bootstrap_token_secret(token: &BootstrapToken) -> Secret {
-    Object::new(
-        "v1",
-        "Secret",
+    secret(
         meta_ns(&format!("bootstrap-token-{}", token.id()), "kube-system"),
-        SecretBody {
-            type_: "bootstrap.kubernetes.io/token".into(),
-            string_data: Some(map([
-                (
-                    "description",
-                    "Node join token made by nodeimage cluster new",
-                ),
-                ("token-id", token.id()),
-                ("token-secret", token.secret()),
-                ("usage-bootstrap-authentication", "true"),
-                ("usage-bootstrap-signing", "true"),
-                ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
-            ])),
-            data: None,
-        },
+        "bootstrap.kubernetes.io/token",
+        Some(map([
+            (
+                "description",
+                "Node join token made by nodeimage cluster new",
+            ),
+            ("token-id", token.id()),
+            ("token-secret", token.secret()),
+            ("usage-bootstrap-authentication", "true"),
+            ("usage-bootstrap-signing", "true"),
+            ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
+        ])),
+        None,
     )
 }
 
@@ -255,10 +251,10 @@ pub fn coredns(inp: &KubeInputs, image: &str) -> Vec<yaml_serde::Value> {
     );
     deployment.body.spec.replicas = Some(2);
     deployment.body.spec.strategy = Some(rolling_update(Some(1)));
-    vec![
-        yaml::value(&service_account("coredns", ns)),
-        yaml::value(&role(
-            "ClusterRole",
+    [
+        vec![yaml::value(&service_account("coredns", ns))],
+        role_for_service_account(
+            Scope::Cluster,
             meta("system:coredns"),
             vec![
                 rule(
@@ -268,48 +264,37 @@ pub fn coredns(inp: &KubeInputs, image: &str) -> Vec<yaml_serde::Value> {
                 ),
                 rule(["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]),
             ],
-        )),
-        yaml::value(&binding(
-            "ClusterRoleBinding",
-            meta("system:coredns"),
-            "ClusterRole",
-            "system:coredns",
-            vec![sa_subject("coredns", ns)],
-        )),
-        yaml::value(&ConfigMap::new(
-            "v1",
-            "ConfigMap",
-            meta_ns("coredns", ns),
-            ConfigMapBody {
-                data: Some([("Corefile".to_string(), corefile(domain))].into()),
-            },
-        )),
-        yaml::value(&deployment),
-        yaml::value(&Object::new(
-            "v1",
-            "Service",
-            meta_ns("kube-dns", ns).labels(map([
-                ("k8s-app", "kube-dns"),
-                ("kubernetes.io/cluster-service", "true"),
-                ("kubernetes.io/name", "CoreDNS"),
-            ])),
-            ServiceBody {
-                spec: ServiceSpec {
-                    selector: app,
-                    cluster_ip: Some(n.dns_service_ip().to_string()),
-                    ports: [("dns", "UDP"), ("dns-tcp", "TCP"), ("metrics", "TCP")]
-                        .into_iter()
-                        .map(|(name, protocol)| ServicePort {
-                            name: Some(name.into()),
-                            port: if name == "metrics" { 9153 } else { 53 },
-                            target_port: None,
-                            protocol: Some(protocol.into()),
-                        })
-                        .collect(),
-                },
-            },
-        )),
+            "coredns",
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&config_map(
+                meta_ns("coredns", ns),
+                Some([("Corefile".to_string(), corefile(domain))].into()),
+            )),
+            yaml::value(&deployment),
+            yaml::value(&service(
+                meta_ns("kube-dns", ns).labels(map([
+                    ("k8s-app", "kube-dns"),
+                    ("kubernetes.io/cluster-service", "true"),
+                    ("kubernetes.io/name", "CoreDNS"),
+                ])),
+                app,
+                Some(n.dns_service_ip().to_string()),
+                [("dns", "UDP"), ("dns-tcp", "TCP"), ("metrics", "TCP")]
+                    .into_iter()
+                    .map(|(name, protocol)| ServicePort {
+                        name: Some(name.into()),
+                        port: if name == "metrics" { 9153 } else { 53 },
+                        target_port: None,
+                        protocol: Some(protocol.into()),
+                    })
+                    .collect(),
+            )),
+        ],
     ]
+    .concat()
 }
 
 /// Weave Net: RBAC, the `weave-passwd` Secret and the DaemonSet (weave + weave-npc).
@@ -420,16 +405,15 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
     );
     daemonset.body.spec.min_ready_seconds = Some(5);
     daemonset.body.spec.update_strategy = Some(rolling_update(None));
-    let sa = || vec![sa_subject("weave-net", ns)];
-    vec![
-        yaml::value(&Object::new(
+    [
+        vec![yaml::value(&Object::new(
             "v1",
             "ServiceAccount",
             meta_ns("weave-net", ns).labels(name.clone()),
             NoBody {},
-        )),
-        yaml::value(&role(
-            "ClusterRole",
+        ))],
+        role_for_service_account(
+            Scope::Cluster,
             meta("weave-net").labels(name.clone()),
             vec![
                 rule(
@@ -444,41 +428,32 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
                 ),
                 rule([""], ["nodes/status"], ["patch", "update"]),
             ],
-        )),
-        yaml::value(&binding(
-            "ClusterRoleBinding",
-            meta("weave-net").labels(name.clone()),
-            "ClusterRole",
             "weave-net",
-            sa(),
-        )),
-        yaml::value(&role(
-            "Role",
+            ns,
+        )
+        .into(),
+        role_for_service_account(
+            Scope::Namespace,
             meta_ns("weave-net", ns).labels(name.clone()),
             vec![
                 rule([""], ["configmaps"], ["get", "update"]).named(["weave-net"]),
                 rule([""], ["configmaps"], ["create"]),
             ],
-        )),
-        yaml::value(&binding(
-            "RoleBinding",
-            meta_ns("weave-net", ns).labels(name),
-            "Role",
             "weave-net",
-            sa(),
-        )),
-        yaml::value(&Secret::new(
-            "v1",
-            "Secret",
-            meta_ns("weave-passwd", ns),
-            SecretBody {
-                type_: "Opaque".into(),
-                string_data: Some(map([("weave-passwd", password)])),
-                data: None,
-            },
-        )),
-        yaml::value(&daemonset),
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&secret(
+                meta_ns("weave-passwd", ns),
+                "Opaque",
+                Some(map([("weave-passwd", password)])),
+                None,
+            )),
+            yaml::value(&daemonset),
+        ],
     ]
+    .concat()
 }
 
 /// The manifests the bootstrap master applies, in order. `None` when the node config

@@ -133,6 +133,52 @@ pub struct ConfigMapBody {
 
 pub type Secret = Object<SecretBody>;
 pub type ConfigMap = Object<ConfigMapBody>;
+pub type Service = Object<ServiceBody>;
+
+/// A Secret of `type_` with `stringData` and `data` (each absent when `None`).
+pub fn secret(
+    metadata: ObjectMeta,
+    type_: &str,
+    string_data: Option<StringMap>,
+    data: Option<StringMap>,
+) -> Secret {
+    Object::new(
+        "v1",
+        "Secret",
+        metadata,
+        SecretBody {
+            type_: type_.into(),
+            string_data,
+            data,
+        },
+    )
+}
+
+/// A ConfigMap (`data` absent when `None`).
+pub fn config_map(metadata: ObjectMeta, data: Option<StringMap>) -> ConfigMap {
+    Object::new("v1", "ConfigMap", metadata, ConfigMapBody { data })
+}
+
+/// A Service selecting `selector`, on `ports`.
+pub fn service(
+    metadata: ObjectMeta,
+    selector: StringMap,
+    cluster_ip: Option<String>,
+    ports: Vec<ServicePort>,
+) -> Service {
+    Object::new(
+        "v1",
+        "Service",
+        metadata,
+        ServiceBody {
+            spec: ServiceSpec {
+                selector,
+                cluster_ip,
+                ports,
+            },
+        },
+    )
+}
 
 pub fn service_account(name: &str, namespace: &str) -> Object<NoBody> {
     Object::new("v1", "ServiceAccount", meta_ns(name, namespace), NoBody {})

@@ -116,3 +116,37 @@ pub fn binding(
         },
     )
 }
+
+/// Where a role applies: cluster-wide (ClusterRole, ClusterRoleBinding) or in the
+/// namespace of its metadata (Role, RoleBinding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Namespace,
+}
+
+/// A role with `rules` and its binding to the ServiceAccount `sa` of `namespace`, both
+/// with `metadata` (the binding is named after the role), as two documents.
+pub fn role_for_service_account(
+    scope: Scope,
+    metadata: ObjectMeta,
+    rules: Vec<PolicyRule>,
+    sa: &str,
+    namespace: &str,
+) -> [yaml_serde::Value; 2] {
+    let (role_kind, binding_kind) = match scope {
+        Scope::Cluster => ("ClusterRole", "ClusterRoleBinding"),
+        Scope::Namespace => ("Role", "RoleBinding"),
+    };
+    let name = metadata.name.clone();
+    [
+        crate::yaml::value(&role(role_kind, metadata.clone(), rules)),
+        crate::yaml::value(&binding(
+            binding_kind,
+            metadata,
+            role_kind,
+            &name,
+            vec![sa_subject(sa, namespace)],
+        )),
+    ]
+}
