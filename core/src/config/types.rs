@@ -345,13 +345,9 @@ impl TryFrom<u32> for FileMode {
 impl TryFrom<&str> for FileMode {
     type Error = InvalidValue;
     fn try_from(m: &str) -> Result<Self, InvalidValue> {
-        let digits = m.strip_prefix("0o").unwrap_or(m);
-        // from_str_radix takes a sign; a mode has none.
-        digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| u32::from_str_radix(digits, 8).ok())
-            .flatten()
+        // The parse the schema has always used (an optional `0o` prefix, octal digits).
+        u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .ok()
             .filter(|v| *v <= 0o7777)
             .map(FileMode)
             .ok_or_else(|| {
@@ -486,7 +482,6 @@ mod tests {
                 "0o",
                 "08",
                 "10000",
-                "+644",
                 "-1",
                 "0x1ff",
                 "rw-r--r--",
@@ -498,6 +493,9 @@ mod tests {
         assert_eq!(FileMode::try_from("644").unwrap().to_string(), "0644");
         assert_eq!(FileMode::DEFAULT.to_string(), "0644");
         assert!(FileMode::try_from(0o10000).is_err());
+        // As before the type existed: a `0o` prefix (even repeated) and a `+` sign pass.
+        assert_eq!(FileMode::try_from("0o0o640").unwrap().bits(), 0o640);
+        assert_eq!(FileMode::try_from("+644").unwrap().bits(), 0o644);
     }
 
     #[test]
