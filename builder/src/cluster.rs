@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use nodeimage_core::config::{
-    ClusterConfig, Host, NodeCluster, NodeConfig, NodeExternalEtcd, Role, Secrets,
-    NODE_CONFIG_IGNITION_PATH, NODE_CONFIG_VERSION,
+    ClusterConfig, Host, Hostname, LabelKey, NodeCluster, NodeConfig, NodeExternalEtcd, Role,
+    Secrets, NODE_CONFIG_IGNITION_PATH, NODE_CONFIG_VERSION,
 };
 use nodeimage_core::files::write_secret;
 use nodeimage_core::pki::{CaPair, ServiceAccountKey};
@@ -335,8 +335,8 @@ pub struct NodeSpec {
     pub bootstrap: bool,
     pub address: Option<String>,
     pub private_address: Option<String>,
-    pub hostname: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub hostname: Option<Hostname>,
+    pub labels: BTreeMap<LabelKey, String>,
 }
 
 impl NodeSpec {
@@ -435,7 +435,7 @@ pub fn build_node_config(
     let node_secrets = if master {
         Secrets {
             ca_certificate: Some(s.ca.cert_pem.clone()),
-            bootstrap_token: Some(s.bootstrap_token.clone()),
+            bootstrap_token: Some(s.bootstrap_token.parse()?),
             ca_key: Some(s.ca.key_pem.clone()),
             etcd_ca_certificate: cluster.etcd.is_none().then(|| s.etcd_ca.cert_pem.clone()),
             etcd_ca_key: cluster.etcd.is_none().then(|| s.etcd_ca.key_pem.clone()),
@@ -448,7 +448,7 @@ pub fn build_node_config(
     } else {
         Secrets {
             ca_certificate: Some(s.ca.cert_pem.clone()),
-            bootstrap_token: Some(s.bootstrap_token.clone()),
+            bootstrap_token: Some(s.bootstrap_token.parse()?),
             ..Default::default()
         }
     };
@@ -591,7 +591,7 @@ pub fn hosts_from_terraform(json: &str) -> Result<Vec<Host>> {
                 hostnames.len()
             );
         }
-        let labels: BTreeMap<String, String> = g
+        let labels: BTreeMap<LabelKey, String> = g
             .label
             .into_iter()
             .map(|(k, v)| {
@@ -599,9 +599,12 @@ pub fn hosts_from_terraform(json: &str) -> Result<Vec<Host>> {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
                 };
-                (k, v)
+                let k = k
+                    .parse()
+                    .with_context(|| format!("terraform output pharos.value.{name}.label"))?;
+                Ok((k, v))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         for (i, address) in addresses.into_iter().enumerate() {
             hosts.push(Host {
                 address,
@@ -609,7 +612,11 @@ pub fn hosts_from_terraform(json: &str) -> Result<Vec<Host>> {
                 role: g.role,
                 labels: labels.clone(),
                 bootstrap: false,
-                hostname: hostnames.get(i).cloned(),
+                hostname: hostnames
+                    .get(i)
+                    .map(|h| h.parse())
+                    .transpose()
+                    .with_context(|| format!("terraform output pharos.value.{name}.hostname"))?,
                 user: g.user.clone(),
                 ssh_key_path: g.ssh_key_path.clone(),
                 container_runtime: g.container_runtime.clone(),
@@ -728,7 +735,7 @@ pub fn node_config(args: &NodeConfigArgs) -> Result<()> {
         }
     };
     if let Some(n) = &args.hostname {
-        spec.hostname = Some(n.clone());
+        spec.hostname = Some(n.parse().context("--hostname")?);
     }
     let c = build_node_config(&cluster, &base, &secrets, &spec)?;
     let text = render(&c, args.format);

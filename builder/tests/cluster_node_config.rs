@@ -350,7 +350,7 @@ fn terraform_hosts_golden() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tf.json"))
             .unwrap();
     let hosts = hosts_from_terraform(&tf).unwrap();
-    golden("tf-hosts.yaml", &serde_yaml::to_string(&hosts).unwrap());
+    golden("tf-hosts.yaml", &yaml_serde::to_string(&hosts).unwrap());
 
     let e = hosts_from_terraform(r#"{"other": {"value": {}}}"#).unwrap_err();
     assert!(e.to_string().contains("no `pharos` output"), "{e}");

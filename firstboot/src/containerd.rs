@@ -7,7 +7,8 @@
 //!   reads version 2 (everything under `io.containerd.grpc.v1.cri`, `sandbox_image`).
 //!   The installed version is asked (`containerd --version`) and the matching schema is
 //!   rendered. Both enable CRI, the systemd cgroup driver for runc, the pinned pause image
-//!   and registry mirrors through `config_path` + one `hosts.toml` per registry.
+//!   and registry mirrors through `config_path` + one `hosts.toml` per registry. Both
+//!   files are typed values serialized with the `toml` crate.
 //! * **Images.** `nodeimage build` puts each pinned image as an OCI image-layout archive
 //!   under [`IMAGES_DIR`] with an index, [`IMAGES_INDEX`] ([`BakedImages`]). The `images`
 //!   step imports those this node's role needs into containerd's `k8s.io` namespace
@@ -18,7 +19,6 @@
 //! writes the file, `firstboot` reads it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,6 +30,10 @@ use nodeimage_core::config::{NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
 use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
+
+mod render;
+
+pub use render::{registry_server, render_config, render_hosts};
 
 /// containerd's configuration file.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
@@ -136,118 +140,6 @@ impl ContainerdSettings {
             config_path: CERTS_DIR.to_string(),
         }
     }
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// containerd's `config.toml` for a Kubernetes node.
-pub fn render_config(s: &ContainerdSettings, schema: ConfigSchema) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "{MARKER}");
-    let _ = writeln!(t, "# containerd for Kubernetes: CRI on, runc with the systemd cgroup driver, the pinned pause");
-    let _ = writeln!(
-        t,
-        "# image as sandbox image, registry mirrors in {} (one hosts.toml per registry).",
-        s.config_path
-    );
-    let _ = writeln!(t, "version = {}", schema.number());
-    // The CRI plugin must not be disabled (some packages ship `disabled_plugins = ["cri"]`).
-    let _ = writeln!(t, "disabled_plugins = []");
-    t.push('\n');
-    match schema {
-        ConfigSchema::V3 => {
-            let images = "plugins.\"io.containerd.cri.v1.images\"";
-            let runtime = "plugins.\"io.containerd.cri.v1.runtime\"";
-            if let Some(img) = &s.sandbox_image {
-                let _ = writeln!(t, "[{images}.pinned_images]");
-                let _ = writeln!(t, "  sandbox = {}", toml_str(img));
-                t.push('\n');
-            }
-            let _ = writeln!(t, "[{images}.registry]");
-            let _ = writeln!(t, "  config_path = {}", toml_str(&s.config_path));
-            t.push('\n');
-            let _ = writeln!(t, "[{runtime}.containerd]");
-            let _ = writeln!(t, "  default_runtime_name = \"runc\"");
-            t.push('\n');
-            let _ = writeln!(t, "[{runtime}.containerd.runtimes.runc]");
-            let _ = writeln!(t, "  runtime_type = \"io.containerd.runc.v2\"");
-            t.push('\n');
-            let _ = writeln!(t, "[{runtime}.containerd.runtimes.runc.options]");
-            let _ = writeln!(t, "  SystemdCgroup = true");
-        }
-        ConfigSchema::V2 => {
-            let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
-            let _ = writeln!(t, "[{cri}]");
-            if let Some(img) = &s.sandbox_image {
-                let _ = writeln!(t, "  sandbox_image = {}", toml_str(img));
-            }
-            t.push('\n');
-            // Debian's packaged config points CNI at /usr/lib/cni; the node's plugins (and
-            // Weave's) live in /opt/cni/bin.
-            let _ = writeln!(t, "[{cri}.cni]");
-            let _ = writeln!(t, "  bin_dir = \"/opt/cni/bin\"");
-            let _ = writeln!(t, "  conf_dir = \"/etc/cni/net.d\"");
-            t.push('\n');
-            let _ = writeln!(t, "[{cri}.registry]");
-            let _ = writeln!(t, "  config_path = {}", toml_str(&s.config_path));
-            t.push('\n');
-            let _ = writeln!(t, "[{cri}.containerd]");
-            let _ = writeln!(t, "  default_runtime_name = \"runc\"");
-            t.push('\n');
-            let _ = writeln!(t, "[{cri}.containerd.runtimes.runc]");
-            let _ = writeln!(t, "  runtime_type = \"io.containerd.runc.v2\"");
-            t.push('\n');
-            let _ = writeln!(t, "[{cri}.containerd.runtimes.runc.options]");
-            let _ = writeln!(t, "  SystemdCgroup = true");
-        }
-    }
-    t
-}
-
-/// The upstream server of a registry host, as containerd's hosts.toml `server` wants it.
-pub fn registry_server(host: &str) -> String {
-    match host {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
-            "https://registry-1.docker.io".into()
-        }
-        h => format!("https://{h}"),
-    }
-}
-
-/// `hosts.toml` for one registry: pull from the mirrors in order, then the registry.
-pub fn render_hosts(host: &str, mirrors: &[String]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "{MARKER}");
-    let _ = writeln!(t, "server = {}", toml_str(&registry_server(host)));
-    for m in mirrors {
-        let url = if m.contains("://") {
-            m.trim_end_matches('/').to_string()
-        } else {
-            format!("https://{}", m.trim_end_matches('/'))
-        };
-        t.push('\n');
-        let _ = writeln!(t, "[host.{}]", toml_str(&url));
-        let _ = writeln!(t, "  capabilities = [\"pull\", \"resolve\"]");
-    }
-    t
 }
 
 /// A registry host usable as a directory name under certs.d (`host` or `host:port`).
@@ -609,11 +501,5 @@ registry.k8s.io/pause:3.10.1 application/vnd.oci.image.index.v1+json sha256:aaaa
         let m = parse_images_ls(out);
         assert_eq!(m.len(), 1);
         assert_eq!(m["registry.k8s.io/pause:3.10.1"], "sha256:aaaa");
-    }
-
-    #[test]
-    fn toml_strings_are_escaped() {
-        assert_eq!(toml_str("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(toml_str("x\u{1}"), "\"x\\u0001\"");
     }
 }

@@ -189,7 +189,7 @@ pub fn apply_hostname(opts: &RunOptions, hostname: &str) -> Result<String> {
 /// Write the files the node config lists (atomically, with their modes).
 pub fn apply_files(opts: &RunOptions, config: &NodeConfig) -> Result<String> {
     for f in &config.files {
-        let mode = f.mode_bits().map_err(anyhow::Error::msg)?;
+        let mode = f.mode_bits();
         let path = rooted(&opts.root, &f.path);
         atomic_write(&path, f.contents.as_bytes(), mode)
             .with_context(|| format!("writing {}", f.path))?;

@@ -37,7 +37,7 @@ pub struct Kubeconfig {
     #[serde(rename = "current-context")]
     pub current_context: String,
     #[serde(default)]
-    pub preferences: serde_yaml::Mapping,
+    pub preferences: yaml_serde::Mapping,
     pub users: Vec<NamedUser>,
 }
 
@@ -174,12 +174,14 @@ impl Kubeconfig {
         }
     }
 
-    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+    pub fn parse(text: &str) -> Result<Self, yaml_serde::Error> {
+        yaml_serde::from_str(text)
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("kubeconfig serialises")
+        // As Kubernetes' YAML 1.1 reader reads it back (a cluster named `on` stays a
+        // string).
+        crate::yaml::to_string(self)
     }
 
     pub fn server(&self) -> Option<&str> {

@@ -30,3 +30,4 @@ pub mod source;
 pub mod state;
 pub mod step;
 pub mod systemd;
+pub mod yaml;

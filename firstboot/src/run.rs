@@ -20,7 +20,7 @@ use crate::host;
 use crate::ignition::StagedIgnition;
 use crate::source::{self, SourceContext};
 pub use crate::step::{announce, error_line, RunOptions, Step, StepContext};
-use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::config::{Hostname, NodeConfig, Role};
 use nodeimage_core::files::{atomic_write, rooted};
 
 pub const STATE_DIR: &str = "/var/lib/firstboot";
@@ -29,22 +29,55 @@ pub const STATE_DIR: &str = "/var/lib/firstboot";
 pub struct NodeInput {
     pub source: String,
     pub config: NodeConfig,
-    /// The data source's hostname (used when the config names none).
-    pub hostname: Option<String>,
+    /// The node's name, resolved once by [`node_name`].
+    pub hostname: Hostname,
     /// The Ignition config the user data was, applied as the `ignition` step.
     pub ignition: Option<StagedIgnition>,
     pub elapsed_ms: u128,
 }
 
 impl NodeInput {
-    /// The node's name: the config's hostname, else the data source's, else `node`.
+    /// The node's name (see [`node_name`]).
     pub fn hostname(&self) -> String {
-        self.config
-            .hostname
-            .clone()
-            .or_else(|| self.hostname.clone())
-            .unwrap_or_else(|| "node".to_string())
+        self.hostname.to_string()
     }
+}
+
+/// The node's name: the config's `hostname`; else the platform's (lower-cased, when it is
+/// a valid DNS name); else one derived from the machine, so that nodes without a name
+/// never collide in etcd or in the Node list: `node-<MAC>` of the first network
+/// interface by name (the interface `{mac}` names in `firstboot.config_url=`; stable
+/// across re-imaging the same machine), else `node-<first 12 digits of /etc/machine-id>`.
+pub fn node_name(root: &Path, config: &NodeConfig, platform: Option<&str>) -> Result<Hostname> {
+    if let Some(h) = &config.hostname {
+        return Ok(h.clone());
+    }
+    if let Some(p) = platform {
+        let lower = p.trim().trim_end_matches('.').to_ascii_lowercase();
+        match Hostname::try_from(lower.as_str()) {
+            Ok(h) => return Ok(h),
+            Err(e) => {
+                tracing::warn!(hostname = %p, error = %e, "the platform's hostname is not a DNS name; deriving one")
+            }
+        }
+    }
+    let ids = crate::source::MachineIds::from_root(root);
+    if let Some(mac) = ids.mac {
+        let name = format!("node-{}", mac.replace(':', ""));
+        if let Ok(h) = Hostname::try_from(name.as_str()) {
+            return Ok(h);
+        }
+    }
+    let machine_id = std::fs::read_to_string(rooted(root, "/etc/machine-id")).unwrap_or_default();
+    let machine_id = machine_id.trim();
+    if machine_id.len() >= 12 && machine_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let name = format!("node-{}", &machine_id[..12].to_ascii_lowercase());
+        return Hostname::try_from(name.as_str()).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    anyhow::bail!(
+        "no hostname: the node config names none, the platform gives none, and there is neither a \
+         network interface's MAC nor an /etc/machine-id to derive one from; set `hostname` in the node config"
+    )
 }
 
 /// How a step ended.
@@ -155,10 +188,11 @@ pub fn acquire(opts: &RunOptions) -> Result<NodeInput> {
     let t = Instant::now();
     if let Some(path) = &opts.config_file {
         let config = NodeConfig::load(path)?;
+        let hostname = node_name(&opts.root, &config, None)?;
         return Ok(NodeInput {
             source: format!("file:{}", path.display()),
             config,
-            hostname: None,
+            hostname,
             ignition: None,
             elapsed_ms: t.elapsed().as_millis(),
         });
@@ -168,10 +202,11 @@ pub fn acquire(opts: &RunOptions) -> Result<NodeInput> {
         ctx.endpoints.insert(p, url.clone());
     }
     let a = source::acquire(&ctx).context("acquiring the node config")?;
+    let hostname = node_name(&opts.root, &a.node_config, a.metadata.hostname.as_deref())?;
     Ok(NodeInput {
         source: a.source,
         config: a.node_config,
-        hostname: a.metadata.hostname,
+        hostname,
         ignition: a.ignition,
         elapsed_ms: a.elapsed.as_millis(),
     })
@@ -390,11 +425,69 @@ mod tests {
         .unwrap();
         NodeInput {
             source: "test".into(),
+            hostname: "node-1".parse().unwrap(),
             config,
-            hostname: None,
             ignition: None,
             elapsed_ms: 1,
         }
+    }
+
+    fn unnamed() -> NodeConfig {
+        NodeConfig::parse(
+            "t",
+            "version: 1\nrole: worker\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\n",
+        )
+        .unwrap()
+    }
+
+    /// A node without a name in its config or from its platform gets one derived from
+    /// its first interface's MAC, else from its machine id; never a shared constant.
+    #[test]
+    fn unnamed_nodes_get_a_name_of_their_own() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let c = unnamed();
+        // The config's name wins, then the platform's (lower-cased).
+        assert_eq!(
+            node_name(root, &input().config, Some("x"))
+                .unwrap()
+                .as_str(),
+            "node-1"
+        );
+        assert_eq!(
+            node_name(root, &c, Some("Ip-10-0-0-5.EC2.internal."))
+                .unwrap()
+                .as_str(),
+            "ip-10-0-0-5.ec2.internal"
+        );
+        // Nothing to go by: a clear error, not "node".
+        let e = node_name(root, &c, None).unwrap_err().to_string();
+        assert!(e.contains("set `hostname` in the node config"), "{e}");
+        // machine-id, then the MAC of the first interface by name (lo skipped); an
+        // invalid platform name falls through to them.
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(
+            root.join("etc/machine-id"),
+            "0123456789ABCDEF0123456789abcdef\n",
+        )
+        .unwrap();
+        assert_eq!(
+            node_name(root, &c, Some("not a name")).unwrap().as_str(),
+            "node-0123456789ab"
+        );
+        for (iface, mac) in [
+            ("lo", "00:00:00:00:00:00"),
+            ("ens4", "52:54:00:AB:CD:02"),
+            ("ens3", "52:54:00:ab:cd:01"),
+        ] {
+            let dir = root.join("sys/class/net").join(iface);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("address"), format!("{mac}\n")).unwrap();
+        }
+        assert_eq!(
+            node_name(root, &c, None).unwrap().as_str(),
+            "node-525400abcd01"
+        );
     }
 
     /// A step made of a closure.

@@ -44,8 +44,8 @@ fn unit_flag<'a>(unit: &'a str, flag: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(&format!("--{flag}=")))
 }
 
-fn yaml(root: &Path, node_path: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(&read(root, node_path)).unwrap()
+fn yaml(root: &Path, node_path: &str) -> yaml_serde::Value {
+    yaml_serde::from_str(&read(root, node_path)).unwrap()
 }
 
 /// The kubelet and kube-proxy listen where the port table says, on any role.
@@ -226,8 +226,24 @@ fn bootstrap_master_writes_pki_etcd_control_plane_kubelet_and_manifests() {
     assert_eq!(mode(root, &format!("{dir}/00-bootstrap-token.yaml")), 0o600);
     assert_eq!(mode(root, &format!("{dir}/10-weave-net.yaml")), 0o600);
     assert!(read(root, &format!("{dir}/10-weave-net.yaml")).contains(WEAVE_PASSWORD));
-    assert!(read(root, &format!("{dir}/10-weave-net.yaml"))
-        .contains(&format!("value: \"{}\"", bind(&p, Service::WeaveStatus))));
+    // Weave's status listener is the port table's.
+    let weave = read(root, &format!("{dir}/10-weave-net.yaml"));
+    let status = bind(&p, Service::WeaveStatus).to_string();
+    assert!(
+        yaml_serde::Deserializer::from_str(&weave).any(|d| {
+            use serde::Deserialize;
+            let v = yaml_serde::Value::deserialize(d).unwrap();
+            v["kind"] == "DaemonSet"
+                && v["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_sequence()
+                    .is_some_and(|env| {
+                        env.iter().any(|e| {
+                            e["name"] == "WEAVE_STATUS_ADDR" && e["value"] == status.as_str()
+                        })
+                    })
+        }),
+        "no WEAVE_STATUS_ADDR {status}:\n{weave}"
+    );
     for (m, wanted) in [
         ("01-rbac.yaml", "system:node-proxier"),
         (

@@ -12,10 +12,13 @@ use firstboot::kube::control_plane::{
     apiserver_flags, control_plane_files, controller_manager_flags, scheduler_flags,
 };
 use firstboot::kube::kubelet::{kubelet_config, kubelet_files, kubelet_flags};
-use firstboot::kube::manifests::{cluster_manifests, node_role_patch, Images};
+use firstboot::kube::manifests::{
+    bootstrap_token_secret, cluster_manifests, node_role_patch, Images,
+};
 use firstboot::kube::proxy::kube_proxy_files;
 use firstboot::kube::{GeneratedFile, KubeInputs};
-use nodeimage_core::config::NodeConfig;
+use nodeimage_core::config::{BootstrapToken, NodeConfig};
+use serde_json::json;
 
 const MASTER: &str = r#"
 version: 1
@@ -133,12 +136,33 @@ fn golden_files(dir: &str, files: &[GeneratedFile]) {
     }
 }
 
+/// One YAML document as JSON (what `kubectl apply` sends).
+fn parse(yaml: &str) -> serde_json::Value {
+    yaml_serde::from_str(yaml).unwrap_or_else(|e| panic!("{e}:\n{yaml}"))
+}
+
+/// Every document of a manifest as JSON.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    yaml_serde::Deserializer::from_str(yaml)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The document of `kind` named `name`.
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
 /// Every document parses as YAML and names its apiVersion, kind and metadata.name.
 fn check_documents(name: &str, yaml: &str) -> Vec<(String, String)> {
     use serde::Deserialize;
     let mut kinds = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for doc in yaml_serde::Deserializer::from_str(yaml) {
+        let v = yaml_serde::Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
         if v.is_null() {
             continue;
         }
@@ -202,19 +226,27 @@ fn master_units_and_configs() {
     assert_eq!(scheduler_flags(&inp).get("bind-address"), Some("127.0.0.1"));
 
     let k = kubelet_config(&inp);
-    for line in [
-        "readOnlyPort: 0",
-        "cgroupDriver: systemd",
-        "containerRuntimeEndpoint: unix:///run/containerd/containerd.sock",
-        "  - 10.96.0.10",
-        "healthzBindAddress: 127.0.0.1",
-        "rotateCertificates: true",
-        "  mode: Webhook",
-        "  - key: \"node-role.kubernetes.io/control-plane\"",
+    let kv = parse(&k);
+    for (pointer, want) in [
+        ("/readOnlyPort", json!(0)),
+        ("/cgroupDriver", json!("systemd")),
+        (
+            "/containerRuntimeEndpoint",
+            json!("unix:///run/containerd/containerd.sock"),
+        ),
+        ("/clusterDNS", json!(["10.96.0.10"])),
+        ("/healthzBindAddress", json!("127.0.0.1")),
+        ("/rotateCertificates", json!(true)),
+        ("/authorization/mode", json!("Webhook")),
+        (
+            "/registerWithTaints/0/key",
+            json!("node-role.kubernetes.io/control-plane"),
+        ),
     ] {
-        assert!(
-            k.lines().any(|l| l == line),
-            "kubelet config lacks `{line}`:\n{k}"
+        assert_eq!(
+            kv.pointer(pointer),
+            Some(&want),
+            "kubelet config {pointer}:\n{k}"
         );
     }
     let kf = kubelet_flags(&inp);
@@ -287,19 +319,23 @@ fn cluster_manifests_and_addons() {
         "Debug must not print secrets"
     );
 
-    let token = &ms[0].yaml;
-    for line in [
-        "  name: bootstrap-token-abcdef",
-        "type: bootstrap.kubernetes.io/token",
-        "  token-id: abcdef",
-        "  token-secret: 0123456789abcdef",
-        "  usage-bootstrap-authentication: \"true\"",
-        "  usage-bootstrap-signing: \"true\"",
-        "  auth-extra-groups: system:bootstrappers:kubeadm:default-node-token",
+    let token = &documents(&ms[0].yaml)[0];
+    for (pointer, want) in [
+        ("/metadata/name", "bootstrap-token-abcdef"),
+        ("/type", "bootstrap.kubernetes.io/token"),
+        ("/stringData/token-id", "abcdef"),
+        ("/stringData/token-secret", "0123456789abcdef"),
+        ("/stringData/usage-bootstrap-authentication", "true"),
+        ("/stringData/usage-bootstrap-signing", "true"),
+        (
+            "/stringData/auth-extra-groups",
+            "system:bootstrappers:kubeadm:default-node-token",
+        ),
     ] {
-        assert!(
-            token.lines().any(|l| l == line),
-            "token secret lacks `{line}`"
+        assert_eq!(
+            token.pointer(pointer),
+            Some(&json!(want)),
+            "token secret {pointer}"
         );
     }
     let rbac = &ms[1].yaml;
@@ -311,10 +347,26 @@ fn cluster_manifests_and_addons() {
     ] {
         assert!(rbac.contains(&format!("name: {role}\n")), "{role}");
     }
-    let weave = &ms[2].yaml;
-    assert!(weave.contains("value: \"10.32.0.0/12\""));
-    assert!(weave.contains("value: \"--trusted-subnets=10.133.0.0/16,172.31.0.0/16\""));
-    assert!(weave.contains("name: weave-passwd\n                  key: weave-passwd"));
+    let weave = documents(&ms[2].yaml);
+    let ds = find(&weave, "DaemonSet", "weave-net");
+    let env = &ds["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("weave has no {name}"))
+            .clone()
+    };
+    assert_eq!(var("IPALLOC_RANGE")["value"], "10.32.0.0/12");
+    assert_eq!(
+        var("EXTRA_ARGS")["value"],
+        "--trusted-subnets=10.133.0.0/16,172.31.0.0/16"
+    );
+    assert_eq!(
+        var("WEAVE_PASSWORD")["valueFrom"]["secretKeyRef"],
+        json!({"name": "weave-passwd", "key": "weave-passwd"})
+    );
     let dns = &ms[3].yaml;
     assert!(dns.contains("clusterIP: 10.96.0.10"));
 
@@ -332,15 +384,28 @@ fn cluster_manifests_and_addons() {
             "{kind}/{name} missing"
         );
     }
-    let ingress = &plan
-        .manifests
-        .iter()
-        .find(|m| m.name == "30-ingress-nginx.yaml")
-        .unwrap()
-        .yaml;
-    assert!(ingress.contains("\"load-balance\": \"least_conn\""));
-    assert!(ingress.contains("image: \"my-custom-image:latest\""));
-    assert!(ingress.contains("\"disk\": \"ssd\""));
+    let ingress = documents(
+        &plan
+            .manifests
+            .iter()
+            .find(|m| m.name == "30-ingress-nginx.yaml")
+            .unwrap()
+            .yaml,
+    );
+    assert_eq!(
+        find(&ingress, "ConfigMap", "ingress-nginx-controller")["data"]["load-balance"],
+        "least_conn"
+    );
+    assert_eq!(
+        find(&ingress, "Deployment", "ingress-nginx-default-backend")["spec"]["template"]["spec"]
+            ["containers"][0]["image"],
+        "my-custom-image:latest"
+    );
+    assert_eq!(
+        find(&ingress, "DaemonSet", "ingress-nginx-controller")["spec"]["template"]["spec"]
+            ["nodeSelector"]["disk"],
+        "ssd"
+    );
     assert!(
         plan.notes
             .iter()
@@ -389,4 +454,87 @@ fn etcd_env_and_unit() {
         spec.other_endpoints(),
         ["https://10.133.0.11:2379", "https://10.133.0.12:2379"]
     );
+}
+
+/// The bootstrap token's id and secret are `[a-z0-9]`, so an id like `123456` or
+/// `12e345` looks like a number. The Secret's `stringData` must hold strings after the
+/// YAML-to-JSON step (the API server refuses anything else), as yaml_serde reads it and
+/// as Kubernetes' YAML 1.1 reader does: no value is left as a plain scalar that YAML 1.1
+/// resolves to a number.
+#[test]
+fn bootstrap_token_values_stay_strings() {
+    for token in [
+        "123456.1234567890123456",
+        "12e345.0000000000000000",
+        "012345.1e10000000000000",
+        "0x1234.0000000000000001",
+        "1e1234.12345678901234e5",
+        "000000.0000000000000000",
+    ] {
+        let t: BootstrapToken = token.parse().unwrap();
+        let secret = bootstrap_token_secret(&t);
+        let debug = format!("{secret:?}");
+        assert!(
+            !debug.contains(t.secret()),
+            "Debug shows the secret: {debug}"
+        );
+        let yaml = firstboot::yaml::to_string(&secret);
+        let v = parse(&yaml);
+        let (id, secret) = token.split_once('.').unwrap();
+        assert_eq!(v["stringData"]["token-id"], json!(id), "{yaml}");
+        assert_eq!(v["stringData"]["token-secret"], json!(secret), "{yaml}");
+        assert_eq!(
+            v["metadata"]["name"],
+            json!(format!("bootstrap-token-{id}"))
+        );
+        for (k, val) in v["stringData"].as_object().unwrap() {
+            assert!(val.is_string(), "{token}: stringData.{k} is {val}");
+        }
+        for line in yaml.lines().filter(|l| l.contains("token-")) {
+            let scalar = line.split_once(": ").map_or("", |(_, s)| s);
+            let quoted = scalar.starts_with(['\'', '"']);
+            assert!(
+                quoted || !firstboot::yaml::misread_by_yaml11(scalar),
+                "{token}: `{line}` is a number to YAML 1.1"
+            );
+        }
+    }
+}
+
+/// A label value, ConfigMap value or hostname that YAML 1.1 reads as a boolean (`on`,
+/// `no`) stays a string for Kubernetes: such a document is written as JSON.
+#[test]
+fn yaml11_booleans_stay_strings() {
+    let node = NodeConfig::parse(
+        "master",
+        &MASTER
+            .replace("load-balance: least_conn", "proxy-buffering: \"on\"")
+            .replace("disk: ssd", "disk: \"yes\""),
+    )
+    .unwrap();
+    let inp = inputs(&node, "no", "10.133.0.10");
+    let plan = addon_manifests(&inp, &images());
+    let ingress = &plan
+        .manifests
+        .iter()
+        .find(|m| m.name == "30-ingress-nginx.yaml")
+        .unwrap()
+        .yaml;
+    let docs = documents(ingress);
+    let cm = find(&docs, "ConfigMap", "ingress-nginx-controller");
+    assert_eq!(cm["data"]["proxy-buffering"], "on");
+    let ds = find(&docs, "DaemonSet", "ingress-nginx-controller");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["nodeSelector"]["disk"],
+        "yes"
+    );
+    for d in ingress
+        .split("---\n")
+        .filter(|d| d.contains("proxy-buffering") || d.contains("\"disk\""))
+    {
+        assert!(d.starts_with('{'), "written as JSON:\n{d}");
+    }
+    let proxy = kube_proxy_files(&inp);
+    let config = parse(&proxy[0].contents);
+    assert_eq!(config["hostnameOverride"], "no", "{}", proxy[0].contents);
 }

@@ -714,7 +714,7 @@ pub fn render_text(r: &ImageReport) -> String {
                 }
             }
             if let Some(summary) = &c.summary {
-                let y = serde_yaml::to_string(summary).unwrap_or_default();
+                let y = yaml_serde::to_string(summary).unwrap_or_default();
                 for line in y.lines() {
                     let _ = writeln!(s, "    {line}");
                 }

@@ -4,13 +4,19 @@
 //! * [`NodeConfig`] is the user data one node receives: its role, the cluster facts it
 //!   needs and only the secrets that role needs.
 //!
-//! Both are strict: unknown keys are errors that carry the line and column.
+//! Both are strict: unknown keys are errors that carry the line and column. Constrained
+//! values (hostnames, bootstrap tokens, label keys, file modes, node paths) are types
+//! ([`types`]) checked while parsing; [`validate`] holds the checks between fields.
 
 mod cluster;
 mod node;
+mod types;
+mod validate;
 
 pub use cluster::*;
 pub use node::*;
+pub use types::*;
+pub use validate::*;
 
 use std::path::Path;
 
@@ -52,13 +58,13 @@ impl ConfigError {
     }
 }
 
-/// Parse strict YAML, turning serde_yaml's error (which carries "at line L column C")
+/// Parse strict YAML, turning yaml_serde's error (which carries "at line L column C")
 /// into a [`ConfigError::Parse`] naming the document.
 pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
     source_name: &str,
     text: &str,
 ) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+    yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
         source_name: source_name.to_string(),
         message: e.to_string(),
     })

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    parse_yaml, read_file, Addons, Audit, Authentication, Cloud, ConfigError, Network, Role,
+    parse_yaml, read_file, Addons, Audit, Authentication, BootstrapToken, Cloud, ConfigError,
+    FileMode, Hostname, LabelKey, Network, NodePath, Role,
 };
 
 /// The only node config version this build understands.
@@ -27,7 +27,7 @@ pub struct NodeConfig {
     pub role: Role,
     /// Node name; set as the hostname. When absent, the data source's hostname is used.
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Option<Hostname>,
     /// This master starts etcd and bootstraps cluster objects (masters only).
     #[serde(default)]
     pub bootstrap: bool,
@@ -39,7 +39,7 @@ pub struct NodeConfig {
     pub private_address: Option<String>,
     pub cluster: NodeCluster,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<LabelKey, String>,
     #[serde(default)]
     pub taints: Vec<Taint>,
     /// Files to write on first boot.
@@ -114,7 +114,7 @@ impl std::fmt::Debug for NodeExternalEtcd {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Taint {
-    pub key: String,
+    pub key: LabelKey,
     #[serde(default)]
     pub value: Option<String>,
     pub effect: TaintEffect,
@@ -132,22 +132,17 @@ pub enum TaintEffect {
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     /// Absolute path on the node.
-    pub path: String,
+    pub path: NodePath,
     /// Octal mode as a string, e.g. "0644" (default "0644").
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<FileMode>,
     pub contents: String,
 }
 
 impl FileSpec {
-    pub fn mode_bits(&self) -> Result<u32, String> {
-        match &self.mode {
-            None => Ok(0o644),
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| format!("expected an octal mode like \"0644\", found \"{m}\"")),
-        }
+    /// The file's permission bits (0644 when the config gives none).
+    pub fn mode_bits(&self) -> u32 {
+        self.mode.unwrap_or(FileMode::DEFAULT).bits()
     }
 }
 
@@ -160,7 +155,7 @@ pub struct Secrets {
     pub ca_certificate: Option<String>,
     /// Bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`. Every node.
     #[serde(default)]
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<BootstrapToken>,
     #[serde(default)]
     pub ca_key: Option<String>,
     #[serde(default)]
@@ -258,137 +253,11 @@ impl NodeConfig {
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("node config serialises")
+        yaml_serde::to_string(self).expect("node config serialises")
     }
 
     pub fn is_bootstrap_master(&self) -> bool {
         self.role == Role::Master && self.bootstrap
-    }
-
-    pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
-        if self.version != NODE_CONFIG_VERSION {
-            return Err(ConfigError::invalid(
-                src,
-                "version",
-                format!("expected {NODE_CONFIG_VERSION}, found {}", self.version),
-            ));
-        }
-        if let Some(h) = &self.hostname {
-            if !valid_hostname(h) {
-                return Err(ConfigError::invalid(
-                    src,
-                    "hostname",
-                    format!("expected a DNS name of labels [a-z0-9-] (at most 63 characters each, 253 in all), found `{h}`"),
-                ));
-            }
-        }
-        if self.bootstrap && self.role != Role::Master {
-            return Err(ConfigError::invalid(
-                src,
-                "bootstrap",
-                "only a master can bootstrap",
-            ));
-        }
-        if self.cluster.api_endpoint.is_empty() {
-            return Err(ConfigError::invalid(
-                src,
-                "cluster.api_endpoint",
-                "expected `host` or `host:port`",
-            ));
-        }
-        if super::overlaps(
-            &self.cluster.network.service_cidr,
-            &self.cluster.network.pod_network_cidr,
-        ) {
-            return Err(ConfigError::invalid(
-                src,
-                "cluster.network.service_cidr",
-                "overlaps cluster.network.pod_network_cidr",
-            ));
-        }
-        self.cluster
-            .network
-            .node_ports()
-            .map_err(|e| ConfigError::invalid(src, "cluster.network.node_port_range", e))?;
-        for n in &self.cluster.nodes {
-            if n.parse::<IpNet>().is_err() && n.parse::<std::net::IpAddr>().is_err() {
-                return Err(ConfigError::invalid(
-                    src,
-                    "cluster.nodes",
-                    format!("expected an IP address or CIDR, found `{n}`"),
-                ));
-            }
-        }
-        for (i, f) in self.files.iter().enumerate() {
-            if !f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
-                return Err(ConfigError::invalid(
-                    src,
-                    format!("files[{i}].path"),
-                    format!("expected an absolute path without `..`, found `{}`", f.path),
-                ));
-            }
-            f.mode_bits()
-                .map_err(|e| ConfigError::invalid(src, format!("files[{i}].mode"), e))?;
-        }
-        if let Some(t) = &self.secrets.bootstrap_token {
-            if !valid_bootstrap_token(t) {
-                return Err(ConfigError::invalid(
-                    src,
-                    "secrets.bootstrap_token",
-                    "expected the form [a-z0-9]{6}.[a-z0-9]{16}",
-                ));
-            }
-        }
-        super::check_labels(&self.labels).map_err(|m| ConfigError::invalid(src, "labels", m))?;
-        super::check_kubelet_labels(&self.labels)
-            .map_err(|m| ConfigError::invalid(src, "labels", m))?;
-        for (i, t) in self.taints.iter().enumerate() {
-            if !super::valid_label_key(&t.key)
-                || !t.value.as_deref().is_none_or(super::valid_label_value)
-            {
-                return Err(ConfigError::invalid(
-                    src,
-                    format!("taints[{i}]"),
-                    format!("`{}` is not a valid taint key/value", t.key),
-                ));
-            }
-        }
-        if self.role == Role::Worker {
-            if self.cluster.etcd.is_some() {
-                return Err(ConfigError::invalid(
-                    src,
-                    "cluster.etcd",
-                    "a worker must not carry the etcd client key",
-                ));
-            }
-            let webhook_key = self
-                .cluster
-                .authentication
-                .as_ref()
-                .and_then(|a| a.token_webhook.as_ref())
-                .is_some_and(|t| t.config.user.client_key.is_some());
-            if webhook_key {
-                return Err(ConfigError::invalid(
-                    src,
-                    "cluster.authentication",
-                    "a worker must not carry the token webhook client key",
-                ));
-            }
-        }
-        if self.role == Role::Worker {
-            let private = self.secrets.private_keys_present();
-            if !private.is_empty() {
-                return Err(ConfigError::invalid(
-                    src,
-                    "secrets",
-                    format!(
-                        "a worker must not carry private cluster secrets, found: {}",
-                        private.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -399,25 +268,37 @@ impl NodeConfig {
     pub fn require_join_secrets(&self, src: &str) -> Result<(), ConfigError> {
         let s = &self.secrets;
         let mut missing = Vec::new();
-        let mut need = |name: &'static str, v: &Option<String>| {
-            if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        let mut need = |name: &'static str, v: Option<&str>| {
+            if v.is_none_or(|v| v.trim().is_empty()) {
                 missing.push(name);
             }
         };
-        need("ca_certificate", &s.ca_certificate);
+        need("ca_certificate", s.ca_certificate.as_deref());
         match self.role {
-            Role::Worker => need("bootstrap_token", &s.bootstrap_token),
+            Role::Worker => need(
+                "bootstrap_token",
+                s.bootstrap_token.as_ref().map(BootstrapToken::as_str),
+            ),
             Role::Master => {
-                need("bootstrap_token", &s.bootstrap_token);
-                need("ca_key", &s.ca_key);
-                need("front_proxy_ca_certificate", &s.front_proxy_ca_certificate);
-                need("front_proxy_ca_key", &s.front_proxy_ca_key);
-                need("service_account_key", &s.service_account_key);
-                need("service_account_public_key", &s.service_account_public_key);
-                need("weave_password", &s.weave_password);
+                need(
+                    "bootstrap_token",
+                    s.bootstrap_token.as_ref().map(BootstrapToken::as_str),
+                );
+                need("ca_key", s.ca_key.as_deref());
+                need(
+                    "front_proxy_ca_certificate",
+                    s.front_proxy_ca_certificate.as_deref(),
+                );
+                need("front_proxy_ca_key", s.front_proxy_ca_key.as_deref());
+                need("service_account_key", s.service_account_key.as_deref());
+                need(
+                    "service_account_public_key",
+                    s.service_account_public_key.as_deref(),
+                );
+                need("weave_password", s.weave_password.as_deref());
                 if self.cluster.etcd.is_none() {
-                    need("etcd_ca_certificate", &s.etcd_ca_certificate);
-                    need("etcd_ca_key", &s.etcd_ca_key);
+                    need("etcd_ca_certificate", s.etcd_ca_certificate.as_deref());
+                    need("etcd_ca_key", s.etcd_ca_key.as_deref());
                 }
             }
         }
@@ -433,33 +314,21 @@ impl NodeConfig {
     }
 }
 
-/// RFC 1123 hostname, lower case.
+/// RFC 1123 hostname, lower case (what [`Hostname`] accepts).
 pub fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        })
+    Hostname::try_from(h).is_ok()
 }
 
-/// Kubernetes bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}`.
+/// Kubernetes bootstrap token form `[a-z0-9]{6}.[a-z0-9]{16}` (what [`BootstrapToken`]
+/// accepts).
 pub fn valid_bootstrap_token(t: &str) -> bool {
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    };
-    matches!(t.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
+    BootstrapToken::try_from(t).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClusterConfig;
 
     const MINIMAL: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 
@@ -500,7 +369,7 @@ mod tests {
     #[test]
     fn secrets_debug_redacts() {
         let s = Secrets {
-            bootstrap_token: Some("abcdef.0123456789abcdef".into()),
+            bootstrap_token: Some("abcdef.0123456789abcdef".parse().unwrap()),
             ca_key: Some("KEY".into()),
             ..Default::default()
         };
@@ -560,5 +429,112 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("taints[0]"), "{e}");
+    }
+
+    /// cluster.yml's keys that a node config repeats (`NodeCluster` cannot flatten
+    /// `ClusterConfig`'s fields: serde's flatten does not work with
+    /// deny_unknown_fields) read the same on both sides. The destructuring patterns make
+    /// a new field on either struct a compile error here until it is covered.
+    #[test]
+    fn cluster_config_round_trips_into_node_cluster() {
+        let c = ClusterConfig::parse(
+            "c.yml",
+            r#"
+name: demo
+api_endpoint: lb.example.com:6443
+hosts:
+  - {address: 10.0.0.1, role: master}
+network:
+  service_cidr: 10.100.0.0/16
+  pod_network_cidr: 10.200.0.0/16
+  trusted_subnets: [10.0.0.0/8]
+  dns_domain: example.local
+  node_port_range: 30000-31000
+  node_subnets: [10.1.0.0/16]
+etcd:
+  endpoints: ["https://etcd-1.example.com:2379"]
+  certificate: client.pem
+  key: client-key.pem
+  ca_certificate: ca.pem
+authentication:
+  token_webhook:
+    config:
+      cluster: {name: reviewer, server: "https://tokens.example.com/token", certificate_authority: ca.pem}
+      user: {name: kube-apiserver, client_key: key.pem, client_certificate: cert.pem}
+    cache_ttl: 5m
+audit:
+  server: https://audit.example.com/webhook
+cloud:
+  provider: aws
+addons:
+  ingress-nginx:
+    enabled: true
+    node_selector: {disk: ssd}
+    configmap: {load-balance: least_conn}
+    default_backend: {image: "backend:1"}
+  cert-manager:
+    enabled: true
+    issuer: {name: le, server: "https://acme.example/dir", email: me@example.com}
+  kured: {enabled: true}
+  kubernetes-dashboard: {enabled: true}
+  host-upgrades: {enabled: true, interval: 7d}
+taint_masters: false
+"#,
+        )
+        .unwrap();
+        let ClusterConfig {
+            name,
+            api_endpoint,
+            hosts: _,
+            network,
+            etcd,
+            authentication,
+            audit,
+            cloud,
+            addons,
+            taint_masters,
+        } = c.clone();
+        // Every shared field differs from its default, so a dropped one shows.
+        assert_ne!(network, Network::default());
+        assert!(!taint_masters && addons.host_upgrades.is_some());
+
+        let mut m = match yaml_serde::to_value(&c).unwrap() {
+            yaml_serde::Value::Mapping(m) => m,
+            other => panic!("{other:?}"),
+        };
+        m.remove("hosts").expect("hosts is cluster.yml's own");
+        // deny_unknown_fields: a cluster.yml key NodeCluster lacks fails here.
+        let n: NodeCluster = yaml_serde::from_value(yaml_serde::Value::Mapping(m)).unwrap();
+        let again: NodeCluster = yaml_serde::from_str(&yaml_serde::to_string(&n).unwrap()).unwrap();
+        assert_eq!(again, n);
+        let NodeCluster {
+            name: n_name,
+            api_endpoint: n_api_endpoint,
+            network: n_network,
+            masters,
+            nodes,
+            etcd: n_etcd,
+            authentication: n_authentication,
+            audit: n_audit,
+            cloud: n_cloud,
+            addons: n_addons,
+            taint_masters: n_taint_masters,
+            registry_mirrors,
+        } = n;
+        assert_eq!(n_name, name);
+        assert_eq!(Some(n_api_endpoint), api_endpoint);
+        assert_eq!(n_network, network);
+        let (e, ne) = (etcd.unwrap(), n_etcd.unwrap());
+        assert_eq!(
+            (ne.endpoints, ne.certificate, ne.key, ne.ca_certificate),
+            (e.endpoints, e.certificate, e.key, e.ca_certificate)
+        );
+        assert_eq!(n_authentication, authentication);
+        assert_eq!(n_audit, audit);
+        assert_eq!(n_cloud, cloud);
+        assert_eq!(n_addons, addons);
+        assert_eq!(n_taint_masters, taint_masters);
+        // The node config's own fields (from hosts and the workstation) keep defaults.
+        assert!(masters.is_empty() && nodes.is_empty() && registry_mirrors.is_empty());
     }
 }

@@ -64,10 +64,8 @@ fn secret_values(cfg: &NodeConfig) -> Vec<String> {
     let s = &cfg.secrets;
     let mut v = Vec::new();
     if let Some(t) = &s.bootstrap_token {
-        v.push(t.clone());
-        if let Some((_, secret)) = t.split_once('.') {
-            v.push(secret.to_string());
-        }
+        v.push(t.as_str().to_string());
+        v.push(t.secret().to_string());
     }
     v.extend(s.weave_password.clone());
     v

@@ -12,9 +12,11 @@
 //! * kubernetes-dashboard: the single-image (v2-style) dashboard with its RBAC.
 //! * host-upgrades: not supported; an immutable image is upgraded by replacing it.
 
-use super::manifests::{Images, Manifest};
-use super::{q, KubeInputs};
-use nodeimage_core::config::IngressNginx;
+use super::manifests::{manifest, Images, Manifest};
+use super::objects::*;
+use super::KubeInputs;
+use crate::yaml;
+use nodeimage_core::config::{IngressNginx, Issuer};
 
 /// Manifests to apply, and what could not be done (reported, never silent).
 #[derive(Debug, Clone, Default)]
@@ -23,24 +25,8 @@ pub struct AddonPlan {
     pub notes: Vec<String>,
 }
 
-fn m(name: &str, docs: Vec<String>) -> Manifest {
-    let mut yaml = String::new();
-    for d in docs {
-        yaml.push_str("---\n");
-        yaml.push_str(&d);
-    }
-    Manifest {
-        name: name.into(),
-        yaml,
-        secret: false,
-    }
-}
-
-fn map_block(indent: usize, map: &std::collections::BTreeMap<String, String>) -> String {
-    let pad = " ".repeat(indent);
-    map.iter()
-        .map(|(k, v)| format!("{pad}{}: {}\n", q(k), q(v)))
-        .collect()
+fn m(name: &str, docs: Vec<yaml_serde::Value>) -> Manifest {
+    manifest(name, docs, false)
 }
 
 /// Every enabled addon.
@@ -54,21 +40,7 @@ pub fn addon_manifests(inp: &KubeInputs, images: &Images) -> AddonPlan {
         if let Some(is) = &cm.issuer {
             plan.manifests.push(m(
                 "40-cert-manager-issuer.yaml",
-                vec![format!(
-                    "apiVersion: cert-manager.io/v1
-kind: ClusterIssuer
-metadata:\n  name: {name}
-spec:
-  acme:
-    server: {server}
-    email: {email}
-    privateKeySecretRef:\n      name: {key}
-    solvers:\n      - http01:\n          ingress:\n            ingressClassName: nginx\n",
-                    name = is.name,
-                    server = q(&is.server),
-                    email = q(&is.email),
-                    key = format!("{}-account-key", is.name),
-                )],
+                vec![yaml::value(&cluster_issuer(is))],
             ));
         }
         plan.notes.push(
@@ -90,6 +62,85 @@ spec:
     plan
 }
 
+/// cert-manager's ClusterIssuer (`cert-manager.io/v1`, a CRD): ACME with HTTP-01
+/// through the `nginx` ingress class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IssuerBody {
+    pub spec: IssuerSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IssuerSpec {
+    pub acme: Acme,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acme {
+    pub server: String,
+    pub email: String,
+    pub private_key_secret_ref: NameRef,
+    pub solvers: Vec<Solver>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NameRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Solver {
+    pub http01: Http01,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Http01 {
+    pub ingress: Http01Ingress,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Http01Ingress {
+    pub ingress_class_name: String,
+}
+
+fn cluster_issuer(is: &Issuer) -> Object<IssuerBody> {
+    Object::new(
+        "cert-manager.io/v1",
+        "ClusterIssuer",
+        meta(&is.name),
+        IssuerBody {
+            spec: IssuerSpec {
+                acme: Acme {
+                    server: is.server.clone(),
+                    email: is.email.clone(),
+                    private_key_secret_ref: NameRef {
+                        name: format!("{}-account-key", is.name),
+                    },
+                    solvers: vec![Solver {
+                        http01: Http01 {
+                            ingress: Http01Ingress {
+                                ingress_class_name: "nginx".into(),
+                            },
+                        },
+                    }],
+                },
+            },
+        },
+    )
+}
+
+/// The IngressClass `nginx`, the cluster's default.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct IngressClassBody {
+    spec: IngressClassSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct IngressClassSpec {
+    controller: String,
+}
+
 fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
     let ns = "ingress-nginx";
     let backend_image = i
@@ -97,260 +148,358 @@ fn ingress_nginx(i: &IngressNginx, images: &Images) -> Manifest {
         .as_ref()
         .and_then(|d| d.image.clone())
         .or(images.ingress_default_backend.clone());
-    let mut docs = vec![
-        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    app.kubernetes.io/name: ingress-nginx\n"),
-        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: ingress-nginx\n  namespace: {ns}\n"),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:\n  name: ingress-nginx
-rules:
-  - apiGroups: [\"\"]\n    resources: [configmaps, endpoints, nodes, pods, secrets, namespaces]\n    verbs: [list, watch]
-  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    verbs: [list, watch]
-  - apiGroups: [\"\"]\n    resources: [nodes]\n    verbs: [get]
-  - apiGroups: [\"\"]\n    resources: [services]\n    verbs: [get, list, watch]
-  - apiGroups: [networking.k8s.io]\n    resources: [ingresses, ingressclasses]\n    verbs: [get, list, watch]
-  - apiGroups: [networking.k8s.io]\n    resources: [ingresses/status]\n    verbs: [update]
-  - apiGroups: [\"\"]\n    resources: [events]\n    verbs: [create, patch]
-  - apiGroups: [discovery.k8s.io]\n    resources: [endpointslices]\n    verbs: [get, list, watch]\n"
-            .to_string(),
-        format!(
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:\n  name: ingress-nginx
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: ingress-nginx
-subjects:\n  - kind: ServiceAccount\n    name: ingress-nginx\n    namespace: {ns}\n"
-        ),
-        format!(
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:\n  name: ingress-nginx\n  namespace: {ns}
-rules:
-  - apiGroups: [\"\"]\n    resources: [namespaces]\n    verbs: [get]
-  - apiGroups: [\"\"]\n    resources: [configmaps, pods, secrets, endpoints, services]\n    verbs: [get, list, watch]
-  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    resourceNames: [ingress-nginx-leader]\n    verbs: [get, update]
-  - apiGroups: [coordination.k8s.io]\n    resources: [leases]\n    verbs: [create]
-  - apiGroups: [\"\"]\n    resources: [events]\n    verbs: [create, patch]\n"
-        ),
-        format!(
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:\n  name: ingress-nginx\n  namespace: {ns}
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: ingress-nginx
-subjects:\n  - kind: ServiceAccount\n    name: ingress-nginx\n    namespace: {ns}\n"
-        ),
-        {
-            let data = if i.configmap.is_empty() { " {}\n".to_string() } else { format!("\n{}", map_block(2, &i.configmap)) };
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ingress-nginx-controller\n  namespace: {ns}\ndata:{data}")
-        },
-        "apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:\n  name: nginx\n  annotations:\n    ingressclass.kubernetes.io/is-default-class: \"true\"
-spec:\n  controller: k8s.io/ingress-nginx\n"
-            .to_string(),
-    ];
-    let mut args = vec![
-        "/nginx-ingress-controller".to_string(),
-        "--election-id=ingress-nginx-leader".into(),
-        "--controller-class=k8s.io/ingress-nginx".into(),
-        "--ingress-class=nginx".into(),
-        "--configmap=$(POD_NAMESPACE)/ingress-nginx-controller".into(),
-        "--watch-ingress-without-class=true".into(),
-    ];
+    let mut docs = [
+        vec![
+            yaml::value(&Object::new(
+                "v1",
+                "Namespace",
+                meta(ns).labels(map([("app.kubernetes.io/name", "ingress-nginx")])),
+                NoBody {},
+            )),
+            yaml::value(&service_account("ingress-nginx", ns)),
+        ],
+        role_for_service_account(
+            Scope::Cluster,
+            meta("ingress-nginx"),
+            vec![
+                rule(
+                    [""],
+                    [
+                        "configmaps",
+                        "endpoints",
+                        "nodes",
+                        "pods",
+                        "secrets",
+                        "namespaces",
+                    ],
+                    ["list", "watch"],
+                ),
+                rule(["coordination.k8s.io"], ["leases"], ["list", "watch"]),
+                rule([""], ["nodes"], ["get"]),
+                rule([""], ["services"], ["get", "list", "watch"]),
+                rule(
+                    ["networking.k8s.io"],
+                    ["ingresses", "ingressclasses"],
+                    ["get", "list", "watch"],
+                ),
+                rule(["networking.k8s.io"], ["ingresses/status"], ["update"]),
+                rule([""], ["events"], ["create", "patch"]),
+                rule(
+                    ["discovery.k8s.io"],
+                    ["endpointslices"],
+                    ["get", "list", "watch"],
+                ),
+            ],
+            "ingress-nginx",
+            ns,
+        )
+        .into(),
+        role_for_service_account(
+            Scope::Namespace,
+            meta_ns("ingress-nginx", ns),
+            vec![
+                rule([""], ["namespaces"], ["get"]),
+                rule(
+                    [""],
+                    ["configmaps", "pods", "secrets", "endpoints", "services"],
+                    ["get", "list", "watch"],
+                ),
+                rule(["coordination.k8s.io"], ["leases"], ["get", "update"])
+                    .named(["ingress-nginx-leader"]),
+                rule(["coordination.k8s.io"], ["leases"], ["create"]),
+                rule([""], ["events"], ["create", "patch"]),
+            ],
+            "ingress-nginx",
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&config_map(
+                meta_ns("ingress-nginx-controller", ns),
+                Some(i.configmap.clone().into_iter().collect()),
+            )),
+            yaml::value(&Object::new(
+                "networking.k8s.io/v1",
+                "IngressClass",
+                meta("nginx").annotations(map([(
+                    "ingressclass.kubernetes.io/is-default-class",
+                    "true",
+                )])),
+                IngressClassBody {
+                    spec: IngressClassSpec {
+                        controller: "k8s.io/ingress-nginx".into(),
+                    },
+                },
+            )),
+        ],
+    ]
+    .concat();
+    let mut args = strings([
+        "/nginx-ingress-controller",
+        "--election-id=ingress-nginx-leader",
+        "--controller-class=k8s.io/ingress-nginx",
+        "--ingress-class=nginx",
+        "--configmap=$(POD_NAMESPACE)/ingress-nginx-controller",
+        "--watch-ingress-without-class=true",
+    ]);
     if let Some(img) = &backend_image {
         args.push(format!(
             "--default-backend-service={ns}/ingress-nginx-default-backend"
         ));
-        docs.push(format!(
-            "apiVersion: apps/v1
-kind: Deployment
-metadata:\n  name: ingress-nginx-default-backend\n  namespace: {ns}
-spec:
-  replicas: 1
-  selector:\n    matchLabels:\n      app.kubernetes.io/component: default-backend
-  template:
-    metadata:\n      labels:\n        app.kubernetes.io/component: default-backend
-    spec:
-      containers:
-        - name: default-backend
-          image: {img}
-          ports:\n            - {{name: http, containerPort: 8080}}
-          livenessProbe:\n            httpGet: {{path: /healthz, port: 8080}}
-          securityContext:\n            runAsNonRoot: true\n            runAsUser: 65534\n            allowPrivilegeEscalation: false\n",
-            img = q(img)
-        ));
-        docs.push(format!(
-            "apiVersion: v1
-kind: Service
-metadata:\n  name: ingress-nginx-default-backend\n  namespace: {ns}
-spec:
-  selector:\n    app.kubernetes.io/component: default-backend
-  ports:\n    - {{name: http, port: 80, targetPort: http}}\n"
-        ));
+        let backend = map([("app.kubernetes.io/component", "default-backend")]);
+        let mut deployment = workload(
+            "Deployment",
+            meta_ns("ingress-nginx-default-backend", ns),
+            backend.clone(),
+            PodSpec {
+                containers: vec![Container {
+                    ports: vec![port("http", 8080, None)],
+                    liveness_probe: Some(http_probe("/healthz", 8080)),
+                    security_context: Some(SecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65534),
+                        allow_privilege_escalation: Some(false),
+                        ..Default::default()
+                    }),
+                    ..container("default-backend", img)
+                }],
+                ..Default::default()
+            },
+        );
+        deployment.body.spec.replicas = Some(1);
+        docs.push(yaml::value(&deployment));
+        docs.push(yaml::value(&service(
+            meta_ns("ingress-nginx-default-backend", ns),
+            backend,
+            None,
+            vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: None,
+            }],
+        )));
     }
-    let node_selector = if i.node_selector.is_empty() {
-        "      nodeSelector:\n        kubernetes.io/os: linux\n".to_string()
-    } else {
-        let mut sel = i.node_selector.clone();
-        sel.entry("kubernetes.io/os".into())
-            .or_insert_with(|| "linux".into());
-        format!("      nodeSelector:\n{}", map_block(8, &sel))
+    // Deploy to the `node_selector` nodes, and to Linux ones in any case.
+    let mut node_selector = linux();
+    node_selector.extend(
+        i.node_selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone())),
+    );
+    let controller = map([("app.kubernetes.io/component", "controller")]);
+    let host_port = |name: &str, p: u16| ContainerPort {
+        host_port: Some(p),
+        ..port(name, p, Some("TCP"))
     };
-    let args_yaml: String = args
-        .iter()
-        .map(|a| format!("            - {}\n", q(a)))
-        .collect();
-    let args_yaml = args_yaml.trim_end_matches('\n');
-    let node_selector = node_selector.trim_end_matches('\n');
-    docs.push(format!(
-        "apiVersion: apps/v1
-kind: DaemonSet
-metadata:\n  name: ingress-nginx-controller\n  namespace: {ns}
-spec:
-  selector:\n    matchLabels:\n      app.kubernetes.io/component: controller
-  template:
-    metadata:\n      labels:\n        app.kubernetes.io/component: controller
-    spec:
-      serviceAccountName: ingress-nginx
-      terminationGracePeriodSeconds: 300
-{node_selector}
-      containers:
-        - name: controller
-          image: {image}
-          args:\n{args_yaml}
-          env:
-            - name: POD_NAME\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.name
-            - name: POD_NAMESPACE\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.namespace
-          ports:
-            - {{name: http, containerPort: 80, hostPort: 80, protocol: TCP}}
-            - {{name: https, containerPort: 443, hostPort: 443, protocol: TCP}}
-          livenessProbe:\n            httpGet: {{path: /healthz, port: 10254}}\n            initialDelaySeconds: 10
-          readinessProbe:\n            httpGet: {{path: /healthz, port: 10254}}
-          lifecycle:\n            preStop:\n              exec:\n                command: [/wait-shutdown]
-          securityContext:\n            runAsNonRoot: true\n            runAsUser: 101\n            allowPrivilegeEscalation: false\n            capabilities:\n              add: [NET_BIND_SERVICE]\n              drop: [ALL]\n",
-        image = q(&images.ingress_nginx_controller),
-    ));
+    docs.push(yaml::value(&workload(
+        "DaemonSet",
+        meta_ns("ingress-nginx-controller", ns),
+        controller,
+        PodSpec {
+            service_account_name: Some("ingress-nginx".into()),
+            termination_grace_period_seconds: Some(300),
+            node_selector,
+            containers: vec![Container {
+                args,
+                env: vec![
+                    env_field("POD_NAME", None, "metadata.name"),
+                    env_field("POD_NAMESPACE", None, "metadata.namespace"),
+                ],
+                ports: vec![host_port("http", 80), host_port("https", 443)],
+                liveness_probe: Some(Probe {
+                    initial_delay_seconds: Some(10),
+                    ..http_probe("/healthz", 10254)
+                }),
+                readiness_probe: Some(http_probe("/healthz", 10254)),
+                lifecycle: Some(Lifecycle {
+                    pre_stop: LifecycleHandler {
+                        exec: ExecAction {
+                            command: strings(["/wait-shutdown"]),
+                        },
+                    },
+                }),
+                security_context: Some(SecurityContext {
+                    run_as_non_root: Some(true),
+                    run_as_user: Some(101),
+                    allow_privilege_escalation: Some(false),
+                    capabilities: bind_service_only(),
+                    ..Default::default()
+                }),
+                ..container("controller", &images.ingress_nginx_controller)
+            }],
+            ..Default::default()
+        },
+    )));
     m("30-ingress-nginx.yaml", docs)
 }
 
 fn kured(image: &str) -> Manifest {
+    let ns = "kube-system";
+    let name = map([("name", "kured")]);
+    let mut daemonset = workload(
+        "DaemonSet",
+        meta_ns("kured", ns),
+        name,
+        PodSpec {
+            service_account_name: Some("kured".into()),
+            priority_class_name: Some("system-node-critical".into()),
+            host_pid: Some(true),
+            restart_policy: Some("Always".into()),
+            tolerations: vec![tolerate_control_plane()],
+            containers: vec![Container {
+                command: strings(["/usr/bin/kured"]),
+                args: strings([
+                    "--ds-name=kured",
+                    "--ds-namespace=kube-system",
+                    "--reboot-sentinel=/var/run/reboot-required",
+                ]),
+                env: vec![env_field("KURED_NODE_ID", None, "spec.nodeName")],
+                security_context: privileged(),
+                ..container("kured", image)
+            }],
+            ..Default::default()
+        },
+    );
+    daemonset.body.spec.update_strategy = Some(rolling_update(None));
     m(
         "50-kured.yaml",
-        vec![
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kured\n  namespace: kube-system\n".to_string(),
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:\n  name: kured
-rules:
-  - apiGroups: [\"\"]\n    resources: [nodes]\n    verbs: [get, patch]
-  - apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [list, delete, get]
-  - apiGroups: [apps]\n    resources: [daemonsets]\n    verbs: [get]
-  - apiGroups: [\"\"]\n    resources: [pods/eviction]\n    verbs: [create]\n"
-                .to_string(),
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:\n  name: kured
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: kured
-subjects:\n  - kind: ServiceAccount\n    name: kured\n    namespace: kube-system\n"
-                .to_string(),
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:\n  name: kured\n  namespace: kube-system
-rules:
-  - apiGroups: [apps]\n    resources: [daemonsets]\n    resourceNames: [kured]\n    verbs: [update, patch]\n"
-                .to_string(),
-            "apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:\n  name: kured\n  namespace: kube-system
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: kured
-subjects:\n  - kind: ServiceAccount\n    name: kured\n    namespace: kube-system\n"
-                .to_string(),
-            format!(
-                "apiVersion: apps/v1
-kind: DaemonSet
-metadata:\n  name: kured\n  namespace: kube-system
-spec:
-  selector:\n    matchLabels:\n      name: kured
-  updateStrategy:\n    type: RollingUpdate
-  template:
-    metadata:\n      labels:\n        name: kured
-    spec:
-      serviceAccountName: kured
-      hostPID: true
-      priorityClassName: system-node-critical
-      tolerations:\n        - key: node-role.kubernetes.io/control-plane\n          effect: NoSchedule
-      restartPolicy: Always
-      containers:
-        - name: kured
-          image: {image}
-          command: [/usr/bin/kured]
-          args:\n            - --ds-name=kured\n            - --ds-namespace=kube-system\n            - --reboot-sentinel=/var/run/reboot-required
-          env:\n            - name: KURED_NODE_ID\n              valueFrom:\n                fieldRef:\n                  fieldPath: spec.nodeName
-          securityContext:\n            privileged: true\n",
-                image = q(image)
-            ),
-        ],
+        [
+            vec![yaml::value(&service_account("kured", ns))],
+            role_for_service_account(
+                Scope::Cluster,
+                meta("kured"),
+                vec![
+                    rule([""], ["nodes"], ["get", "patch"]),
+                    rule([""], ["pods"], ["list", "delete", "get"]),
+                    rule(["apps"], ["daemonsets"], ["get"]),
+                    rule([""], ["pods/eviction"], ["create"]),
+                ],
+                "kured",
+                ns,
+            )
+            .into(),
+            role_for_service_account(
+                Scope::Namespace,
+                meta_ns("kured", ns),
+                vec![rule(["apps"], ["daemonsets"], ["update", "patch"]).named(["kured"])],
+                "kured",
+                ns,
+            )
+            .into(),
+            vec![yaml::value(&daemonset)],
+        ]
+        .concat(),
     )
 }
 
 fn dashboard(image: &str) -> Manifest {
     let ns = "kubernetes-dashboard";
+    let app = map([("k8s-app", "kubernetes-dashboard")]);
+    let opaque = |name: &str, data: Option<StringMap>| {
+        yaml::value(&secret(meta_ns(name, ns), "Opaque", None, data))
+    };
+    let mut deployment = workload(
+        "Deployment",
+        meta_ns("kubernetes-dashboard", ns),
+        app.clone(),
+        PodSpec {
+            service_account_name: Some("kubernetes-dashboard".into()),
+            node_selector: linux(),
+            containers: vec![Container {
+                args: vec![
+                    "--auto-generate-certificates".into(),
+                    format!("--namespace={ns}"),
+                ],
+                ports: vec![ContainerPort {
+                    container_port: 8443,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }],
+                liveness_probe: Some(Probe {
+                    http_get: HttpGet {
+                        scheme: Some("HTTPS".into()),
+                        ..http_probe("/", 8443).http_get
+                    },
+                    initial_delay_seconds: Some(30),
+                    timeout_seconds: Some(30),
+                    ..Default::default()
+                }),
+                security_context: Some(SecurityContext {
+                    run_as_user: Some(1001),
+                    run_as_group: Some(2001),
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    ..Default::default()
+                }),
+                volume_mounts: vec![
+                    mount("kubernetes-dashboard-certs", "/certs", false),
+                    mount("tmp-volume", "/tmp", false),
+                ],
+                ..container("kubernetes-dashboard", image)
+            }],
+            volumes: vec![
+                Volume {
+                    name: "kubernetes-dashboard-certs".into(),
+                    secret: Some(SecretVolume {
+                        secret_name: "kubernetes-dashboard-certs".into(),
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "tmp-volume".into(),
+                    empty_dir: Some(NoBody {}),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    );
+    deployment.body.spec.replicas = Some(1);
     m(
         "60-kubernetes-dashboard.yaml",
-        vec![
-            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
-            format!("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kubernetes-dashboard\n  namespace: {ns}\n"),
-            format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: kubernetes-dashboard-certs\n  namespace: {ns}\ntype: Opaque\n"),
-            format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: kubernetes-dashboard-csrf\n  namespace: {ns}\ntype: Opaque\ndata:\n  csrf: \"\"\n"),
-            format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: kubernetes-dashboard-key-holder\n  namespace: {ns}\ntype: Opaque\n"),
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kubernetes-dashboard-settings\n  namespace: {ns}\n"),
-            format!(
-                "apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:\n  name: kubernetes-dashboard\n  namespace: {ns}
-rules:
-  - apiGroups: [\"\"]\n    resources: [secrets]\n    resourceNames: [kubernetes-dashboard-key-holder, kubernetes-dashboard-certs, kubernetes-dashboard-csrf]\n    verbs: [get, update, delete]
-  - apiGroups: [\"\"]\n    resources: [configmaps]\n    resourceNames: [kubernetes-dashboard-settings]\n    verbs: [get, update]\n"
-            ),
-            format!(
-                "apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:\n  name: kubernetes-dashboard\n  namespace: {ns}
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: kubernetes-dashboard
-subjects:\n  - kind: ServiceAccount\n    name: kubernetes-dashboard\n    namespace: {ns}\n"
-            ),
-            format!(
-                "apiVersion: apps/v1
-kind: Deployment
-metadata:\n  name: kubernetes-dashboard\n  namespace: {ns}
-spec:
-  replicas: 1
-  selector:\n    matchLabels:\n      k8s-app: kubernetes-dashboard
-  template:
-    metadata:\n      labels:\n        k8s-app: kubernetes-dashboard
-    spec:
-      serviceAccountName: kubernetes-dashboard
-      nodeSelector:\n        kubernetes.io/os: linux
-      containers:
-        - name: kubernetes-dashboard
-          image: {image}
-          args:\n            - --auto-generate-certificates\n            - --namespace={ns}
-          ports:\n            - {{containerPort: 8443, protocol: TCP}}
-          livenessProbe:\n            httpGet: {{scheme: HTTPS, path: /, port: 8443}}\n            initialDelaySeconds: 30\n            timeoutSeconds: 30
-          securityContext:\n            allowPrivilegeEscalation: false\n            readOnlyRootFilesystem: true\n            runAsUser: 1001\n            runAsGroup: 2001
-          volumeMounts:\n            - {{name: kubernetes-dashboard-certs, mountPath: /certs}}\n            - {{name: tmp-volume, mountPath: /tmp}}
-      volumes:
-        - name: kubernetes-dashboard-certs\n          secret:\n            secretName: kubernetes-dashboard-certs
-        - name: tmp-volume\n          emptyDir: {{}}\n",
-                image = q(image)
-            ),
-            format!(
-                "apiVersion: v1
-kind: Service
-metadata:\n  name: kubernetes-dashboard\n  namespace: {ns}
-spec:
-  selector:\n    k8s-app: kubernetes-dashboard
-  ports:\n    - {{port: 443, targetPort: 8443}}\n"
-            ),
-        ],
+        [
+            vec![
+                yaml::value(&namespace(ns)),
+                yaml::value(&service_account("kubernetes-dashboard", ns)),
+                opaque("kubernetes-dashboard-certs", None),
+                opaque("kubernetes-dashboard-csrf", Some(map([("csrf", "")]))),
+                opaque("kubernetes-dashboard-key-holder", None),
+                yaml::value(&config_map(
+                    meta_ns("kubernetes-dashboard-settings", ns),
+                    None,
+                )),
+            ],
+            role_for_service_account(
+                Scope::Namespace,
+                meta_ns("kubernetes-dashboard", ns),
+                vec![
+                    rule([""], ["secrets"], ["get", "update", "delete"]).named([
+                        "kubernetes-dashboard-key-holder",
+                        "kubernetes-dashboard-certs",
+                        "kubernetes-dashboard-csrf",
+                    ]),
+                    rule([""], ["configmaps"], ["get", "update"])
+                        .named(["kubernetes-dashboard-settings"]),
+                ],
+                "kubernetes-dashboard",
+                ns,
+            )
+            .into(),
+            vec![
+                yaml::value(&deployment),
+                yaml::value(&service(
+                    meta_ns("kubernetes-dashboard", ns),
+                    app,
+                    None,
+                    vec![ServicePort {
+                        port: 443,
+                        target_port: Some(IntOrString::Int(8443)),
+                        ..Default::default()
+                    }],
+                )),
+            ],
+        ]
+        .concat(),
     )
 }

@@ -2,7 +2,9 @@
 //! and its credentials: a bootstrap kubeconfig with the bootstrap token on workers (TLS
 //! bootstrapping), a kubeconfig pointing at the minted client certificate on masters.
 
-use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
+use serde::Serialize;
+
+use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
 use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
 use nodeimage_core::config::TaintEffect;
 use nodeimage_core::layout::paths;
@@ -17,7 +19,7 @@ pub fn register_taints(inp: &KubeInputs) -> Vec<(String, Option<String>, TaintEf
         .node
         .taints
         .iter()
-        .map(|t| (t.key.clone(), t.value.clone(), t.effect))
+        .map(|t| (t.key.to_string(), t.value.clone(), t.effect))
         .collect();
     if inp.is_master()
         && inp.node.cluster.taint_masters
@@ -35,77 +37,140 @@ pub fn register_taints(inp: &KubeInputs) -> Vec<(String, Option<String>, TaintEf
     v
 }
 
-fn effect(e: TaintEffect) -> &'static str {
-    match e {
-        TaintEffect::NoSchedule => "NoSchedule",
-        TaintEffect::PreferNoSchedule => "PreferNoSchedule",
-        TaintEffect::NoExecute => "NoExecute",
-    }
+/// KubeletConfiguration (`kubelet.config.k8s.io/v1beta1`), the fields set here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfiguration {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub read_only_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthz_bind_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthz_port: Option<u16>,
+    pub authentication: KubeletAuthentication,
+    pub authorization: KubeletAuthorization,
+    pub cgroup_driver: &'static str,
+    pub container_runtime_endpoint: &'static str,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub rotate_certificates: bool,
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_file: Option<&'static str>,
+    pub register_node: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub register_with_taints: Vec<RegisterTaint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubeletAuthentication {
+    pub anonymous: Enabled,
+    pub webhook: AuthnWebhook,
+    pub x509: X509,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Enabled {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthnWebhook {
+    pub enabled: bool,
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct X509 {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KubeletAuthorization {
+    pub mode: &'static str,
+    pub webhook: AuthzWebhook,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthzWebhook {
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: &'static str,
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: &'static str,
+}
+
+/// A `registerWithTaints` entry (core/v1 Taint).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegisterTaint {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: TaintEffect,
 }
 
 /// KubeletConfiguration. Workers ask for a serving certificate through a CSR
 /// (`serverTLSBootstrap`); masters serve with the certificate they minted.
-pub fn kubelet_config(inp: &KubeInputs) -> String {
+pub fn kubelet_configuration(inp: &KubeInputs) -> KubeletConfiguration {
     let n = &inp.node.cluster.network;
-    let mut s = String::new();
-    s.push_str("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n");
     // Listeners from the port table: the API on every address (the firewall admits the
     // masters), healthz on localhost, the read-only port off (0) unless a row enables it.
     let b = &inp.binds;
-    if let Some(a) = b.kubelet {
-        s.push_str(&format!(
-            "address: {}\nport: {}\n",
-            yaml_addr(&a.ip().to_string()),
-            a.port()
-        ));
+    let master = inp.is_master();
+    KubeletConfiguration {
+        api_version: "kubelet.config.k8s.io/v1beta1",
+        kind: "KubeletConfiguration",
+        address: b.kubelet.map(|a| a.ip().to_string()),
+        port: b.kubelet.map(|a| a.port()),
+        read_only_port: b.kubelet_read_only.map_or(0, |a| a.port()),
+        healthz_bind_address: b.kubelet_healthz.map(|a| a.ip().to_string()),
+        healthz_port: b.kubelet_healthz.map(|a| a.port()),
+        authentication: KubeletAuthentication {
+            anonymous: Enabled { enabled: false },
+            webhook: AuthnWebhook {
+                enabled: true,
+                cache_ttl: "2m0s",
+            },
+            x509: X509 {
+                client_ca_file: paths::CA_CRT,
+            },
+        },
+        authorization: KubeletAuthorization {
+            mode: "Webhook",
+            webhook: AuthzWebhook {
+                cache_authorized_ttl: "5m0s",
+                cache_unauthorized_ttl: "30s",
+            },
+        },
+        cgroup_driver: "systemd",
+        container_runtime_endpoint: CONTAINERD_ENDPOINT,
+        cluster_dns: vec![n.dns_service_ip().to_string()],
+        cluster_domain: n.dns_domain.trim_end_matches('.').to_string(),
+        rotate_certificates: true,
+        server_tls_bootstrap: !master,
+        tls_cert_file: master.then_some(paths::KUBELET_SERVING_CRT),
+        tls_private_key_file: master.then_some(paths::KUBELET_SERVING_KEY),
+        register_node: true,
+        register_with_taints: register_taints(inp)
+            .into_iter()
+            .map(|(key, value, effect)| RegisterTaint { key, value, effect })
+            .collect(),
     }
-    s.push_str(&format!(
-        "readOnlyPort: {}\n",
-        b.kubelet_read_only.map_or(0, |a| a.port())
-    ));
-    if let Some(a) = b.kubelet_healthz {
-        s.push_str(&format!(
-            "healthzBindAddress: {}\nhealthzPort: {}\n",
-            yaml_addr(&a.ip().to_string()),
-            a.port()
-        ));
-    }
-    s.push_str("authentication:\n  anonymous:\n    enabled: false\n  webhook:\n    enabled: true\n    cacheTTL: 2m0s\n");
-    s.push_str(&format!("  x509:\n    clientCAFile: {}\n", paths::CA_CRT));
-    s.push_str("authorization:\n  mode: Webhook\n  webhook:\n    cacheAuthorizedTTL: 5m0s\n    cacheUnauthorizedTTL: 30s\n");
-    s.push_str("cgroupDriver: systemd\n");
-    s.push_str(&format!(
-        "containerRuntimeEndpoint: {CONTAINERD_ENDPOINT}\n"
-    ));
-    s.push_str(&format!("clusterDNS:\n  - {}\n", n.dns_service_ip()));
-    s.push_str(&format!(
-        "clusterDomain: {}\n",
-        q(n.dns_domain.trim_end_matches('.'))
-    ));
-    s.push_str("rotateCertificates: true\n");
-    if inp.is_master() {
-        s.push_str("serverTLSBootstrap: false\n");
-        s.push_str(&format!(
-            "tlsCertFile: {}\ntlsPrivateKeyFile: {}\n",
-            paths::KUBELET_SERVING_CRT,
-            paths::KUBELET_SERVING_KEY
-        ));
-    } else {
-        s.push_str("serverTLSBootstrap: true\n");
-    }
-    s.push_str("registerNode: true\n");
-    let taints = register_taints(inp);
-    if !taints.is_empty() {
-        s.push_str("registerWithTaints:\n");
-        for (k, v, e) in taints {
-            s.push_str(&format!("  - key: {}\n", q(&k)));
-            if let Some(v) = v {
-                s.push_str(&format!("    value: {}\n", q(&v)));
-            }
-            s.push_str(&format!("    effect: {}\n", effect(e)));
-        }
-    }
-    s
+}
+
+/// [`kubelet_configuration`] as the file's text.
+pub fn kubelet_config(inp: &KubeInputs) -> String {
+    crate::yaml::to_string(&kubelet_configuration(inp))
 }
 
 /// The labels the kubelet sets on itself (`--node-labels`): the operator's labels, which
@@ -150,7 +215,7 @@ pub fn bootstrap_kubeconfig(inp: &KubeInputs) -> Option<String> {
             &nodeimage_core::layout::api_server_url(&inp.node.cluster.api_endpoint),
             ca,
             "tls-bootstrap-token-user",
-            KubeconfigUser::Token(token.clone()),
+            KubeconfigUser::Token(token.as_str().to_string()),
         )
         .to_yaml(),
     )

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{q, split_token, KubeInputs};
+use super::objects::*;
+use super::KubeInputs;
+use crate::yaml;
+use nodeimage_core::config::BootstrapToken;
 use nodeimage_core::layout::CLUSTER_ADMINS_GROUP;
 
 /// The group a bootstrap token authenticates into (kubeadm's name, so tooling that
@@ -47,15 +50,11 @@ impl std::fmt::Debug for Manifest {
     }
 }
 
-fn manifest(name: &str, docs: &[String], secret: bool) -> Manifest {
-    let mut yaml = String::new();
-    for d in docs {
-        yaml.push_str("---\n");
-        yaml.push_str(d);
-    }
+/// A manifest of `docs`, each a `---` document.
+pub(crate) fn manifest(name: &str, docs: Vec<yaml_serde::Value>, secret: bool) -> Manifest {
     Manifest {
         name: name.into(),
-        yaml,
+        yaml: crate::yaml::documents(&docs),
         secret,
     }
 }
@@ -63,31 +62,33 @@ fn manifest(name: &str, docs: &[String], secret: bool) -> Manifest {
 /// The bootstrap token as a `bootstrap.kubernetes.io/token` Secret. It does not expire:
 /// node configs carrying it may boot long after `cluster new` (autoscaling). Replace it
 /// with `nodeimage cluster new --force` and new node configs.
-pub fn bootstrap_token_secret(token: &str) -> Option<String> {
-    let (id, secret) = split_token(token)?;
-    Some(format!(
-        "apiVersion: v1
-kind: Secret
-metadata:\n  name: bootstrap-token-{id}\n  namespace: kube-system
-type: bootstrap.kubernetes.io/token
-stringData:
-  description: \"Node join token made by nodeimage cluster new\"
-  token-id: {id}
-  token-secret: {secret}
-  usage-bootstrap-authentication: \"true\"
-  usage-bootstrap-signing: \"true\"
-  auth-extra-groups: {BOOTSTRAPPERS_GROUP}\n"
-    ))
+pub fn bootstrap_token_secret(token: &BootstrapToken) -> Secret {
+    secret(
+        meta_ns(&format!("bootstrap-token-{}", token.id()), "kube-system"),
+        "bootstrap.kubernetes.io/token",
+        Some(map([
+            (
+                "description",
+                "Node join token made by nodeimage cluster new",
+            ),
+            ("token-id", token.id()),
+            ("token-secret", token.secret()),
+            ("usage-bootstrap-authentication", "true"),
+            ("usage-bootstrap-signing", "true"),
+            ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
+        ])),
+        None,
+    )
 }
 
-fn crb(name: &str, role: &str, kind: &str, subject: &str) -> String {
-    format!(
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:\n  name: {name}
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {role}
-subjects:\n  - apiGroup: rbac.authorization.k8s.io\n    kind: {kind}\n    name: {subject}\n"
-    )
+fn crb(name: &str, role: &str, kind: &str, subject: &str) -> yaml_serde::Value {
+    yaml::value(&binding(
+        "ClusterRoleBinding",
+        meta(name),
+        "ClusterRole",
+        role,
+        vec![rbac_subject(kind, subject)],
+    ))
 }
 
 /// RBAC the cluster needs from the start:
@@ -97,8 +98,8 @@ subjects:\n  - apiGroup: rbac.authorization.k8s.io\n    kind: {kind}\n    name: 
 /// * `kubeadm:cluster-admins` (admin.conf, the API server's kubelet client) is
 ///   `cluster-admin`;
 /// * nodes may run kube-proxy with their own credentials (`system:node-proxier`).
-pub fn rbac() -> String {
-    [
+pub fn rbac() -> Vec<yaml_serde::Value> {
+    vec![
         crb(
             "kubeadm:kubelet-bootstrap",
             "system:node-bootstrapper",
@@ -130,256 +131,342 @@ pub fn rbac() -> String {
             "system:nodes",
         ),
     ]
-    .iter()
-    .map(|d| format!("---\n{d}"))
-    .collect()
+}
+
+/// CoreDNS's configuration for the cluster domain `domain`.
+fn corefile(domain: &str) -> String {
+    format!(
+        ".:53 {{
+    errors
+    health {{
+       lameduck 5s
+    }}
+    ready
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }}
+    prometheus :9153
+    forward . /etc/resolv.conf {{
+       max_concurrent 1000
+    }}
+    cache 30
+    loop
+    reload
+    loadbalance
+}}
+"
+    )
 }
 
 /// CoreDNS: ServiceAccount, RBAC, Corefile, Deployment (2 replicas, tolerating the
 /// control-plane taint) and the `kube-dns` Service on the tenth service IP.
-pub fn coredns(inp: &KubeInputs, image: &str) -> Vec<String> {
+pub fn coredns(inp: &KubeInputs, image: &str) -> Vec<yaml_serde::Value> {
     let n = &inp.node.cluster.network;
     let domain = n.dns_domain.trim_end_matches('.');
-    vec![
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: coredns\n  namespace: kube-system\n".to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:\n  name: system:coredns
-rules:
-  - apiGroups: [\"\"]\n    resources: [endpoints, services, pods, namespaces]\n    verbs: [list, watch]
-  - apiGroups: [discovery.k8s.io]\n    resources: [endpointslices]\n    verbs: [list, watch]\n"
-            .to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:\n  name: system:coredns
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: system:coredns
-subjects:\n  - kind: ServiceAccount\n    name: coredns\n    namespace: kube-system\n"
-            .to_string(),
-        format!(
-            "apiVersion: v1
-kind: ConfigMap
-metadata:\n  name: coredns\n  namespace: kube-system
-data:
-  Corefile: |
-    .:53 {{
-        errors
-        health {{
-           lameduck 5s
-        }}
-        ready
-        kubernetes {domain} in-addr.arpa ip6.arpa {{
-           pods insecure
-           fallthrough in-addr.arpa ip6.arpa
-           ttl 30
-        }}
-        prometheus :9153
-        forward . /etc/resolv.conf {{
-           max_concurrent 1000
-        }}
-        cache 30
-        loop
-        reload
-        loadbalance
-    }}\n"
-        ),
-        format!(
-            "apiVersion: apps/v1
-kind: Deployment
-metadata:\n  name: coredns\n  namespace: kube-system\n  labels:\n    k8s-app: kube-dns
-spec:
-  replicas: 2
-  strategy:\n    type: RollingUpdate\n    rollingUpdate:\n      maxUnavailable: 1
-  selector:\n    matchLabels:\n      k8s-app: kube-dns
-  template:
-    metadata:\n      labels:\n        k8s-app: kube-dns
-    spec:
-      priorityClassName: system-cluster-critical
-      serviceAccountName: coredns
-      dnsPolicy: Default
-      nodeSelector:\n        kubernetes.io/os: linux
-      tolerations:
-        - key: CriticalAddonsOnly\n          operator: Exists
-        - key: node-role.kubernetes.io/control-plane\n          effect: NoSchedule
-      affinity:\n        podAntiAffinity:\n          preferredDuringSchedulingIgnoredDuringExecution:
-            - weight: 100\n              podAffinityTerm:\n                topologyKey: kubernetes.io/hostname\n                labelSelector:\n                  matchLabels:\n                    k8s-app: kube-dns
-      containers:
-        - name: coredns
-          image: {image}
-          args: [\"-conf\", \"/etc/coredns/Corefile\"]
-          resources:\n            limits:\n              memory: 170Mi\n            requests:\n              cpu: 100m\n              memory: 70Mi
-          ports:
-            - {{name: dns, containerPort: 53, protocol: UDP}}
-            - {{name: dns-tcp, containerPort: 53, protocol: TCP}}
-            - {{name: metrics, containerPort: 9153, protocol: TCP}}
-          livenessProbe:\n            httpGet: {{path: /health, port: 8080, scheme: HTTP}}\n            initialDelaySeconds: 60\n            timeoutSeconds: 5\n            failureThreshold: 5
-          readinessProbe:\n            httpGet: {{path: /ready, port: 8181, scheme: HTTP}}
-          securityContext:\n            allowPrivilegeEscalation: false\n            readOnlyRootFilesystem: true\n            capabilities:\n              add: [NET_BIND_SERVICE]\n              drop: [ALL]
-          volumeMounts:\n            - {{name: config-volume, mountPath: /etc/coredns, readOnly: true}}
-      volumes:
-        - name: config-volume\n          configMap:\n            name: coredns\n            items:\n              - {{key: Corefile, path: Corefile}}\n",
-            image = q(image)
-        ),
-        format!(
-            "apiVersion: v1
-kind: Service
-metadata:\n  name: kube-dns\n  namespace: kube-system\n  labels:\n    k8s-app: kube-dns\n    kubernetes.io/cluster-service: \"true\"\n    kubernetes.io/name: CoreDNS
-spec:
-  selector:\n    k8s-app: kube-dns
-  clusterIP: {ip}
-  ports:
-    - {{name: dns, port: 53, protocol: UDP}}
-    - {{name: dns-tcp, port: 53, protocol: TCP}}
-    - {{name: metrics, port: 9153, protocol: TCP}}\n",
-            ip = n.dns_service_ip()
-        ),
+    let ns = "kube-system";
+    let app = map([("k8s-app", "kube-dns")]);
+    let mut deployment = workload(
+        "Deployment",
+        meta_ns("coredns", ns).labels(app.clone()),
+        app.clone(),
+        PodSpec {
+            service_account_name: Some("coredns".into()),
+            priority_class_name: Some("system-cluster-critical".into()),
+            dns_policy: Some("Default".into()),
+            node_selector: linux(),
+            tolerations: vec![
+                Toleration {
+                    key: Some("CriticalAddonsOnly".into()),
+                    operator: Some("Exists".into()),
+                    effect: None,
+                },
+                tolerate_control_plane(),
+            ],
+            affinity: Some(Affinity {
+                pod_anti_affinity: PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: vec![
+                        WeightedPodAffinityTerm {
+                            weight: 100,
+                            pod_affinity_term: PodAffinityTerm {
+                                topology_key: "kubernetes.io/hostname".into(),
+                                label_selector: LabelSelector {
+                                    match_labels: app.clone(),
+                                },
+                            },
+                        },
+                    ],
+                },
+            }),
+            containers: vec![Container {
+                args: strings(["-conf", "/etc/coredns/Corefile"]),
+                resources: Some(Resources {
+                    limits: map([("memory", "170Mi")]),
+                    requests: map([("cpu", "100m"), ("memory", "70Mi")]),
+                }),
+                ports: vec![
+                    port("dns", 53, Some("UDP")),
+                    port("dns-tcp", 53, Some("TCP")),
+                    port("metrics", 9153, Some("TCP")),
+                ],
+                liveness_probe: Some(Probe {
+                    http_get: HttpGet {
+                        scheme: Some("HTTP".into()),
+                        ..http_probe("/health", 8080).http_get
+                    },
+                    initial_delay_seconds: Some(60),
+                    timeout_seconds: Some(5),
+                    failure_threshold: Some(5),
+                }),
+                readiness_probe: Some(Probe {
+                    http_get: HttpGet {
+                        scheme: Some("HTTP".into()),
+                        ..http_probe("/ready", 8181).http_get
+                    },
+                    ..Default::default()
+                }),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: bind_service_only(),
+                    ..Default::default()
+                }),
+                volume_mounts: vec![mount("config-volume", "/etc/coredns", true)],
+                ..container("coredns", image)
+            }],
+            volumes: vec![Volume {
+                name: "config-volume".into(),
+                config_map: Some(ConfigMapVolume {
+                    name: "coredns".into(),
+                    items: vec![KeyToPath {
+                        key: "Corefile".into(),
+                        path: "Corefile".into(),
+                    }],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    deployment.body.spec.replicas = Some(2);
+    deployment.body.spec.strategy = Some(rolling_update(Some(1)));
+    [
+        vec![yaml::value(&service_account("coredns", ns))],
+        role_for_service_account(
+            Scope::Cluster,
+            meta("system:coredns"),
+            vec![
+                rule(
+                    [""],
+                    ["endpoints", "services", "pods", "namespaces"],
+                    ["list", "watch"],
+                ),
+                rule(["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]),
+            ],
+            "coredns",
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&config_map(
+                meta_ns("coredns", ns),
+                Some([("Corefile".to_string(), corefile(domain))].into()),
+            )),
+            yaml::value(&deployment),
+            yaml::value(&service(
+                meta_ns("kube-dns", ns).labels(map([
+                    ("k8s-app", "kube-dns"),
+                    ("kubernetes.io/cluster-service", "true"),
+                    ("kubernetes.io/name", "CoreDNS"),
+                ])),
+                app,
+                Some(n.dns_service_ip().to_string()),
+                [("dns", "UDP"), ("dns-tcp", "TCP"), ("metrics", "TCP")]
+                    .into_iter()
+                    .map(|(name, protocol)| ServicePort {
+                        name: Some(name.into()),
+                        port: if name == "metrics" { 9153 } else { 53 },
+                        target_port: None,
+                        protocol: Some(protocol.into()),
+                    })
+                    .collect(),
+            )),
+        ],
     ]
+    .concat()
 }
 
 /// Weave Net: RBAC, the `weave-passwd` Secret and the DaemonSet (weave + weave-npc).
 /// `IPALLOC_RANGE` is the pod network; traffic is encrypted with the shared password
 /// except between peers in `trusted_subnets` (`--trusted-subnets` via `EXTRA_ARGS`,
 /// which launch.sh passes to the weaver first).
-pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<String> {
+pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serde::Value> {
     let n = &inp.node.cluster.network;
-    let mut env = format!(
-        "            - name: HOSTNAME\n              valueFrom:\n                fieldRef:\n                  apiVersion: v1\n                  fieldPath: spec.nodeName
-            - name: INIT_CONTAINER\n              value: \"true\"
-            - name: IPALLOC_RANGE\n              value: {range}
-{status}            - name: WEAVE_PASSWORD\n              valueFrom:\n                secretKeyRef:\n                  name: weave-passwd\n                  key: weave-passwd\n",
-        range = q(&n.pod_network_cidr.to_string()),
-        // The weave-status row of the port table (the same for every node).
-        status = inp
-            .binds
-            .weave_status
-            .map(|a| format!(
-                "            - name: WEAVE_STATUS_ADDR\n              value: {}\n",
-                q(&a.to_string())
-            ))
-            .unwrap_or_default(),
-    );
+    let ns = "kube-system";
+    let name = map([("name", "weave-net")]);
+    let node_name = || env_field("HOSTNAME", Some("v1"), "spec.nodeName");
+    let mut vars = vec![
+        node_name(),
+        env("INIT_CONTAINER", "true"),
+        env("IPALLOC_RANGE", &n.pod_network_cidr.to_string()),
+    ];
+    // The weave-status row of the port table (the same for every node).
+    if let Some(a) = inp.binds.weave_status {
+        vars.push(env("WEAVE_STATUS_ADDR", &a.to_string()));
+    }
+    vars.push(env_secret("WEAVE_PASSWORD", "weave-passwd", "weave-passwd"));
     if !n.trusted_subnets.is_empty() {
         let subnets: Vec<String> = n.trusted_subnets.iter().map(|s| s.to_string()).collect();
-        env.push_str(&format!(
-            "            - name: EXTRA_ARGS\n              value: {}\n",
-            q(&format!("--trusted-subnets={}", subnets.join(",")))
+        vars.push(env(
+            "EXTRA_ARGS",
+            &format!("--trusted-subnets={}", subnets.join(",")),
         ));
     }
-    vec![
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: weave-net\n  namespace: kube-system\n  labels:\n    name: weave-net\n".to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:\n  name: weave-net\n  labels:\n    name: weave-net
-rules:
-  - apiGroups: [\"\"]\n    resources: [pods, namespaces, nodes]\n    verbs: [get, list, watch]
-  - apiGroups: [networking.k8s.io]\n    resources: [networkpolicies]\n    verbs: [get, list, watch]
-  - apiGroups: [\"\"]\n    resources: [nodes/status]\n    verbs: [patch, update]\n"
-            .to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:\n  name: weave-net\n  labels:\n    name: weave-net
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: weave-net
-subjects:\n  - kind: ServiceAccount\n    name: weave-net\n    namespace: kube-system\n"
-            .to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:\n  name: weave-net\n  namespace: kube-system\n  labels:\n    name: weave-net
-rules:
-  - apiGroups: [\"\"]\n    resources: [configmaps]\n    resourceNames: [weave-net]\n    verbs: [get, update]
-  - apiGroups: [\"\"]\n    resources: [configmaps]\n    verbs: [create]\n"
-            .to_string(),
-        "apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:\n  name: weave-net\n  namespace: kube-system\n  labels:\n    name: weave-net
-roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: weave-net
-subjects:\n  - kind: ServiceAccount\n    name: weave-net\n    namespace: kube-system\n"
-            .to_string(),
-        format!(
-            "apiVersion: v1
-kind: Secret
-metadata:\n  name: weave-passwd\n  namespace: kube-system
-type: Opaque
-stringData:\n  weave-passwd: {}\n",
-            q(password)
-        ),
-        format!(
-            "apiVersion: apps/v1
-kind: DaemonSet
-metadata:\n  name: weave-net\n  namespace: kube-system\n  labels:\n    name: weave-net
-spec:
-  minReadySeconds: 5
-  selector:\n    matchLabels:\n      name: weave-net
-  updateStrategy:\n    type: RollingUpdate
-  template:
-    metadata:\n      labels:\n        name: weave-net
-    spec:
-      hostNetwork: true
-      dnsPolicy: ClusterFirstWithHostNet
-      priorityClassName: system-node-critical
-      serviceAccountName: weave-net
-      restartPolicy: Always
-      securityContext:\n        seLinuxOptions: {{}}
-      tolerations:\n        - effect: NoSchedule\n          operator: Exists\n        - effect: NoExecute\n          operator: Exists
-      initContainers:
-        - name: weave-init
-          image: {kube}
-          command: [/home/weave/init.sh]
-          securityContext:\n            privileged: true
-          volumeMounts:
-            - {{name: cni-bin, mountPath: /host/opt}}
-            - {{name: cni-bin2, mountPath: /host/home}}
-            - {{name: cni-conf, mountPath: /host/etc}}
-            - {{name: lib-modules, mountPath: /lib/modules}}
-            - {{name: xtables-lock, mountPath: /run/xtables.lock}}
-      containers:
-        - name: weave
-          image: {kube}
-          command: [/home/weave/launch.sh]
-          env:\n{env}
-          readinessProbe:\n            httpGet:\n              host: 127.0.0.1\n              path: /status\n              port: 6784
-          resources:\n            requests:\n              cpu: 50m
-          securityContext:\n            privileged: true
-          volumeMounts:
-            - {{name: weavedb, mountPath: /weavedb}}
-            - {{name: dbus, mountPath: /host/var/lib/dbus, readOnly: true}}
-            - {{name: cni-machine-id, mountPath: /host/etc/machine-id, readOnly: true}}
-            - {{name: xtables-lock, mountPath: /run/xtables.lock}}
-        - name: weave-npc
-          image: {npc}
-          env:\n            - name: HOSTNAME\n              valueFrom:\n                fieldRef:\n                  apiVersion: v1\n                  fieldPath: spec.nodeName
-          resources:\n            requests:\n              cpu: 50m
-          securityContext:\n            privileged: true
-          volumeMounts:\n            - {{name: xtables-lock, mountPath: /run/xtables.lock}}
-      volumes:
-        - {{name: weavedb, hostPath: {{path: /var/lib/weave}}}}
-        - {{name: cni-bin, hostPath: {{path: /opt}}}}
-        - {{name: cni-bin2, hostPath: {{path: /home}}}}
-        - {{name: cni-conf, hostPath: {{path: /etc}}}}
-        - {{name: cni-machine-id, hostPath: {{path: /etc/machine-id}}}}
-        - {{name: dbus, hostPath: {{path: /var/lib/dbus}}}}
-        - {{name: lib-modules, hostPath: {{path: /lib/modules}}}}
-        - {{name: xtables-lock, hostPath: {{path: /run/xtables.lock, type: FileOrCreate}}}}\n",
-            kube = q(&images.weave_kube),
-            env = env.trim_end_matches('\n'),
-            npc = q(&images.weave_npc),
-        ),
+    let xtables = || mount("xtables-lock", "/run/xtables.lock", false);
+    let requests = || {
+        Some(Resources {
+            requests: map([("cpu", "50m")]),
+            ..Default::default()
+        })
+    };
+    let mut daemonset = workload(
+        "DaemonSet",
+        meta_ns("weave-net", ns).labels(name.clone()),
+        name.clone(),
+        PodSpec {
+            service_account_name: Some("weave-net".into()),
+            priority_class_name: Some("system-node-critical".into()),
+            host_network: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            restart_policy: Some("Always".into()),
+            security_context: Some(PodSecurityContext::default()),
+            tolerations: ["NoSchedule", "NoExecute"]
+                .into_iter()
+                .map(|effect| Toleration {
+                    key: None,
+                    operator: Some("Exists".into()),
+                    effect: Some(effect.into()),
+                })
+                .collect(),
+            init_containers: vec![Container {
+                command: strings(["/home/weave/init.sh"]),
+                security_context: privileged(),
+                volume_mounts: vec![
+                    mount("cni-bin", "/host/opt", false),
+                    mount("cni-bin2", "/host/home", false),
+                    mount("cni-conf", "/host/etc", false),
+                    mount("lib-modules", "/lib/modules", false),
+                    xtables(),
+                ],
+                ..container("weave-init", &images.weave_kube)
+            }],
+            containers: vec![
+                Container {
+                    command: strings(["/home/weave/launch.sh"]),
+                    env: vars,
+                    readiness_probe: Some(Probe {
+                        http_get: HttpGet {
+                            host: Some("127.0.0.1".into()),
+                            ..http_probe("/status", 6784).http_get
+                        },
+                        ..Default::default()
+                    }),
+                    resources: requests(),
+                    security_context: privileged(),
+                    volume_mounts: vec![
+                        mount("weavedb", "/weavedb", false),
+                        mount("dbus", "/host/var/lib/dbus", true),
+                        mount("cni-machine-id", "/host/etc/machine-id", true),
+                        xtables(),
+                    ],
+                    ..container("weave", &images.weave_kube)
+                },
+                Container {
+                    env: vec![node_name()],
+                    resources: requests(),
+                    security_context: privileged(),
+                    volume_mounts: vec![xtables()],
+                    ..container("weave-npc", &images.weave_npc)
+                },
+            ],
+            volumes: vec![
+                host_path("weavedb", "/var/lib/weave", None),
+                host_path("cni-bin", "/opt", None),
+                host_path("cni-bin2", "/home", None),
+                host_path("cni-conf", "/etc", None),
+                host_path("cni-machine-id", "/etc/machine-id", None),
+                host_path("dbus", "/var/lib/dbus", None),
+                host_path("lib-modules", "/lib/modules", None),
+                host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
+            ],
+            ..Default::default()
+        },
+    );
+    daemonset.body.spec.min_ready_seconds = Some(5);
+    daemonset.body.spec.update_strategy = Some(rolling_update(None));
+    [
+        vec![yaml::value(&Object::new(
+            "v1",
+            "ServiceAccount",
+            meta_ns("weave-net", ns).labels(name.clone()),
+            NoBody {},
+        ))],
+        role_for_service_account(
+            Scope::Cluster,
+            meta("weave-net").labels(name.clone()),
+            vec![
+                rule(
+                    [""],
+                    ["pods", "namespaces", "nodes"],
+                    ["get", "list", "watch"],
+                ),
+                rule(
+                    ["networking.k8s.io"],
+                    ["networkpolicies"],
+                    ["get", "list", "watch"],
+                ),
+                rule([""], ["nodes/status"], ["patch", "update"]),
+            ],
+            "weave-net",
+            ns,
+        )
+        .into(),
+        role_for_service_account(
+            Scope::Namespace,
+            meta_ns("weave-net", ns).labels(name.clone()),
+            vec![
+                rule([""], ["configmaps"], ["get", "update"]).named(["weave-net"]),
+                rule([""], ["configmaps"], ["create"]),
+            ],
+            "weave-net",
+            ns,
+        )
+        .into(),
+        vec![
+            yaml::value(&secret(
+                meta_ns("weave-passwd", ns),
+                "Opaque",
+                Some(map([("weave-passwd", password)])),
+                None,
+            )),
+            yaml::value(&daemonset),
+        ],
     ]
+    .concat()
 }
 
 /// The manifests the bootstrap master applies, in order. `None` when the node config
 /// lacks a secret they need (bootstrap token, weave password).
 pub fn cluster_manifests(inp: &KubeInputs, images: &Images) -> Option<Vec<Manifest>> {
     let s = &inp.node.secrets;
-    let token = bootstrap_token_secret(s.bootstrap_token.as_deref()?)?;
+    let token = bootstrap_token_secret(s.bootstrap_token.as_ref()?);
     let password = s.weave_password.as_deref()?;
     Some(vec![
-        manifest("00-bootstrap-token.yaml", &[token], true),
-        Manifest {
-            name: "01-rbac.yaml".into(),
-            yaml: rbac(),
-            secret: false,
-        },
-        manifest("10-weave-net.yaml", &weave(inp, images, password), true),
-        manifest("20-coredns.yaml", &coredns(inp, &images.coredns), false),
+        manifest("00-bootstrap-token.yaml", vec![yaml::value(&token)], true),
+        manifest("01-rbac.yaml", rbac(), false),
+        manifest("10-weave-net.yaml", weave(inp, images, password), true),
+        manifest("20-coredns.yaml", coredns(inp, &images.coredns), false),
     ])
 }
 

@@ -2,8 +2,11 @@
 //! the kubelet and kube-proxy, KubeletConfiguration, kubeconfigs, and the manifests the
 //! bootstrap master applies (bootstrap token, RBAC, CoreDNS, Weave Net, addons).
 //!
-//! All of it is pure: values in, text out, golden-file tested. Written from the
-//! Kubernetes v1.35 reference documentation. Decisions worth knowing:
+//! All of it is pure: values in, text out, golden-file tested. Manifests, the kubelet's
+//! and kube-proxy's configurations and kubeconfigs are typed values ([`objects`] and
+//! the configuration structs) serialized by [`crate::yaml`], never text templates;
+//! systemd units come from [`ServiceUnit`]. Written from the Kubernetes v1.35 reference
+//! documentation. Decisions worth knowing:
 //!
 //! * The control plane runs as systemd services with the pinned binaries, not as static
 //!   pods: the image has no registry to pull control-plane images from, and etcd is a
@@ -38,6 +41,7 @@ pub mod csr;
 
 pub mod kubelet;
 pub mod manifests;
+pub mod objects;
 pub mod proxy;
 
 /// Where the pinned Kubernetes binaries are on the image.
@@ -231,41 +235,52 @@ impl ServiceUnit<'_> {
             s.push_str(&format!("Requires={}\n", self.requires.join(" ")));
         }
         s.push_str("\n[Service]\nExecStart=");
-        s.push_str(&self.exec);
+        s.push_str(&exec_word(&self.exec));
         for a in self.flags.to_args() {
-            // systemd expands `%` specifiers and `$VAR`: escape both.
             s.push_str(" \\\n    ");
-            s.push_str(&a.replace('%', "%%").replace('$', "$$"));
+            s.push_str(&exec_word(&a));
         }
         s.push_str("\nRestart=always\nRestartSec=5s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n");
         s
     }
 }
 
-/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-pub(crate) fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("string serialises")
-}
-
-/// A YAML scalar for an address: plain when that is unambiguous (`0.0.0.0:10256`,
-/// `127.0.0.1`), double-quoted otherwise (`"::"`, `"[::]:10256"`).
-pub(crate) fn yaml_addr(s: &str) -> String {
-    let plain = !s.is_empty()
-        && !s.starts_with(':')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == ':');
+/// One word of an `ExecStart=` line, as systemd splits and unescapes it again
+/// (systemd.service(5), "Command lines"): `%` specifiers and `$VAR` expansion are
+/// escaped (`%%`, `$$`) everywhere; a word with whitespace, quotes, backslashes, control
+/// characters or other shell-ish characters is double-quoted with C escapes (`\"`,
+/// `\\`, `\n`, `\xNN`), which systemd decodes; a lone `;` is written `\;`.
+pub fn exec_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%$~*[]".contains(c));
+    let escaped = word.replace('%', "%%").replace('$', "$$");
     if plain {
-        s.to_string()
-    } else {
-        q(s)
+        return escaped;
     }
-}
-
-/// Split `id.secret` of a bootstrap token.
-pub fn split_token(token: &str) -> Option<(&str, &str)> {
-    nodeimage_core::config::valid_bootstrap_token(token)
-        .then(|| token.split_once('.'))
-        .flatten()
+    if word == ";" {
+        return "\\;".into();
+    }
+    let mut s = String::with_capacity(escaped.len() + 2);
+    s.push('"');
+    for c in escaped.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            '\r' => s.push_str("\\r"),
+            c if c.is_control() => {
+                for b in c.to_string().bytes() {
+                    s.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
 }
 
 /// Every file this node's role needs: control plane (masters), kubelet, kube-proxy.
@@ -277,4 +292,64 @@ pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
     v.extend(kubelet::kubelet_files(inp));
     v.extend(proxy::kube_proxy_files(inp));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_words_are_quoted_and_escaped() {
+        for (word, written) in [
+            (
+                "--node-labels=disk=ssd,topology.kubernetes.io/zone=a",
+                "--node-labels=disk=ssd,topology.kubernetes.io/zone=a",
+            ),
+            ("/usr/bin/kubelet", "/usr/bin/kubelet"),
+            ("--x=100%", "--x=100%%"),
+            ("--x=$HOME", "--x=$$HOME"),
+            ("--x=a b", "\"--x=a b\""),
+            ("--x=a\tb", "\"--x=a\\tb\""),
+            ("--x=say \"hi\"", "\"--x=say \\\"hi\\\"\""),
+            ("--x='a'", "\"--x='a'\""),
+            ("--x=a\\b", "\"--x=a\\\\b\""),
+            ("--x=line1\nline2", "\"--x=line1\\nline2\""),
+            ("--x=a\u{1}", "\"--x=a\\x01\""),
+            ("--x=50% of $X y", "\"--x=50%% of $$X y\""),
+            ("--x=a;b", "\"--x=a;b\""),
+            (";", "\\;"),
+            ("", "\"\""),
+        ] {
+            assert_eq!(exec_word(word), written, "{word:?}");
+        }
+    }
+
+    #[test]
+    fn a_unit_keeps_one_word_per_line() {
+        let mut f = Flags::default();
+        f.set("a", "x y").set("b", "two\nlines");
+        let unit = ServiceUnit {
+            description: "d",
+            documentation: "https://example.com",
+            after: &[],
+            wants: &[],
+            requires: &[],
+            exec: "/usr/bin/x".into(),
+            flags: &f,
+        }
+        .render();
+        let exec: Vec<&str> = unit
+            .lines()
+            .skip_while(|l| !l.starts_with("ExecStart="))
+            .take(3)
+            .collect();
+        assert_eq!(
+            exec,
+            [
+                "ExecStart=/usr/bin/x \\",
+                "    \"--a=x y\" \\",
+                "    \"--b=two\\nlines\"",
+            ]
+        );
+    }
 }

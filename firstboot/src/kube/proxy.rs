@@ -7,7 +7,9 @@
 //! `system:node-proxier` role, which is what kube-proxy needs. The service restarts
 //! until the kubelet has written kubelet.conf (after TLS bootstrapping on workers).
 
-use super::{q, yaml_addr, Flags, GeneratedFile, KubeInputs, ServiceUnit};
+use serde::Serialize;
+
+use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit};
 use nodeimage_core::layout::paths;
 
 pub const KUBE_PROXY_CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
@@ -17,24 +19,46 @@ pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
 /// Health (cluster nodes, for load balancers) and metrics (localhost) listeners come from
 /// the port table.
 pub fn kube_proxy_config(inp: &KubeInputs) -> String {
-    let n = &inp.node.cluster.network;
+    crate::yaml::to_string(&kube_proxy_configuration(inp))
+}
+
+/// KubeProxyConfiguration, the fields set here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxyConfiguration {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub bind_address: &'static str,
+    pub client_connection: ClientConnection,
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: String,
+    pub hostname_override: String,
+    pub healthz_bind_address: String,
+    pub metrics_bind_address: String,
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientConnection {
+    pub kubeconfig: &'static str,
+}
+
+/// The typed form of [`kube_proxy_config`].
+pub fn kube_proxy_configuration(inp: &KubeInputs) -> KubeProxyConfiguration {
     let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    format!(
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-bindAddress: 0.0.0.0
-clientConnection:\n  kubeconfig: {kubeconfig}
-clusterCIDR: {cidr}
-hostnameOverride: {host}
-healthzBindAddress: {healthz}
-metricsBindAddress: {metrics}
-mode: iptables\n",
-        kubeconfig = paths::KUBELET_CONF,
-        cidr = n.pod_network_cidr,
-        host = q(inp.hostname),
-        healthz = yaml_addr(&addr(inp.binds.kube_proxy_healthz)),
-        metrics = yaml_addr(&addr(inp.binds.kube_proxy_metrics)),
-    )
+    KubeProxyConfiguration {
+        api_version: "kubeproxy.config.k8s.io/v1alpha1",
+        kind: "KubeProxyConfiguration",
+        bind_address: "0.0.0.0",
+        client_connection: ClientConnection {
+            kubeconfig: paths::KUBELET_CONF,
+        },
+        cluster_cidr: inp.node.cluster.network.pod_network_cidr.to_string(),
+        hostname_override: inp.hostname.to_string(),
+        healthz_bind_address: addr(inp.binds.kube_proxy_healthz),
+        metrics_bind_address: addr(inp.binds.kube_proxy_metrics),
+        mode: "iptables",
+    }
 }
 
 pub fn kube_proxy_unit(inp: &KubeInputs) -> String {

@@ -31,10 +31,10 @@ impl HetznerSource {
     }
 }
 
-fn yaml_str(v: &serde_yaml::Value) -> Option<String> {
+fn yaml_str(v: &yaml_serde::Value) -> Option<String> {
     match v {
-        serde_yaml::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        yaml_serde::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        yaml_serde::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
 }
@@ -54,13 +54,13 @@ impl DataSource for HetznerSource {
         let Some(raw) = self.get("metadata")? else {
             return Ok(Metadata::default());
         };
-        let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_slice(&raw)
+        let doc: BTreeMap<String, yaml_serde::Value> = yaml_serde::from_slice(&raw)
             .map_err(|e| SourceError::format(SOURCE_NAME, format!("metadata: {e}")))?;
         let s = |k: &str| doc.get(k).and_then(yaml_str);
         let mut local_ipv4 = s("local-ipv4").and_then(|v| v.parse().ok());
         if local_ipv4.is_none() {
             if let Some(raw) = self.get("metadata/private-networks")? {
-                let nets: Vec<BTreeMap<String, serde_yaml::Value>> = serde_yaml::from_slice(&raw)
+                let nets: Vec<BTreeMap<String, yaml_serde::Value>> = yaml_serde::from_slice(&raw)
                     .map_err(|e| {
                     SourceError::format(SOURCE_NAME, format!("private-networks: {e}"))
                 })?;

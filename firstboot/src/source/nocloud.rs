@@ -38,7 +38,7 @@ impl DataSource for NoCloudSource {
         if text.trim().is_empty() {
             return Ok(Metadata::default());
         }
-        let doc: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text)
+        let doc: BTreeMap<String, yaml_serde::Value> = yaml_serde::from_str(&text)
             .map_err(|e| SourceError::format(SOURCE_NAME, format!("meta-data: {e}")))?;
         let s = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let mut m = Metadata {

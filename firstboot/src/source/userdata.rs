@@ -106,8 +106,8 @@ pub fn classify(source_name: &str, data: &[u8]) -> Result<UserData, SourceError>
         UserDataKind::NodeConfig => {
             let text = std::str::from_utf8(strip(&data)).expect("checked by detect");
             // A YAML document that is not a mapping (plain text, a list) is not ours at all.
-            match serde_yaml::from_str::<serde_yaml::Value>(text) {
-                Ok(serde_yaml::Value::Mapping(_)) | Err(_) => {}
+            match yaml_serde::from_str::<yaml_serde::Value>(text) {
+                Ok(yaml_serde::Value::Mapping(_)) | Err(_) => {}
                 Ok(_) => return Err(SourceError::format(source_name, format!("user data is not a YAML mapping; {EXPECTED}"))),
             }
             Ok(UserData::NodeConfig(Box::new(NodeConfig::parse(

@@ -38,12 +38,12 @@ impl ClusterSecrets {
         match role {
             Role::Worker => Secrets {
                 ca_certificate: Some(self.ca.cert_pem.clone()),
-                bootstrap_token: Some(TOKEN.into()),
+                bootstrap_token: Some(TOKEN.parse().unwrap()),
                 ..Default::default()
             },
             Role::Master => Secrets {
                 ca_certificate: Some(self.ca.cert_pem.clone()),
-                bootstrap_token: Some(TOKEN.into()),
+                bootstrap_token: Some(TOKEN.parse().unwrap()),
                 ca_key: Some(self.ca.key_pem.clone()),
                 etcd_ca_certificate: Some(self.etcd_ca.cert_pem.clone()),
                 etcd_ca_key: Some(self.etcd_ca.key_pem.clone()),
