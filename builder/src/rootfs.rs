@@ -136,14 +136,48 @@ impl BaseSpec {
     }
 }
 
+/// The Debian base tarball and the sha256 of its bytes (what later stages are keyed by:
+/// a base rebuilt from the same spec on another day holds other package versions).
+#[derive(Debug, Clone)]
+pub struct BaseTar {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl BaseTar {
+    /// `path` with its digest, from the `<path>.sha256` sidecar written when the base was
+    /// built (computed and written now when it is missing).
+    fn open(path: PathBuf) -> Result<BaseTar> {
+        let mut side = path.as_os_str().to_owned();
+        side.push(".sha256");
+        let side = PathBuf::from(side);
+        if let Ok(s) = fs::read_to_string(&side) {
+            let s = s.trim();
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(BaseTar {
+                    path,
+                    sha256: s.to_string(),
+                });
+            }
+        }
+        let mut f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+        let sha256 = hex::encode(h.finalize());
+        nodeimage_core::files::atomic_write(&side, format!("{sha256}\n").as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", side.display()))?;
+        Ok(BaseTar { path, sha256 })
+    }
+}
+
 /// Build (or take from the cache) the Debian base as a tarball.
-pub fn debian_base(spec: &BaseSpec, cache_dir: &Path) -> Result<PathBuf> {
+pub fn debian_base(spec: &BaseSpec, cache_dir: &Path) -> Result<BaseTar> {
     let dir = cache_dir.join("rootfs");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join(format!("{}-{}.tar", spec.arch, &spec.key()[..32]));
     if out.exists() {
         tracing::info!(path = %out.display(), "debian base from cache");
-        return Ok(out);
+        return BaseTar::open(out);
     }
     tools::require(&[tools::MMDEBSTRAP])?;
     if spec.arch != host_debian_arch() {
@@ -176,9 +210,16 @@ pub fn debian_base(spec: &BaseSpec, cache_dir: &Path) -> Result<PathBuf> {
     let started = std::time::Instant::now();
     tracing::info!(suite = %spec.suite, arch = %spec.arch, mirror = %spec.mirror, packages = spec.packages.len(), mode, "building debian base with mmdebstrap");
     tools::run(&mut cmd).context("mmdebstrap could not build the Debian base")?;
+    // Durable before it gets the name later builds trust: the file, then the rename.
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", tmp.display()))?;
     fs::rename(&tmp, &out)?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     tracing::info!(seconds = started.elapsed().as_secs(), path = %out.display(), "debian base built");
-    Ok(out)
+    BaseTar::open(out)
 }
 
 fn host_debian_arch() -> &'static str {
@@ -244,9 +285,7 @@ pub fn customize(
     enable_units: &[&str],
     epoch: i64,
 ) -> Result<Customized> {
-    if root.exists() {
-        fs::remove_dir_all(root).with_context(|| format!("removing stale {}", root.display()))?;
-    }
+    remove_tree(root).with_context(|| format!("removing stale {}", root.display()))?;
     fs::create_dir_all(root)?;
     tools::run(
         Command::new("tar")
@@ -258,11 +297,8 @@ pub fn customize(
     .context("unpacking the Debian base")?;
 
     for i in installs {
-        let dest = nodeimage_core::files::rooted(root, &i.dest);
-        fs::create_dir_all(dest.parent().unwrap())?;
-        fs::copy(&i.source, &dest)
+        install_file(root, i)
             .with_context(|| format!("installing {} to {}", i.source.display(), i.dest))?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(i.mode))?;
     }
     for o in overlays {
         copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
@@ -317,6 +353,142 @@ pub fn customize(
         initrd,
         kernel_version,
     })
+}
+
+/// Put `i.source` at `i.dest` inside `root` without writing outside it, whatever links
+/// the image holds (we run as root, and the base's links are absolute: alternatives,
+/// `/var/run -> /run`): the parent directories are resolved inside `root` (see
+/// [`resolve_in_root`]) and a symlink at the destination is replaced by the file, never
+/// written through.
+fn install_file(root: &Path, i: &Install) -> Result<()> {
+    let rel = i.dest.trim_start_matches('/');
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("`{}` does not name a file", i.dest);
+    }
+    let dir = resolve_in_root(root, Path::new(parent))?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dest = dir.join(name);
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.file_type().is_symlink() => fs::remove_file(&dest)
+            .with_context(|| format!("replacing the link {}", dest.display()))?,
+        Ok(m) if m.is_dir() => bail!("{} is a directory in the image", i.dest),
+        _ => {}
+    }
+    fs::copy(&i.source, &dest)?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(i.mode))?;
+    Ok(())
+}
+
+/// The host path of `path` (relative to the image root) with every symlink in it
+/// followed the way it would be inside the image: an absolute target starts again at
+/// `root`, `..` never climbs above it. Components that do not exist yet are kept as
+/// they are (the caller creates them as directories).
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut todo: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let here: PathBuf = root.join(done.iter().collect::<PathBuf>()).join(&c);
+        match fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    bail!("too many levels of symbolic links at {}", here.display());
+                }
+                let target = fs::read_link(&here)?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                let mut next: VecDeque<std::ffi::OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .collect();
+                next.extend(todo);
+                todo = next;
+            }
+            Ok(m) if !m.is_dir() => bail!("{} is not a directory", here.display()),
+            _ => done.push(c),
+        }
+    }
+    Ok(root.join(done.iter().collect::<PathBuf>()))
+}
+
+/// Remove a file or directory tree, first unmounting anything mounted below it (a build
+/// killed during the initramfs step leaves /proc, /sys and a bind mount of the host's
+/// /dev in its root tree; removing through them would delete the host's device nodes).
+/// A missing path is not an error.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).with_context(|| format!("removing {}", path.display()));
+    }
+    let canon = fs::canonicalize(path)?;
+    let mounted = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .map(|m| PathBuf::from(unescape_mount_path(m)))
+            .filter(|m| m.starts_with(&canon))
+            .collect();
+        v.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        v
+    };
+    for m in mounted() {
+        tracing::warn!(mount = %m.display(), "unmounting a leftover mount before removing the tree");
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    if let Some(m) = mounted().first() {
+        bail!(
+            "{} is still mounted; not removing {}",
+            m.display(),
+            path.display()
+        );
+    }
+    fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// `/proc/self/mounts` writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn kernel_version(root: &Path) -> Result<String> {
@@ -547,5 +719,99 @@ mod tests {
             fs::read_link(d.path().join("etc/link")).unwrap(),
             PathBuf::from("/run/foo")
         );
+    }
+
+    /// Installing as root into an image root must never write through the image's links
+    /// onto the build machine: absolute links are resolved inside the root, and a link at
+    /// the destination is replaced by the file.
+    #[test]
+    fn installs_do_not_follow_links_out_of_the_root() {
+        let host = tempfile::tempdir().unwrap();
+        let victim = host.path().join("victim");
+        fs::write(&victim, "host file").unwrap();
+        fs::create_dir_all(host.path().join("run")).unwrap();
+        let root_dir = tempfile::tempdir().unwrap();
+        let root = root_dir.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("usr/bin/awk")).unwrap();
+        std::os::unix::fs::symlink(host.path().join("run"), root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        let src = root_dir.path().join("payload");
+        fs::write(&src, "payload").unwrap();
+        for dest in ["/usr/bin/awk", "/var/run/app/sock", "/bin/tool"] {
+            install_file(
+                root,
+                &Install {
+                    source: src.clone(),
+                    dest: dest.into(),
+                    mode: 0o755,
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "host file");
+        assert_eq!(fs::read_dir(host.path().join("run")).unwrap().count(), 0);
+        let awk = root.join("usr/bin/awk");
+        assert!(!fs::symlink_metadata(&awk).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&awk).unwrap(), "payload");
+        // `/var/run -> <host>/run` means `<root><host>/run` inside the image.
+        let inside = root
+            .join(host.path().strip_prefix("/").unwrap())
+            .join("run/app/sock");
+        assert_eq!(fs::read_to_string(inside).unwrap(), "payload");
+        assert_eq!(
+            fs::read_to_string(root.join("usr/bin/tool")).unwrap(),
+            "payload"
+        );
+        assert_eq!(
+            fs::metadata(root.join("usr/bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn resolve_in_root_never_climbs_above_the_root() {
+        let r = tempfile::tempdir().unwrap();
+        let root = r.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink("/a", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("a/b/up/etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("abs/b/new")).unwrap(),
+            root.join("a/b/new")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../x")).unwrap(),
+            root.join("x")
+        );
+        assert!(resolve_in_root(root, Path::new("loop/x")).is_err());
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+
+    #[test]
+    fn remove_tree_removes_files_dirs_and_missing_paths() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("t/x/y")).unwrap();
+        fs::write(d.path().join("t/x/y/f"), "1").unwrap();
+        fs::write(d.path().join("f"), "1").unwrap();
+        remove_tree(&d.path().join("t")).unwrap();
+        remove_tree(&d.path().join("f")).unwrap();
+        remove_tree(&d.path().join("missing")).unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }
