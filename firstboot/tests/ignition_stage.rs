@@ -2,8 +2,6 @@
 //! chains served over HTTP with hashes, hash mismatches (nothing applied), refused
 //! sections, unknown keys and versions, and Ignition arriving through a data source.
 
-mod sources_mock;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +10,7 @@ use firstboot::ignition::{stage, IgnitionError};
 use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, SourceError, Timeouts};
 use serde_json::json;
 use sha2::Digest;
-use sources_mock::{Faults, Mock, Resp};
+use test_support::http::{Faults, Mock, Resp};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-ign\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 

@@ -1,12 +1,12 @@
 //! Fetcher against a real HTTP server on 127.0.0.1.
 
-mod fetch_support;
-
 use std::fs;
 use std::time::Instant;
 
-use fetch_support::*;
+use crate::support::*;
 use nodeimage::fetch::{Cache, FetchError, FetchOptions, FetchRequest, Mirror};
+use test_support::files::*;
+use test_support::http::*;
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 

@@ -1,15 +1,11 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 for the fetch tests: raw `TcpListener`, one
 //! response per connection (`Connection: close`), full control over status, headers,
 //! Range handling and cutting a body short. Every request is recorded.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use nodeimage::fetch::{Algorithm, Cache, Digest, FetchOptions, Fetcher, ProgressMode};
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -229,64 +225,6 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Whatever",
     }
-}
-
-/// Deterministic test content of `n` bytes.
-pub fn content(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
-        .collect()
-}
-
-pub fn sha256(data: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha256, data)
-}
-
-pub fn sha512(data: &[u8]) -> Digest {
-    Digest::of(Algorithm::Sha512, data)
-}
-
-/// Options for tests: fast backoff, short timeouts, no bars.
-pub fn test_options() -> FetchOptions {
-    FetchOptions {
-        retries: 3,
-        backoff_base: Duration::from_millis(2),
-        backoff_max: Duration::from_millis(20),
-        connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(5),
-        progress: ProgressMode::Never,
-        ..FetchOptions::default()
-    }
-}
-
-pub fn fetcher(cache_root: &Path, opts: FetchOptions) -> Fetcher {
-    Fetcher::new(Cache::new(cache_root), opts).expect("fetcher")
-}
-
-/// Names of the files directly under `dir` (empty if it does not exist).
-pub fn list(dir: &Path) -> Vec<String> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => vec![],
-    }
-}
-
-/// Every file below `dir`, recursively.
-pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(files_below(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A URL on a closed loopback port: connecting is refused at once.

@@ -2,12 +2,10 @@
 //! root that records its arguments and answers from files): server-side apply with
 //! retries, skipped CRD kinds and redacted output; CSR approval and node labels.
 
-mod assemble_common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use assemble_common::*;
+use crate::common::*;
 use base64::Engine;
 use firstboot::assemble::{self, Kubectl, Progress, WaitOptions};
 use firstboot::kube::manifests::Manifest;

@@ -5,17 +5,16 @@
 //! (A raw `TcpListener`, one exchange per connection: tiny_http sometimes held a request
 //! back on parallel keep-alive connections.)
 
-mod oci_support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::support::*;
 use base64::Engine as _;
 use nodeimage::fetch::{Cache, FetchOptions, ProgressMode};
 use nodeimage::oci::{self, PullOptions, Registry, RegistryOptions};
-use oci_support::*;
+use test_support::registry::*;
 
 const TOKEN: &str = "tok-3f9a";
 const USER: &str = "puller";

@@ -1,13 +1,12 @@
 //! The build's lock check (like `cargo --locked`): a profile with images needs a lock
 //! file that matches it; a profile without images needs none. No network.
 
-mod oci_support;
-
+use crate::support::*;
 use nodeimage::fetch::Digest;
 use nodeimage::oci::lock::{images_sha256, write, BlobRef, LockFile, LockedImage, LOCK_SCHEMA};
 use nodeimage::oci::{check_lock, lock_path};
 use nodeimage::profile::LoadedProfile;
-use oci_support::*;
+use test_support::registry::*;
 
 const INDEX: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 

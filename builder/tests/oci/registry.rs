@@ -3,14 +3,13 @@
 //! resolution, pinned index digests, registry mirrors, OCI archives that skopeo reads,
 //! determinism, offline rebuilds from the cache, and tampered blobs.
 
-mod oci_support;
-
 use std::process::Command;
 
+use crate::support::*;
 use nodeimage::fetch::{Cache, FetchOptions, ProgressMode};
 use nodeimage::oci::{self, lock::LockFile, PullOptions, Registry, RegistryOptions};
 use nodeimage::profile::LoadedProfile;
-use oci_support::*;
+use test_support::registry::*;
 
 fn plain(reg: &TestRegistry) -> RegistryOptions {
     RegistryOptions {

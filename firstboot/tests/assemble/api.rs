@@ -2,14 +2,12 @@
 //! the apiserver certificate a master mints, and firstboot's waits talk to it with the
 //! cluster CA (and, on a master, its client certificate).
 
-mod assemble_common;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assemble_common::*;
+use crate::common::*;
 use firstboot::assemble::{self, Progress, WaitOptions};
 use firstboot::pki;
 use nodeimage_core::config::Role;

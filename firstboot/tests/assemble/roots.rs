@@ -3,13 +3,11 @@
 //! the port table, what a worker must never receive, missing binaries, idempotence, and
 //! the same flow through the `firstboot` binary.
 
-mod assemble_common;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-use assemble_common::*;
+use crate::common::*;
 use firstboot::assemble::{self, NOT_LIVE};
 use firstboot::kubeconfig::Kubeconfig;
 use firstboot::run::RunOptions;

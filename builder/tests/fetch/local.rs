@@ -1,15 +1,15 @@
 //! Fetcher with local sources (paths, file://, mirror directories), offline mode,
 //! the cache location, and archive member extraction. No network.
 
-mod fetch_support;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use fetch_support::*;
+use crate::support::*;
 use nodeimage::fetch::{extract_member, Cache, FetchError, FetchOptions, Mirror, CACHE_ENV};
+use test_support::files::*;
+use test_support::http::UNREACHABLE;
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 

@@ -1,7 +1,7 @@
-//! Test support for the OCI tests: Debian's `docker-registry` on 127.0.0.1 with its
+//! A container registry for tests: Debian's `docker-registry` on 127.0.0.1 with its
 //! storage in a temp dir, tiny test images made here (one layer, amd64 and arm64, and
-//! an index), pushed with the distribution API's upload flow, and profiles that use them.
-#![allow(dead_code)]
+//! an index), pushed with the distribution API's upload flow, and profile text that
+//! uses them.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nodeimage::fetch::{Algorithm, Digest};
-use nodeimage::profile::{self, LoadedProfile};
 use sha2::Digest as _;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -39,7 +37,7 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// None (with a SKIP line; a failure under CI) when /usr/bin/docker-registry is missing.
     pub fn start() -> Option<TestRegistry> {
-        if !test_support::Needs::new("test registry")
+        if !crate::Needs::new("test registry")
             .file("/usr/bin/docker-registry", "docker-registry")
             .met()
         {
@@ -246,25 +244,19 @@ pub fn push_multiarch(base: &str, repo: &str, tag: &str) -> (TestImage, TestImag
     (amd, arm, index)
 }
 
-/// Writes `dir/<name>.toml` for `arch` with `images` ([[image]] TOML snippets) and loads it.
-pub fn write_profile(dir: &Path, name: &str, arch: &str, images: &str) -> LoadedProfile {
+/// Writes `dir/<name>.toml`: a profile for `arch` with `images` ([[image]] TOML
+/// snippets, see [`image_entry`]). Returns its path.
+pub fn write_profile_toml(dir: &Path, name: &str, arch: &str, images: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!("name = \"{name}\"\narch = \"{arch}\"\n[debian]\nsuite = \"bookworm\"\n{images}"),
     )
     .unwrap();
-    profile::load(&path).unwrap()
+    path
 }
 
+/// One `[[image]]` of a profile.
 pub fn image_entry(name: &str, reference: &str, extra: &str) -> String {
     format!("[[image]]\nname = \"{name}\"\nreference = \"{reference}\"\n{extra}")
-}
-
-pub fn digest(s: &str) -> Digest {
-    Digest::parse(s).unwrap()
-}
-
-pub fn empty_sha256() -> Digest {
-    Digest::of(Algorithm::Sha256, b"")
 }

@@ -1,6 +1,5 @@
-//! Shared by the assemble_* tests: cluster secrets made with firstboot's own PKI, node
+//! Shared by the assemble tests: cluster secrets made with firstboot's own PKI, node
 //! configs for each role, and node roots with (fake) Kubernetes binaries.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
