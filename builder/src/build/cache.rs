@@ -44,7 +44,7 @@ pub struct Entry<T> {
 }
 
 /// Where stage outputs live: the cache, or (disabled, `--no-stage-cache`) the build's
-/// work directory, rebuilt every time and never read back.
+/// work directory (`<work>/<stage>/<key>`), rebuilt every time and never read back.
 #[derive(Debug, Clone)]
 pub struct StageCache {
     root: Option<PathBuf>,
@@ -60,7 +60,8 @@ impl StageCache {
         }
     }
 
-    /// Every stage runs, into `<work>/<stage>`; nothing is read from or written to the cache.
+    /// Every stage runs, into `<work>/<stage>/<key>`; nothing is read from or written to
+    /// the cache.
     pub fn disabled(work: &Path) -> StageCache {
         StageCache {
             root: None,
@@ -82,7 +83,7 @@ impl StageCache {
         make: impl FnOnce(&Path) -> Result<T>,
     ) -> Result<Entry<T>> {
         let Some(root) = &self.root else {
-            let dir = self.work.join(stage);
+            let dir = self.work.join(stage).join(key);
             crate::rootfs::remove_tree(&dir)?;
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let meta = make(&dir)?;
@@ -261,8 +262,12 @@ mod tests {
                 })
                 .unwrap();
             assert!(!e.hit);
-            assert_eq!(e.dir, work.path().join("s"));
+            assert_eq!(e.dir, work.path().join("s/k"));
         }
+        // Entries of one stage under other keys do not replace each other.
+        let other = c.get_or_make("s", "k2", |_| Ok(())).unwrap();
+        assert!(work.path().join("s/k/f").exists());
+        assert_eq!(other.dir, work.path().join("s/k2"));
     }
 
     #[test]

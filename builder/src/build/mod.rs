@@ -293,7 +293,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     if args.keep_work {
         tracing::info!(work = %b.work.display(), tree = %tree.root.display(), "work directory kept");
     } else {
-        fs::remove_dir_all(&b.work).with_context(|| format!("removing {}", b.work.display()))?;
+        crate::rootfs::remove_tree(&b.work)?;
     }
     if let Err(e) = b.stages.prune() {
         tracing::warn!(error = %format!("{e:#}"), "could not prune the stage cache");
