@@ -7,8 +7,10 @@
 //! `stage.json` in an entry holds the stage's small typed result (package lists,
 //! versions, file names); the files next to it are the stage's bytes.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -18,7 +20,8 @@ use sha2::{Digest as _, Sha256};
 /// File in an entry that holds the stage's typed result; its presence marks the entry complete.
 const META: &str = "stage.json";
 
-/// Entries kept per stage after a build (most recently used first).
+/// Entries kept per stage after a build besides the ones the build used (most recently
+/// used first).
 pub const KEEP_PER_STAGE: usize = 3;
 
 /// The key of a stage: sha256 over the stage's name and version and its serialized inputs.
@@ -49,6 +52,8 @@ pub struct Entry<T> {
 pub struct StageCache {
     root: Option<PathBuf>,
     work: PathBuf,
+    /// Entries this build used (never pruned by it).
+    used: Arc<Mutex<BTreeSet<PathBuf>>>,
 }
 
 impl StageCache {
@@ -57,6 +62,7 @@ impl StageCache {
         StageCache {
             root: Some(cache_dir.join("stages")),
             work: work.to_path_buf(),
+            used: Default::default(),
         }
     }
 
@@ -66,6 +72,7 @@ impl StageCache {
         StageCache {
             root: None,
             work: work.to_path_buf(),
+            used: Default::default(),
         }
     }
 
@@ -95,6 +102,10 @@ impl StageCache {
         };
         let stage_dir = root.join(stage);
         let entry = stage_dir.join(key);
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.clone());
         if let Some(meta) = read_meta(&entry)? {
             // The modification time says when the entry was last used (for pruning).
             let _ =
@@ -139,8 +150,9 @@ impl StageCache {
         })
     }
 
-    /// Remove all but the [`KEEP_PER_STAGE`] most recently used entries of every stage,
-    /// and unfinished entries of builds that are no longer running.
+    /// Remove the entries of every stage that this build did not use, except the
+    /// [`KEEP_PER_STAGE`] most recently used of them, and unfinished entries of builds
+    /// that are no longer running.
     pub fn prune(&self) -> Result<()> {
         let Some(root) = &self.root else {
             return Ok(());
@@ -160,6 +172,8 @@ impl StageCache {
                     done.push((m, e.path()));
                 }
             }
+            let used = self.used.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            done.retain(|(_, p)| !used.contains(p));
             done.sort_by(|a, b| b.0.cmp(&a.0));
             for (_, old) in done.into_iter().skip(KEEP_PER_STAGE) {
                 tracing::debug!(entry = %old.display(), "pruning stage cache entry");
@@ -278,15 +292,33 @@ mod tests {
             c.get_or_make("s", &format!("k{i}"), |_| Ok(i)).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        // Using k0 again makes it recent.
-        let _: Entry<usize> = c.get_or_make("s", "k0", |_| unreachable!()).unwrap();
+        // A later build uses k0 (which makes it recent) and k1.
+        let later = StageCache::new(cache.path(), cache.path());
+        let _: Entry<usize> = later.get_or_make("s", "k1", |_| unreachable!()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let _: Entry<usize> = later.get_or_make("s", "k0", |_| unreachable!()).unwrap();
         fs::create_dir(cache.path().join("stages/s/.k9.tmp.4000000000")).unwrap();
-        c.prune().unwrap();
+        later.prune().unwrap();
         let mut names: Vec<_> = fs::read_dir(cache.path().join("stages/s"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["k0", "k3", "k4"]);
+        // Used by the build: k0, k1; the three most recent others: k2, k3, k4 (none older).
+        assert_eq!(names, ["k0", "k1", "k2", "k3", "k4"]);
+        // With more entries than that, the oldest unused go.
+        for i in 5..8 {
+            c.get_or_make("s", &format!("k{i}"), |_| Ok(i)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let third = StageCache::new(cache.path(), cache.path());
+        let _: Entry<usize> = third.get_or_make("s", "k0", |_| unreachable!()).unwrap();
+        third.prune().unwrap();
+        let mut names: Vec<_> = fs::read_dir(cache.path().join("stages/s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["k0", "k5", "k6", "k7"]);
     }
 }
