@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 pub use test_support::cmd::{run, which};
 
+pub mod netlab;
+
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -94,6 +96,10 @@ pub struct VmOptions {
     pub extra: Vec<String>,
     /// Forward a guest port to the host (user networking `hostfwd`), if any.
     pub user_net: bool,
+    /// Run QEMU inside this network namespace (for tap devices of a [`netlab::NetLab`]).
+    pub netns: Option<String>,
+    /// Let a guest reboot (QEMU restarts it) instead of exiting on reboot.
+    pub allow_reboot: bool,
 }
 
 /// A running QEMU.
@@ -119,36 +125,39 @@ impl Vm {
         let report_path = o.work_dir.join(format!("{}-report.jsonl", o.name));
         let _ = std::fs::remove_file(&report_path);
         let accel = Accel::detect();
-        let mut cmd = Command::new(qemu);
-        cmd.args([
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(accel.args())
-        .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            code.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars_copy.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=virtio,format=raw,file={},cache=unsafe",
-            o.disk.display()
-        ))
-        .args(["-serial", "stdio"])
-        .arg("-serial")
-        .arg(format!("file:{}", report_path.display()))
-        .args(["-device", "virtio-rng-pci"]);
+        let mut cmd = match &o.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, qemu]);
+                c
+            }
+            None => Command::new(qemu),
+        };
+        cmd.args(["-machine", "q35", "-nodefaults", "-display", "none"]);
+        if !o.allow_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd.args(accel.args())
+            .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars_copy.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=virtio,format=raw,file={},cache=unsafe",
+                o.disk.display()
+            ))
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", report_path.display()))
+            .args(["-device", "virtio-rng-pci"]);
         if o.user_net {
             cmd.args([
                 "-netdev",

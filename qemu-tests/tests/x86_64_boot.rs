@@ -291,6 +291,8 @@ fn start(disk: &Path, name: &str, extra: Vec<String>) -> Vm {
         name: name.into(),
         extra,
         user_net: true,
+        netns: None,
+        allow_reboot: false,
     })
     .unwrap()
 }
