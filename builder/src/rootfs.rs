@@ -390,14 +390,17 @@ fn install_file(root: &Path, i: &Install) -> Result<()> {
 pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
     use std::collections::VecDeque;
     use std::path::Component;
-    let mut todo: VecDeque<std::ffi::OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
+    // The names and `..`s of a path (`/` and `.` say nothing inside the root).
+    let steps = |p: &Path| -> VecDeque<std::ffi::OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo = steps(path);
     let mut done: Vec<std::ffi::OsString> = Vec::new();
     let mut links = 0;
     while let Some(c) = todo.pop_front() {
@@ -416,14 +419,7 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
                 if target.is_absolute() {
                     done.clear();
                 }
-                let mut next: VecDeque<std::ffi::OsString> = target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(n.to_os_string()),
-                        Component::ParentDir => Some("..".into()),
-                        _ => None,
-                    })
-                    .collect();
+                let mut next = steps(&target);
                 next.extend(todo);
                 todo = next;
             }

@@ -297,10 +297,17 @@ fn start(disk: &Path, name: &str, extra: Vec<String>) -> Vm {
     .unwrap()
 }
 
-fn boot(disk: &Path, name: &str, extra: Vec<String>) -> (Vm, String, Duration) {
+/// Boot `disk` until firstboot's console line, then wait for the guest to power off;
+/// returns the line and the report lines.
+fn boot(disk: &Path, name: &str, extra: Vec<String>) -> (String, Vec<serde_json::Value>) {
     let mut vm = start(disk, name, extra);
     let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
-    (vm, line, at)
+    eprintln!(
+        "{name}: `{line}` {:.1} s after QEMU start",
+        at.as_secs_f64()
+    );
+    vm.wait_exit(Duration::from_secs(180)).unwrap();
+    (line, vm.report().unwrap())
 }
 
 #[test]
@@ -390,17 +397,11 @@ fn first_boot_then_reboot() {
 
     let slot = vm_slot();
     let r1 = phase("first boot", || {
-        let (mut vm, line, at) = boot(&disk_a, "boot1", vec![]);
-        eprintln!(
-            "boot 1: `{line}` {:.1} s after QEMU start",
-            at.as_secs_f64()
-        );
+        let (line, r1) = boot(&disk_a, "boot1", vec![]);
         assert!(
             line.starts_with("firstboot: ok role=worker hostname=test-node-1 in "),
             "{line}"
         );
-        vm.wait_exit(Duration::from_secs(180)).unwrap();
-        let r1 = vm.report().unwrap();
         assert_eq!(r1.len(), 1, "one report line expected: {r1:?}");
         r1[0].clone()
     });
@@ -532,18 +533,13 @@ fn malformed_config_fails_clearly() {
     .unwrap();
     let _slot = vm_slot();
     phase("boot with a malformed config", || {
-        let (mut vm, line, at) = boot(&disk_b, "boot3", vec![]);
-        eprintln!(
-            "boot 3: `{line}` {:.1} s after QEMU start",
-            at.as_secs_f64()
-        );
+        let (line, report) = boot(&disk_b, "boot3", vec![]);
         assert!(line.starts_with("firstboot: error: "), "{line}");
         assert!(
             line.contains("node.yaml") && line.contains("role"),
             "the error must name the file and the field: {line}"
         );
-        vm.wait_exit(Duration::from_secs(180)).unwrap();
-        let r3 = &vm.report().unwrap()[0];
+        let r3 = &report[0];
         assert_eq!(r3["firstboot_result"], "exit-code");
         assert_eq!(r3["done"], false);
         assert_eq!(r3["status"]["state"], "failed");
@@ -566,7 +562,7 @@ fn config_from_fw_cfg() {
     std::fs::write(&fw_yaml, format!("{TEST_NODE}hostname: test-node-fwcfg\n")).unwrap();
     let _slot = vm_slot();
     phase("boot with the config in fw_cfg", || {
-        let (mut vm, line, at) = boot(
+        let (line, report) = boot(
             &disk_c,
             "boot4",
             vec![
@@ -574,16 +570,11 @@ fn config_from_fw_cfg() {
                 format!("name=opt/org.nodeimage/config,file={}", fw_yaml.display()),
             ],
         );
-        eprintln!(
-            "boot 4 (fw_cfg): `{line}` {:.1} s after QEMU start",
-            at.as_secs_f64()
-        );
         assert!(
             line.starts_with("firstboot: ok role=worker hostname=test-node-fwcfg in "),
             "{line}"
         );
-        vm.wait_exit(Duration::from_secs(180)).unwrap();
-        let r4 = &vm.report().unwrap()[0];
+        let r4 = &report[0];
         assert_eq!(r4["status"]["source"], "qemu-fw-cfg");
         eprintln!(
             "boot 4: config acquired in {} ms",

@@ -98,21 +98,11 @@ pub fn iso_image(
 /// none of `findings` (words fsck.fat uses when it finds something to fix). Returns the
 /// output.
 pub fn fsck_fat(path: &Path, args: &[&str], findings: &[&str]) -> String {
-    let out = tool("fsck.fat", "dosfstools")
-        .arg("-n")
-        .args(args)
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "fsck.fat failed on {}:\n{text}",
-        path.display()
+    let text = run_ok(
+        tool("fsck.fat", "dosfstools")
+            .arg("-n")
+            .args(args)
+            .arg(path),
     );
     let lower = text.to_lowercase();
     for bad in findings {

@@ -174,7 +174,7 @@ impl StageCache {
             }
             let used = self.used.lock().unwrap_or_else(|e| e.into_inner()).clone();
             done.retain(|(_, p)| !used.contains(p));
-            done.sort_by(|a, b| b.0.cmp(&a.0));
+            done.sort_by_key(|d| std::cmp::Reverse(d.0));
             for (_, old) in done.into_iter().skip(KEEP_PER_STAGE) {
                 tracing::debug!(entry = %old.display(), "pruning stage cache entry");
                 crate::rootfs::remove_tree(&old)?;

@@ -2,7 +2,6 @@
 //! the apiserver certificate a master mints, and firstboot's waits talk to it with the
 //! cluster CA (and, on a master, its client certificate).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use firstboot::assemble::{self, Progress, WaitOptions};
 use firstboot::pki;
 use nodeimage_core::config::Role;
 use nodeimage_core::layout::paths;
+use test_support::http::free_port;
 
 struct Server(Child);
 
@@ -20,14 +20,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `openssl s_server -HTTP` in `www` (each file is a whole HTTP response, served by

@@ -11,3 +11,12 @@ mod raw;
 
 pub use mock::{closed_port_url, Faults, Mock, Req, Resp};
 pub use raw::{ranged, Reply, Request, TestServer, UNREACHABLE};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
