@@ -1,7 +1,6 @@
 //! The root filesystem: a Debian base from mmdebstrap (cached by its inputs), then the
 //! pinned artifacts, the overlays and the firstboot binary, a regenerated initramfs, and
 //! finally a read-only erofs image.
-
 //!
 //! * [`base`]: the Debian base (spec, mirror, mmdebstrap, the cached tarball).
 //! * this module: [`customize`], the tree made from the base.
