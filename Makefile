@@ -27,10 +27,12 @@ image: deps bins
 test: deps
 	CARGO=$(CARGO) .ci/test-suite
 
-# rustfmt, clippy with -D warnings, shellcheck on every shell script.
+# rustfmt, clippy with -D warnings, no unused dependencies (cargo-machete), shellcheck
+# on every shell script.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) machete
 	.ci/lint-shell
 
 # Prove .ci/install-deps in fresh Debian 12 trees (mmdebstrap + chroot); not part of `make test`.

@@ -2,7 +2,12 @@
 //!
 //! Data flow: `profile` → `fetch` (pinned artifacts into a content-addressed cache)
 //! → `rootfs` (Debian base + payload + overlays + firstboot) → `disk` (erofs root,
-//! FAT ESP and NODECONFIG, GPT) → outputs and `manifest`.
+//! FAT ESP and NODECONFIG, GPT) → outputs and `manifest`. [`build`] runs that flow as
+//! typed stages, each cached by the hash of its inputs.
+//!
+//! Beside the pipeline: [`cluster`] (`cluster new`, `node-config`), [`disk`]'s
+//! `write-config` and `inspect` on finished images, [`oci`] (`lock` and the image
+//! stage), [`ports`] (`nodeimage ports`), [`tools`] (the external programs).
 
 pub mod build;
 pub mod cluster;

@@ -4,40 +4,17 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nodeimage::disk::{
     self, attribute, derive_guid, type_guid, DiskError, DiskLayout, PartitionContent, PartitionSpec,
 };
 use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions};
 use sha2::{Digest, Sha256};
+use test_support::cmd::{run_ok, tool};
+use test_support::images::fsck_fat;
 
 const MIB: u64 = 1024 * 1024;
 const NATIVE: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\nsecrets:\n  ca_certificate: \"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n\"\n  bootstrap_token: abcdef.0123456789abcdef\n";
-
-fn tool(name: &str, package: &str) -> Command {
-    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists());
-    assert!(
-        found,
-        "`{name}` is needed by this test: apt-get install {package}"
-    );
-    let mut c = Command::new(name);
-    c.env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C");
-    c
-}
-
-fn run(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{c:?} failed:\n{text}");
-    text
-}
 
 /// Byte-compare two (large, sparse) files in 1 MiB chunks.
 fn same_bytes(a: &Path, b: &Path) -> bool {
@@ -115,7 +92,7 @@ fn fixture(nodeconfig_name: &str, big: bool) -> Fixture {
         .arg("-U6c4d1a3e-0000-4000-8000-000000000001")
         .arg(&root_image)
         .arg(&tree);
-    run(c);
+    run_ok(&mut c);
     let esp = fat_volume(
         "ESP",
         0xE5B0_0001,
@@ -179,25 +156,13 @@ fn extract(image: &Path, start: u64, size: u64, to: &Path) {
 }
 
 fn fsck(path: &Path) {
-    let out = tool("fsck.fat", "dosfstools")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    fsck_fat(
+        path,
+        &[],
+        &[
+            "differ", "wrong", "invalid", "corrupt", "reclaim", "lost", "dirty",
+        ],
     );
-    assert!(out.status.success(), "fsck.fat: {text}");
-    for bad in [
-        "differ", "wrong", "invalid", "corrupt", "reclaim", "lost", "dirty",
-    ] {
-        assert!(
-            !text.to_lowercase().contains(bad),
-            "fsck.fat reports `{bad}`:\n{text}"
-        );
-    }
 }
 
 #[test]
@@ -224,7 +189,7 @@ fn table_is_valid_for_sfdisk_sgdisk_and_qemu_img() {
     // sfdisk sees the same table.
     let mut c = tool("sfdisk", "fdisk");
     c.arg("--json").arg(&f.image);
-    let v: serde_json::Value = serde_json::from_str(&run(c)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&run_ok(&mut c)).unwrap();
     let pt = &v["partitiontable"];
     assert_eq!(pt["label"], "gpt");
     assert_eq!(
@@ -253,12 +218,12 @@ fn table_is_valid_for_sfdisk_sgdisk_and_qemu_img() {
     // sgdisk's verifier finds nothing (it also checks the protective MBR and the backup).
     let mut c = tool("sgdisk", "gdisk");
     c.arg("-v").arg(&f.image);
-    let out = run(c);
+    let out = run_ok(&mut c);
     assert!(out.contains("No problems found"), "{out}");
 
     let mut c = tool("qemu-img", "qemu-utils");
     c.args(["info", "--output=json"]).arg(&f.image);
-    let v: serde_json::Value = serde_json::from_str(&run(c)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&run_ok(&mut c)).unwrap();
     assert_eq!(v["format"], "raw");
     assert_eq!(v["virtual-size"].as_u64().unwrap(), f.layout.size_bytes);
 
@@ -352,7 +317,7 @@ fn write_config_native_then_ignition() {
     fsck(&part);
     let mut c = tool("mtype", "mtools");
     c.arg("-i").arg(&part).arg("::/node.yaml");
-    assert_eq!(run(c), NATIVE);
+    assert_eq!(run_ok(&mut c), NATIVE);
     let bytes = std::fs::read(&part).unwrap();
     let boot = BootSector::parse(&bytes).unwrap();
     assert_eq!(boot.volume_id, 0x0C0F_1600);
@@ -382,14 +347,14 @@ fn write_config_native_then_ignition() {
     fsck(&part);
     let mut c = tool("mdir", "mtools");
     c.args(["-b", "-i"]).arg(&part).arg("::");
-    let listing = run(c);
+    let listing = run_ok(&mut c);
     assert!(
         listing.contains("config.ign") && !listing.contains("node.yaml"),
         "{listing}"
     );
     let mut c = tool("mtype", "mtools");
     c.arg("-i").arg(&part).arg("::/config.ign");
-    assert_eq!(run(c), ign_text);
+    assert_eq!(run_ok(&mut c), ign_text);
 }
 
 fn sha256_range(p: &Path, start: u64, len: u64) -> String {
@@ -545,7 +510,7 @@ fn blank_nodeconfig_partition_is_formatted_on_first_write() {
     fsck(&out);
     let mut c = tool("mtype", "mtools");
     c.arg("-i").arg(&out).arg("::/node.yaml");
-    assert_eq!(run(c), NATIVE);
+    assert_eq!(run_ok(&mut c), NATIVE);
     let r = FatImage::open(std::fs::File::open(&out).unwrap(), 0, nc.size_bytes).unwrap();
     assert_eq!(r.label(), Some("NODECONFIG"));
     // A second write goes through the rebuild path and keeps the serial.

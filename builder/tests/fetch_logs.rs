@@ -1,10 +1,11 @@
 //! What the fetcher logs. Alone in its binary: a thread-scoped `tracing` subscriber
 //! misses events when other tests hit the same callsites concurrently.
 
-mod fetch_support;
-
-use fetch_support::*;
-use nodeimage::fetch::FetchRequest;
+use nodeimage::fetch::{
+    Algorithm, Cache, Digest, FetchOptions, FetchRequest, Fetcher, ProgressMode,
+};
+use test_support::files::content;
+use test_support::http::{Reply, TestServer};
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 
@@ -46,10 +47,19 @@ fn logs_have_url_and_bytes_but_never_header_values() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let req = FetchRequest::new(server.url(PATH), sha256(&body))
+    let req = FetchRequest::new(server.url(PATH), Digest::of(Algorithm::Sha256, &body))
         .with_header("Authorization", "Bearer sup3rs3cret");
     let log = logged(|| {
-        fetcher(dir.path(), test_options())
+        // Fast retries, no progress bars (which would log nothing).
+        let opts = FetchOptions {
+            retries: 3,
+            backoff_base: std::time::Duration::from_millis(2),
+            backoff_max: std::time::Duration::from_millis(20),
+            progress: ProgressMode::Never,
+            ..FetchOptions::default()
+        };
+        Fetcher::new(Cache::new(dir.path()), opts)
+            .unwrap()
             .fetch_with(&req)
             .unwrap();
     });

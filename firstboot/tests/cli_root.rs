@@ -1,11 +1,10 @@
 //! The `firstboot` binary against a directory tree (`--root`) and a metadata server on
 //! 127.0.0.1 that behaves like EC2's IMDSv2: the whole run, as on a node, without booting.
 
-mod sources_mock;
-
 use std::process::Command;
+use test_support::metadata;
 
-use sources_mock::Faults;
+use test_support::http::Faults;
 
 const NODE_YAML: &str = "version: 1\nrole: worker\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\njoin: false\nfiles:\n  - {path: /etc/demo/motd, contents: hi}\npreflight:\n  skip: [memory, disk, architecture, kernel-modules, sysctls, ports]\n";
 
@@ -24,8 +23,8 @@ fn firstboot(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn root_run_against_an_ec2_metadata_server() {
     let root = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(
-        sources_mock::Ec2 {
+    let mock = metadata::ec2(
+        metadata::Ec2 {
             v1_only: false,
             token_status: None,
             user_data: Some(NODE_YAML.as_bytes().to_vec()),

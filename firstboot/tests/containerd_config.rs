@@ -2,7 +2,7 @@
 //! for containerd 1.x, version 3 for 2.x), idempotence, mirror removal, and, when
 //! Debian's containerd is installed, containerd itself parsing the version-2 file.
 //!
-//! Regenerate the golden files with `NODEIMAGE_UPDATE_GOLDEN=1 cargo test -p firstboot --test containerd_config`.
+//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test -p firstboot --test containerd_config`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,19 +23,7 @@ fn golden_dir() -> PathBuf {
 }
 
 fn check_golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("NODEIMAGE_UPDATE_GOLDEN").is_some() {
-        fs::create_dir_all(golden_dir()).unwrap();
-        fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (NODEIMAGE_UPDATE_GOLDEN=1 regenerates it)",
-        path.display()
-    );
+    test_support::golden::check(golden_dir(), name, actual);
 }
 
 fn node_with_mirrors() -> NodeConfig {

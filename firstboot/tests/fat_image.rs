@@ -4,52 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions, FatType, FileChanges};
-
-fn tool(name: &str, package: &str) -> Command {
-    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists());
-    assert!(
-        found,
-        "`{name}` is needed by this test: apt-get install {package}"
-    );
-    let mut c = Command::new(name);
-    c.env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C");
-    c
-}
+use test_support::cmd::tool;
+use test_support::images::{fsck_fat, mkfs_fat};
 
 /// `fsck.fat -n -v` must exit 0 and report nothing to fix.
 fn fsck(path: &Path) {
-    let out = tool("fsck.fat", "dosfstools")
-        .arg("-n")
-        .arg("-v")
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    fsck_fat(
+        path,
+        &["-v"],
+        &[
+            "differ", "wrong", "invalid", "corrupt", "fix", "lost", "bad ", "mismatch", "unable",
+            "contains", "reclaim", "truncat", "dirty", "orphan", "marked",
+        ],
     );
-    assert!(
-        out.status.success(),
-        "fsck.fat failed on {}:\n{text}",
-        path.display()
-    );
-    let lower = text.to_lowercase();
-    for bad in [
-        "differ", "wrong", "invalid", "corrupt", "fix", "lost", "bad ", "mismatch", "unable",
-        "contains", "reclaim", "truncat", "dirty", "orphan", "marked",
-    ] {
-        assert!(
-            !lower.contains(bad),
-            "fsck.fat reports `{bad}` on {}:\n{text}",
-            path.display()
-        );
-    }
 }
 
 fn mtype(img: &Path, path: &str) -> Vec<u8> {
@@ -363,52 +332,12 @@ fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
     );
 }
 
-/// `mkfs.fat -C <img> <kib>` with `args`, then `mcopy` of `files` into the root.
-fn mkfs_image(
-    dir: &Path,
-    name: &str,
-    args: &[&str],
-    kib: u32,
-    files: &[(&str, &[u8])],
-) -> std::path::PathBuf {
-    let img = dir.join(name);
-    let out = tool("mkfs.fat", "dosfstools")
-        .args(args)
-        .arg("-C")
-        .arg(&img)
-        .arg(kib.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.fat: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (path, data) in files {
-        let src = dir.join(format!("{name}.src"));
-        std::fs::write(&src, data).unwrap();
-        let out = tool("mcopy", "mtools")
-            .arg("-i")
-            .arg(&img)
-            .arg(&src)
-            .arg(format!("::/{path}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mcopy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    img
-}
-
 /// `mkfs.fat -F 32` makes FAT32 volumes with fewer than 65525 clusters (with a warning);
 /// they are FAT32 by layout, as Linux reads them, not FAT16 by cluster count.
 #[test]
 fn small_fat32_from_mkfs_fat_is_fat32() {
     let dir = tempfile::tempdir().unwrap();
-    let img = mkfs_image(
+    let img = mkfs_fat(
         dir.path(),
         "small32.img",
         &["-F", "32", "-s", "8", "-n", "CONFIG-2"],
@@ -433,7 +362,7 @@ fn small_fat32_from_mkfs_fat_is_fat32() {
 #[test]
 fn volumes_with_4k_sectors_are_read_but_not_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let img = mkfs_image(
+    let img = mkfs_fat(
         dir.path(),
         "4k.img",
         &["-S", "4096", "-n", "CIDATA"],
@@ -456,7 +385,7 @@ fn volumes_with_4k_sectors_are_read_but_not_rebuilt() {
 fn labels_of_mkfs_fat_volumes_are_read_like_blkid() {
     let dir = tempfile::tempdir().unwrap();
     for (fat, kib) in [("12", 1440u32), ("16", 16384), ("32", 40000)] {
-        let img = mkfs_image(
+        let img = mkfs_fat(
             dir.path(),
             &format!("label{fat}.img"),
             &["-F", fat, "-n", "NODECONFIG"],

@@ -2,8 +2,6 @@
 //! chains served over HTTP with hashes, hash mismatches (nothing applied), refused
 //! sections, unknown keys and versions, and Ignition arriving through a data source.
 
-mod sources_mock;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +11,7 @@ use firstboot::net::NetError;
 use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, Timeouts};
 use serde_json::json;
 use sha2::Digest;
-use sources_mock::{Faults, Mock, Resp};
+use test_support::http::{Faults, Mock, Resp};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-ign\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 

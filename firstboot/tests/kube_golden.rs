@@ -111,18 +111,10 @@ fn images() -> Images {
 }
 
 fn golden(name: &str, actual: &str) {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/kube")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, actual).unwrap();
-    }
-    let want = std::fs::read_to_string(&p)
-        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1", p.display()));
-    assert_eq!(
-        actual, want,
-        "golden {name} differs; run with UPDATE_GOLDEN=1 and review"
+    test_support::golden::check(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/kube"),
+        name,
+        actual,
     );
 }
 

@@ -1,16 +1,15 @@
 //! Network sources against mock metadata servers on 127.0.0.1 (one per cloud), plus the
 //! kernel-command-line URL, retries, deadlines and refused connections.
 
-mod sources_mock;
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use test_support::{http, metadata};
 
 use firstboot::net::NetError;
 use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, SourceError, Timeouts};
 use sha2::Digest;
-use sources_mock::{Faults, Mock};
+use test_support::http::{Faults, Mock};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 
@@ -31,8 +30,8 @@ fn ctx(root: &Path, platform: Platform, mock: &Mock) -> SourceContext {
         .with_timeouts(fast())
 }
 
-fn ec2_cfg(user_data: Option<&str>) -> sources_mock::Ec2 {
-    sources_mock::Ec2 {
+fn ec2_cfg(user_data: Option<&str>) -> metadata::Ec2 {
+    metadata::Ec2 {
         v1_only: false,
         token_status: None,
         user_data: user_data.map(|u| u.as_bytes().to_vec()),
@@ -46,7 +45,7 @@ fn ec2_cfg(user_data: Option<&str>) -> sources_mock::Ec2 {
 #[test]
 fn ec2_imdsv2_user_data_and_metadata() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(ec2_cfg(Some(NODE_YAML)), Faults::default());
+    let mock = metadata::ec2(ec2_cfg(Some(NODE_YAML)), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
     assert_eq!(a.source, "ec2");
     assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
@@ -91,8 +90,8 @@ fn ec2_imdsv2_user_data_and_metadata() {
 #[test]
 fn ec2_falls_back_to_imdsv1_only_when_the_token_call_is_unsupported() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(
-        sources_mock::Ec2 {
+    let mock = metadata::ec2(
+        metadata::Ec2 {
             v1_only: true,
             ..ec2_cfg(Some(NODE_YAML))
         },
@@ -110,8 +109,8 @@ fn ec2_falls_back_to_imdsv1_only_when_the_token_call_is_unsupported() {
 fn ec2_token_refusal_is_an_error_not_a_downgrade() {
     let d = tempfile::tempdir().unwrap();
     for status in [401u16, 403] {
-        let mock = sources_mock::ec2(
-            sources_mock::Ec2 {
+        let mock = metadata::ec2(
+            metadata::Ec2 {
                 token_status: Some(status),
                 ..ec2_cfg(Some(NODE_YAML))
             },
@@ -134,7 +133,7 @@ fn ec2_token_refusal_is_an_error_not_a_downgrade() {
 #[test]
 fn ec2_without_user_data_is_reported() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(ec2_cfg(None), Faults::default());
+    let mock = metadata::ec2(ec2_cfg(None), Faults::default());
     let e = acquire(&ctx(d.path(), Platform::Ec2, &mock))
         .unwrap_err()
         .to_string();
@@ -147,7 +146,7 @@ fn ec2_without_user_data_is_reported() {
 #[test]
 fn ec2_retries_server_errors_then_succeeds() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(
+    let mock = metadata::ec2(
         ec2_cfg(Some(NODE_YAML)),
         Faults {
             failures: 3,
@@ -162,7 +161,7 @@ fn ec2_retries_server_errors_then_succeeds() {
 #[test]
 fn a_slow_server_is_a_timeout_within_the_deadline() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::ec2(
+    let mock = metadata::ec2(
         ec2_cfg(Some(NODE_YAML)),
         Faults {
             failures: 0,
@@ -183,7 +182,7 @@ fn a_slow_server_is_a_timeout_within_the_deadline() {
 #[test]
 fn a_server_that_keeps_failing_is_an_http_error_at_the_deadline() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::gcp(
+    let mock = metadata::gcp(
         Some(NODE_YAML),
         Faults {
             failures: 1000,
@@ -202,7 +201,7 @@ fn a_server_that_keeps_failing_is_an_http_error_at_the_deadline() {
 #[test]
 fn connection_refused_is_a_quick_absent() {
     let d = tempfile::tempdir().unwrap();
-    let url = sources_mock::closed_port_url();
+    let url = http::closed_port_url();
     for p in [
         Platform::Ec2,
         Platform::Gcp,
@@ -237,7 +236,7 @@ fn connection_refused_is_a_quick_absent() {
 #[test]
 fn gcp_requires_the_flavor_header_and_reads_attributes() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::gcp(Some(NODE_YAML), Faults::default());
+    let mock = metadata::gcp(Some(NODE_YAML), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::Gcp, &mock)).unwrap();
     assert_eq!(a.source, "gcp");
     let m = &a.metadata;
@@ -261,7 +260,7 @@ fn gcp_requires_the_flavor_header_and_reads_attributes() {
 #[test]
 fn azure_imds_user_data_is_base64_decoded() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::azure(Some(NODE_YAML.as_bytes()), Faults::default());
+    let mock = metadata::azure(Some(NODE_YAML.as_bytes()), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::Azure, &mock)).unwrap();
     assert_eq!(a.source, "azure");
     let m = &a.metadata;
@@ -282,33 +281,23 @@ fn azure_imds_user_data_is_base64_decoded() {
 #[test]
 fn azure_falls_back_to_custom_data_from_the_agent_or_the_ovf_iso() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::azure(None, Faults::default());
+    let mock = metadata::azure(None, Faults::default());
     // 1. The provisioning ISO with ovf-env.xml.
-    let src = d.path().join("ovf");
-    fs::create_dir_all(&src).unwrap();
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(NODE_YAML);
-    fs::write(
-        src.join("ovf-env.xml"),
-        format!(
+    let ovf = format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Environment xmlns=\"http://schemas.dmtf.org/ovf/environment/1\" \
              xmlns:wa=\"http://schemas.microsoft.com/windowsazure\"><wa:ProvisioningSection><LinuxProvisioningConfigurationSet>\
              <HostName>node-ovf</HostName><UserName>azureuser</UserName><CustomData>{b64}</CustomData>\
              </LinuxProvisioningConfigurationSet></wa:ProvisioningSection></Environment>"
-        ),
-    )
-    .unwrap();
-    let iso = d.path().join("ovf.iso");
-    let out = std::process::Command::new("genisoimage")
-        .args(["-quiet", "-V", "rd_rdfe_stable", "-J", "-r", "-o"])
-        .arg(&iso)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        );
+    let iso = test_support::images::iso_image(
+        d.path(),
+        "ovf.iso",
+        "rd_rdfe_stable",
+        "genisoimage",
+        &["-J", "-r"],
+        &[("ovf-env.xml", ovf.as_bytes())],
     );
     let c = ctx(d.path(), Platform::Azure, &mock).with_devices(DeviceSet::files([iso]));
     let a = acquire(&c).unwrap();
@@ -333,7 +322,7 @@ fn azure_falls_back_to_custom_data_from_the_agent_or_the_ovf_iso() {
 #[test]
 fn azure_refuses_requests_without_metadata_header_so_the_mock_is_strict() {
     // Guard the mock itself: a plain GET is refused like the real IMDS does.
-    let mock = sources_mock::azure(Some(b"x"), Faults::default());
+    let mock = metadata::azure(Some(b"x"), Faults::default());
     let r = reqwest::blocking::Client::builder()
         .no_proxy()
         .build()
@@ -350,7 +339,7 @@ fn azure_refuses_requests_without_metadata_header_so_the_mock_is_strict() {
 #[test]
 fn openstack_metadata_service() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::openstack(Some(NODE_YAML), Faults::default());
+    let mock = metadata::openstack(Some(NODE_YAML), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::OpenStack, &mock)).unwrap();
     assert_eq!(a.source, "openstack-metadata");
     let m = &a.metadata;
@@ -378,7 +367,7 @@ fn openstack_metadata_service() {
 #[test]
 fn digitalocean_metadata_service() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::digitalocean(Some(NODE_YAML), Faults::default());
+    let mock = metadata::digitalocean(Some(NODE_YAML), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::DigitalOcean, &mock)).unwrap();
     assert_eq!(a.source, "digitalocean");
     let m = &a.metadata;
@@ -393,7 +382,7 @@ fn digitalocean_metadata_service() {
 #[test]
 fn hetzner_metadata_service() {
     let d = tempfile::tempdir().unwrap();
-    let mock = sources_mock::hetzner(Some(NODE_YAML), Faults::default());
+    let mock = metadata::hetzner(Some(NODE_YAML), Faults::default());
     let a = acquire(&ctx(d.path(), Platform::Hetzner, &mock)).unwrap();
     assert_eq!(a.source, "hetzner");
     let m = &a.metadata;
@@ -408,7 +397,7 @@ fn hetzner_metadata_service() {
         vec!["ssh-ed25519 AAAAhz key".to_string()]
     );
     // Empty user data means none.
-    let empty = sources_mock::hetzner(None, Faults::default());
+    let empty = metadata::hetzner(None, Faults::default());
     let e = acquire(&ctx(d.path(), Platform::Hetzner, &empty))
         .unwrap_err()
         .to_string();
@@ -418,8 +407,7 @@ fn hetzner_metadata_service() {
 #[test]
 fn cloud_config_user_data_is_refused_naming_the_source() {
     let d = tempfile::tempdir().unwrap();
-    let mock =
-        sources_mock::digitalocean(Some("#cloud-config\npackages: [vim]\n"), Faults::default());
+    let mock = metadata::digitalocean(Some("#cloud-config\npackages: [vim]\n"), Faults::default());
     let e = acquire(&ctx(d.path(), Platform::DigitalOcean, &mock))
         .unwrap_err()
         .to_string();
@@ -449,9 +437,9 @@ fn machine_root(root: &Path) {
 fn url_server() -> Mock {
     Mock::start(Faults::default(), |r| {
         if r.path == "/configs/52%3A54%3A00%3Aab%3Acd%3Aef/4c4c4544-0042-4610-8052-b4c04f4e3132/SN%2042%2F7.yaml" {
-            sources_mock::Resp::ok(NODE_YAML)
+            http::Resp::ok(NODE_YAML)
         } else {
-            sources_mock::Resp::not_found()
+            http::Resp::not_found()
         }
     })
 }

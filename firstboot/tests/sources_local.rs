@@ -10,56 +10,9 @@ use firstboot::source::{
     acquire, detect_from_dmi, DeviceSet, Platform, SourceContext, SourceError,
 };
 use firstboot::source::{blockdev::probe, FilesystemReader};
+use test_support::images::{fat_image, iso_image};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
-
-fn run(cmd: &mut Command) {
-    let out = cmd.env("MTOOLS_SKIP_CHECK", "1").output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A FAT image of `kib` KiB labelled `label` holding `files` (path, contents); `fat` is
-/// 12, 16 or 32.
-fn fat_image(
-    dir: &Path,
-    name: &str,
-    label: &str,
-    fat: u8,
-    kib: u32,
-    files: &[(&str, &[u8])],
-) -> PathBuf {
-    let img = dir.join(name);
-    let mut mkfs = Command::new("mkfs.fat");
-    mkfs.args(["-F", &fat.to_string(), "-n", label]);
-    if fat != 12 {
-        mkfs.args(["-S", "512", "-s", "1"]);
-    }
-    run(mkfs.arg("-C").arg(&img).arg(kib.to_string()));
-    let src = dir.join(format!("{name}.src"));
-    for (path, data) in files {
-        let parts: Vec<&str> = path.split('/').collect();
-        for i in 1..parts.len() {
-            let d = parts[..i].join("/");
-            let _ = Command::new("mmd")
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .arg("-i")
-                .arg(&img)
-                .arg(format!("::/{d}"))
-                .output();
-        }
-        fs::write(&src, data).unwrap();
-        run(Command::new("mcopy")
-            .arg("-i")
-            .arg(&img)
-            .arg(&src)
-            .arg(format!("::/{path}")));
-    }
-    img
-}
 
 fn ctx_with(root: &Path, devices: Vec<PathBuf>) -> SourceContext {
     SourceContext::new(root, "").with_devices(DeviceSet::files(devices))
@@ -330,36 +283,6 @@ fn sysfs_discovery_opens_dev_nodes_under_the_root_and_skips_loop_devices() {
     let ctx = SourceContext::from_system(&root, Some(Platform::Metal)).unwrap();
     let a = acquire(&ctx).unwrap();
     assert_eq!(a.source, "nodeconfig-partition");
-}
-
-/// An ISO image of `files` made with `tool` ("genisoimage" or "xorriso"); `extensions` are
-/// the name extensions (`-J`, `-r`).
-fn iso_image(
-    dir: &Path,
-    name: &str,
-    label: &str,
-    tool: &str,
-    extensions: &[&str],
-    files: &[(&str, &[u8])],
-) -> PathBuf {
-    let src = dir.join(format!("{name}.d"));
-    for (path, data) in files {
-        let p = src.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, data).unwrap();
-    }
-    let img = dir.join(name);
-    let mut cmd = Command::new(tool);
-    if tool == "xorriso" {
-        cmd.args(["-as", "mkisofs"]);
-    }
-    cmd.args(["-quiet", "-V", label])
-        .args(extensions)
-        .arg("-o")
-        .arg(&img)
-        .arg(&src);
-    run(&mut cmd);
-    img
 }
 
 const META_JSON: &[u8] = br#"{"uuid":"83679162-1378-4288-a2d4-70e13ec132aa","hostname":"node-cd","availability_zone":"nova","public_keys":{"k":"ssh-ed25519 AAAAcd k"}}"#;

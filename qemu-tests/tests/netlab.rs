@@ -59,7 +59,13 @@ fn lab_network_serves_dhcp_and_dns_for_its_hosts() {
         ip: Ipv4Addr::new(10, 231, 7, 11),
         hostname: "node-a".into(),
     };
-    let lab = NetLab::start("t7", [10, 231, 7], &[host.clone()], dir.path().join("lab")).unwrap();
+    let lab = NetLab::start(
+        "t7",
+        [10, 231, 7],
+        std::slice::from_ref(&host),
+        dir.path().join("lab"),
+    )
+    .unwrap();
 
     // DNS: the lab's names resolve, nothing else does (no upstream).
     assert_eq!(resolve_a(lab.gateway(), "node-a.lab"), vec![host.ip]);

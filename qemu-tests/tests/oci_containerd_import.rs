@@ -4,9 +4,6 @@
 //! `k8s.io` namespace: named by reference, with the index digest, once per role, and
 //! skipped when already present. Needs root, containerd and docker-registry.
 
-#[path = "../../builder/tests/oci_support/mod.rs"]
-mod oci_support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,7 +13,7 @@ use nodeimage::fetch::{Cache, FetchOptions, ProgressMode};
 use nodeimage::oci::{self, PullOptions, Registry, RegistryOptions};
 use nodeimage_core::config::Role;
 use nodeimage_core::images::IMAGES_DIR;
-use oci_support::*;
+use test_support::registry::*;
 
 struct Containerd {
     child: Child,
@@ -113,7 +110,8 @@ fn baked_images_import_into_containerd_once() {
             "role = \"worker\"\n"
         )
     );
-    let lp = write_profile(d.path(), "node", arch, &images);
+    let lp =
+        nodeimage::profile::load(&write_profile_toml(d.path(), "node", arch, &images)).unwrap();
     let opts = RegistryOptions {
         plain_http_registries: vec![reg.host()],
         ..Default::default()

@@ -1,12 +1,29 @@
 //! Helpers shared by the workspace's tests. Dev-only: no product crate depends on this
-//! at run time.
+//! at run time, and this crate depends on no workspace crate (the builder's and
+//! firstboot's tests depend on it; helpers that need their types stay beside those tests).
 //!
 //! * [`Needs`]: what a test needs from the machine (root, a program on `PATH`, a file).
 //!   When something is missing the test is skipped with a `SKIP` line, except under CI
 //!   (`CI=true`), where a missing requirement fails the test and names what is missing,
 //!   so a package that drops out of `.ci/install-deps` turns CI red instead of silently
 //!   shrinking the suite.
+//! * [`cmd`]: `which`, `tool` (a command the test needs) and `run`.
+//! * [`golden`]: golden files with `UPDATE_GOLDEN=1`.
+//! * [`http`]: a raw-TCP HTTP server (status, Range, cut bodies) and a tiny_http mock
+//!   with injected faults; [`metadata`]: cloud metadata services built on the mock.
+//! * [`images`]: FAT and ISO images made by mkfs.fat/mtools and genisoimage/xorriso, and
+//!   `fsck.fat`.
+//! * [`registry`]: Debian's docker-registry on 127.0.0.1 and test images pushed to it.
+//! * [`files`]: deterministic content, directory listings.
 
+pub mod cmd;
+pub mod files;
+pub mod golden;
+pub mod http;
+pub mod images;
+pub mod metadata;
 pub mod needs;
+pub mod registry;
 
-pub use needs::{in_ci, is_root, which, Needs};
+pub use cmd::which;
+pub use needs::{in_ci, is_root, Needs};

@@ -1,6 +1,8 @@
 //! Requirements of a test on the machine it runs on.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::cmd::which;
 
 /// True when running under CI: `CI` is set to `true` or `1` (GitHub Actions, GitLab and
 /// `.ci/run` all set `CI=true`).
@@ -18,20 +20,6 @@ pub fn in_ci() -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// The first executable file named `program` in the directories of `PATH`. Only `PATH`
-/// is searched, so a test run with a reduced `PATH` sees exactly what the product would.
-pub fn which(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// What one test needs. Build it with [`Needs::new`], add requirements, then call
@@ -116,12 +104,6 @@ impl Needs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn which_searches_path_only() {
-        assert!(which("sh").is_some(), "sh is on every PATH");
-        assert!(which("definitely-not-a-program-here").is_none());
-    }
 
     #[test]
     fn missing_requirements_are_named() {

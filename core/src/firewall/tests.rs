@@ -52,18 +52,7 @@ fn golden_dir() -> PathBuf {
 }
 
 fn compare_golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(golden_dir()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-            expected == actual,
-            "{} differs from the rendering; if the change is intended, regenerate with\n  UPDATE_GOLDEN=1 cargo test -p firstboot --lib firewall\n--- rendered:\n{actual}",
-            path.display()
-        );
+    test_support::golden::check(golden_dir(), name, actual);
 }
 
 /// `nft` usable for `-c`: on PATH and we are root (CAP_NET_ADMIN, to validate against

@@ -1,0 +1,215 @@
+//! The root filesystem tree: the Debian base (cached by its spec), then the payload,
+//! the overlays, the enabled units and a regenerated initramfs (cached by all of those).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::{sha256_file, Build};
+use crate::profile::LoadedProfile;
+use crate::rootfs::{self, BaseSpec, BaseTar, Install};
+
+/// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
+const CUSTOMIZE_STAGE_VERSION: u32 = 1;
+
+/// Units every image enables.
+pub const ENABLED_UNITS: &[&str] = &[
+    "firstboot.service",
+    "nodeimage-firewall.service",
+    "systemd-networkd.service",
+];
+
+/// The Debian base: its spec (what decides it) and the tarball.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub spec: BaseSpec,
+    pub tar: BaseTar,
+}
+
+/// The profile's overlay directories, in order, and a digest of their contents.
+#[derive(Debug, Clone)]
+pub struct Overlays {
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The customized root tree, ready for mkfs.erofs, and what was read out of it.
+#[derive(Debug, Clone)]
+pub struct RootTree {
+    /// The stage key: sha256 of everything the tree was made from.
+    pub key: String,
+    pub root: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_version: String,
+    /// Debian packages: name -> version.
+    pub packages: BTreeMap<String, String>,
+}
+
+/// What the `customize` stage records beside the tree.
+#[derive(Debug, Serialize, Deserialize)]
+struct TreeMeta {
+    kernel_version: String,
+    packages: BTreeMap<String, String>,
+}
+
+/// Stage 2: the Debian base (built by mmdebstrap once per spec, then from the cache).
+pub fn base(b: &Build) -> Result<Base> {
+    let p = &b.lp.profile;
+    let mirror = rootfs::resolve_mirror(p.debian.mirror.as_deref())?;
+    let spec = BaseSpec::new(&b.lp, mirror, b.epoch);
+    let tar = rootfs::debian_base(&spec, &b.cache_dir)?;
+    Ok(Base { spec, tar })
+}
+
+impl Overlays {
+    /// The profile's overlays under `<profile dir>/../overlays`; each must be a directory.
+    pub fn of(lp: &LoadedProfile) -> Result<Overlays> {
+        let base = lp.overlays_dir();
+        let dirs = lp
+            .profile
+            .overlays
+            .iter()
+            .map(|o| {
+                let d = base.join(o);
+                if d.is_dir() {
+                    Ok(d)
+                } else {
+                    bail!(
+                        "{}: overlays: `{o}` is not a directory under {}",
+                        lp.path.display(),
+                        base.display()
+                    )
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Overlays { dirs })
+    }
+
+    /// Feed every overlay's tree (names, modes, link targets, contents) into `h`.
+    pub fn hash_into(&self, h: &mut Sha256) -> Result<()> {
+        for o in &self.dirs {
+            hash_tree(h, o, o)?;
+        }
+        Ok(())
+    }
+
+    /// sha256 of [`Overlays::hash_into`].
+    pub fn digest(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        self.hash_into(&mut h)?;
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+fn hash_tree(h: &mut Sha256, base: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = p.strip_prefix(base).unwrap_or(&p);
+        h.update(rel.to_string_lossy().as_bytes());
+        let m = std::fs::symlink_metadata(&p)?;
+        h.update(m.permissions().mode().to_le_bytes());
+        if m.file_type().is_symlink() {
+            h.update(std::fs::read_link(&p)?.to_string_lossy().as_bytes());
+        } else if m.is_dir() {
+            hash_tree(h, base, &p)?;
+        } else {
+            h.update(std::fs::read(&p)?);
+        }
+    }
+    Ok(())
+}
+
+/// What the `customize` stage is keyed by.
+#[derive(Serialize)]
+struct CustomizeInputs<'a> {
+    base_sha256: &'a str,
+    /// (path in the image, mode, sha256 of the file)
+    installs: Vec<(&'a str, u32, String)>,
+    overlays_sha256: String,
+    units: &'a [&'a str],
+    epoch: i64,
+}
+
+/// Stage 3: unpack the base, add `installs`, the overlays and the units, regenerate
+/// the initramfs. Cached by the base's bytes, every installed file's hash, the overlay
+/// contents and the epoch, so a change to any of them makes a new tree and nothing
+/// else does.
+pub fn customize(
+    b: &Build,
+    base: &Base,
+    installs: &[Install],
+    overlays: &Overlays,
+) -> Result<RootTree> {
+    let inputs = CustomizeInputs {
+        base_sha256: &base.tar.sha256,
+        installs: installs
+            .iter()
+            .map(|i| Ok((i.dest.as_str(), i.mode, sha256_file(&i.source)?.0)))
+            .collect::<Result<_>>()?,
+        overlays_sha256: overlays.digest()?,
+        units: ENABLED_UNITS,
+        epoch: b.epoch,
+    };
+    let key = super::cache::stage_key("customize", CUSTOMIZE_STAGE_VERSION, &inputs)?;
+    let entry = b.stages.get_or_make("customize", &key, |dir| {
+        let c = rootfs::customize(
+            &base.tar.path,
+            &dir.join("root"),
+            &dir.join("boot"),
+            installs,
+            &overlays.dirs,
+            ENABLED_UNITS,
+            b.epoch,
+        )?;
+        Ok(TreeMeta {
+            kernel_version: c.kernel_version,
+            packages: c.packages,
+        })
+    })?;
+    tracing::info!(cached = entry.hit, tree = %entry.dir.join("root").display(), "root tree");
+    Ok(RootTree {
+        key,
+        root: entry.dir.join("root"),
+        kernel: entry.dir.join("boot/vmlinuz"),
+        initrd: entry.dir.join("boot/initrd.img"),
+        kernel_version: entry.meta.kernel_version,
+        packages: entry.meta.packages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_digest_follows_names_modes_links_and_contents() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let o = d.path().join("o");
+        std::fs::create_dir_all(o.join("etc")).unwrap();
+        std::fs::write(o.join("etc/a"), "1").unwrap();
+        let ov = Overlays {
+            dirs: vec![o.clone()],
+        };
+        let d0 = ov.digest().unwrap();
+        assert_eq!(d0, ov.digest().unwrap());
+        std::fs::write(o.join("etc/a"), "2").unwrap();
+        let d1 = ov.digest().unwrap();
+        assert_ne!(d0, d1, "contents");
+        std::fs::set_permissions(o.join("etc/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let d2 = ov.digest().unwrap();
+        assert_ne!(d1, d2, "mode");
+        std::os::unix::fs::symlink("/x", o.join("etc/l")).unwrap();
+        let d3 = ov.digest().unwrap();
+        assert_ne!(d2, d3, "a new link");
+        std::fs::remove_file(o.join("etc/l")).unwrap();
+        std::os::unix::fs::symlink("/y", o.join("etc/l")).unwrap();
+        assert_ne!(d3, ov.digest().unwrap(), "a link's target");
+    }
+}

@@ -1,0 +1,242 @@
+//! The root filesystem: a Debian base from mmdebstrap (cached by its inputs), then the
+//! pinned artifacts, the overlays and the firstboot binary, a regenerated initramfs, and
+//! finally a read-only erofs image.
+//!
+//! * [`base`]: the Debian base (spec, mirror, mmdebstrap, the cached tarball).
+//! * this module: [`customize`], the tree made from the base.
+//! * [`files`]: installing, copying and removing inside an image root safely.
+//! * [`erofs`]: the read-only filesystem image.
+
+mod base;
+mod erofs;
+mod files;
+
+pub use base::{debian_base, required_packages, resolve_mirror, BaseSpec, BaseTar};
+pub use erofs::make_erofs;
+pub use files::{copy_tree, remove_tree, resolve_in_root};
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::tools;
+use files::install_file;
+
+/// A file to put into the root filesystem.
+#[derive(Debug, Clone)]
+pub struct Install {
+    pub source: PathBuf,
+    /// Absolute path inside the image.
+    pub dest: String,
+    pub mode: u32,
+}
+
+/// Result of customising the root filesystem.
+#[derive(Debug)]
+pub struct Customized {
+    /// Debian packages: name -> version (architecture-qualified names for foreign ones).
+    pub packages: BTreeMap<String, String>,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_version: String,
+}
+
+/// Unpack the base into `root`, add payload, overlays and firstboot, regenerate the
+/// initramfs and take kernel and initrd out into `boot_dir`.
+pub fn customize(
+    base_tar: &Path,
+    root: &Path,
+    boot_dir: &Path,
+    installs: &[Install],
+    overlays: &[PathBuf],
+    enable_units: &[&str],
+    epoch: i64,
+) -> Result<Customized> {
+    remove_tree(root).with_context(|| format!("removing stale {}", root.display()))?;
+    fs::create_dir_all(root)?;
+    tools::run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(base_tar)
+            .arg("-C")
+            .arg(root),
+    )
+    .context("unpacking the Debian base")?;
+
+    for i in installs {
+        install_file(root, i)
+            .with_context(|| format!("installing {} to {}", i.source.display(), i.dest))?;
+    }
+    for o in overlays {
+        copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
+    }
+    if !enable_units.is_empty() {
+        tools::run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", root.display()))
+                .arg("enable")
+                .args(enable_units),
+        )
+        .context("enabling systemd units")?;
+    }
+
+    let kernel_version = kernel_version(root)?;
+    {
+        let _mounts = ChrootMounts::new(root)?;
+        tools::run(
+            Command::new("chroot")
+                .arg(root)
+                .args(["update-initramfs", "-u", "-k", &kernel_version])
+                .env("SOURCE_DATE_EPOCH", epoch.to_string())
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        )
+        .context("regenerating the initramfs")?;
+    }
+
+    fs::create_dir_all(boot_dir)?;
+    let kernel = boot_dir.join("vmlinuz");
+    let initrd = boot_dir.join("initrd.img");
+    fs::copy(root.join(format!("boot/vmlinuz-{kernel_version}")), &kernel)?;
+    fs::copy(
+        root.join(format!("boot/initrd.img-{kernel_version}")),
+        &initrd,
+    )?;
+    // The ESP carries kernel and initrd; the read-only root does not need a second copy.
+    for e in fs::read_dir(root.join("boot"))?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("initrd.img") || n.starts_with("vmlinuz") || n.starts_with("System.map") {
+            fs::remove_file(e.path())?;
+        }
+    }
+    for f in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let _ = fs::remove_file(root.join(f));
+    }
+
+    let packages = installed_packages(root)?;
+    scrub(root)?;
+    Ok(Customized {
+        packages,
+        kernel,
+        initrd,
+        kernel_version,
+    })
+}
+
+fn kernel_version(root: &Path) -> Result<String> {
+    let mut v: Vec<String> = fs::read_dir(root.join("lib/modules"))
+        .context("the base has no /lib/modules: is the linux-image package installed?")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    match v.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("the base has no kernel in /lib/modules"),
+        many => bail!(
+            "the base has several kernels ({}); pin one",
+            many.join(", ")
+        ),
+    }
+}
+
+/// Package name -> version, read from the image's dpkg database without running anything in it.
+pub fn installed_packages(root: &Path) -> Result<BTreeMap<String, String>> {
+    let out = tools::output(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args([
+                "-W",
+                "-f",
+                "${db:Status-Abbrev}\t${binary:Package}\t${Version}\n",
+            ]),
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (status, name, version) = (f.next()?, f.next()?, f.next()?);
+            status
+                .starts_with("ii")
+                .then(|| (name.to_string(), version.to_string()))
+        })
+        .collect())
+}
+
+/// Remove what differs between builds or has no place in an immutable image.
+fn scrub(root: &Path) -> Result<()> {
+    for dir in [
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "var/log",
+        "tmp",
+        "var/tmp",
+        "var/cache/debconf",
+    ] {
+        let d = root.join(dir);
+        if let Ok(entries) = fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    fs::remove_dir_all(&p)?;
+                } else {
+                    fs::remove_file(&p)?;
+                }
+            }
+        }
+    }
+    for f in [
+        "var/cache/ldconfig/aux-cache",
+        "etc/.pwd.lock",
+        "var/lib/dbus/machine-id",
+    ] {
+        let _ = fs::remove_file(root.join(f));
+    }
+    // Empty machine-id: systemd generates one on first boot and commits it to the
+    // writable /etc overlay.
+    fs::write(root.join("etc/machine-id"), b"")?;
+    Ok(())
+}
+
+/// /proc, /sys and /dev mounted into a chroot for the duration of a command.
+struct ChrootMounts {
+    mounted: Vec<PathBuf>,
+}
+
+impl ChrootMounts {
+    fn new(root: &Path) -> Result<Self> {
+        let mut m = ChrootMounts {
+            mounted: Vec::new(),
+        };
+        for (fstype, src, dir, bind) in [
+            ("proc", "proc", "proc", false),
+            ("sysfs", "sysfs", "sys", false),
+            ("", "/dev", "dev", true),
+        ] {
+            let target = root.join(dir);
+            fs::create_dir_all(&target)?;
+            let mut cmd = Command::new("mount");
+            if bind {
+                cmd.args(["--bind", src]).arg(&target);
+            } else {
+                cmd.args(["-t", fstype, src]).arg(&target);
+            }
+            tools::run(&mut cmd).with_context(|| format!("mounting {dir} into the image root"))?;
+            m.mounted.push(target);
+        }
+        Ok(m)
+    }
+}
+
+impl Drop for ChrootMounts {
+    fn drop(&mut self) {
+        for t in self.mounted.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+    }
+}

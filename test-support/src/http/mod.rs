@@ -1,0 +1,22 @@
+//! HTTP servers on 127.0.0.1 for tests.
+//!
+//! * [`TestServer`] (`raw`): a raw `TcpListener` server with full control over status,
+//!   headers, Range handling and cutting a body short (what the fetch tests need and a
+//!   mock library cannot do).
+//! * [`Mock`] (`mock`): a tiny_http server with a handler per request plus injected
+//!   failures and delays, the base of the metadata service mocks in [`crate::metadata`].
+
+mod mock;
+mod raw;
+
+pub use mock::{closed_port_url, Faults, Mock, Req, Resp};
+pub use raw::{ranged, Reply, Request, TestServer, UNREACHABLE};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
