@@ -3,7 +3,7 @@
 #   make test    run the whole test suite (unit, integration, QEMU boots)
 # Both install missing Debian packages first (root).
 
-PROFILE ?= profiles/k8s-1.35-x86_64.toml
+PROFILE ?= profiles/k8s-1.36-x86_64.toml
 # Passed to `nodeimage lock` and `nodeimage build`, e.g. --registry-mirror registry.k8s.io=http://10.0.0.5:5000
 LOCK_ARGS ?=
 BUILD_ARGS ?=

@@ -48,7 +48,7 @@ use crate::tools;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BuildArgs {
-    /// The profile to build (e.g. profiles/k8s-1.35-x86_64.toml).
+    /// The profile to build (e.g. profiles/k8s-1.36-x86_64.toml).
     pub profile: PathBuf,
     /// Directory for the outputs (<out>/<profile name>/).
     #[arg(long, short = 'o', default_value = "out")]

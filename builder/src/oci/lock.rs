@@ -7,7 +7,7 @@
 //! ```json
 //! {
 //!   "schema": 1,
-//!   "profile": "k8s-1.35-x86_64",
+//!   "profile": "k8s-1.36-x86_64",
 //!   "arch": "x86_64",
 //!   "images_sha256": "<sha256 of the profile's arch and each image's name, reference, digest>",
 //!   "images": [{
@@ -506,8 +506,8 @@ mod tests {
     #[test]
     fn lock_path_is_beside_the_profile() {
         assert_eq!(
-            lock_path(Path::new("profiles/k8s-1.35-x86_64.toml")),
-            PathBuf::from("profiles/k8s-1.35-x86_64.lock.json")
+            lock_path(Path::new("profiles/k8s-1.36-x86_64.toml")),
+            PathBuf::from("profiles/k8s-1.36-x86_64.lock.json")
         );
     }
 }

@@ -72,7 +72,7 @@ pub struct ImageKey {
 
 /// Default references (docs: the worked example lists them). CoreDNS is kubeadm 1.35's
 /// pin by digest. The others follow the default profiles (Weave Net from the maintained
-/// community fork, see profiles/k8s-1.35-*.toml); they have no published digest.
+/// community fork, see profiles/k8s-1.36-*.toml); they have no published digest.
 pub const IMAGE_KEYS: &[ImageKey] = &[
     ImageKey {
         name: "coredns",

@@ -33,7 +33,7 @@ pub const CONTROL_PLANE_UNITS: [&str; 3] = [
 pub const NODE_UNITS: [&str; 2] = ["kubelet.service", "kube-proxy.service"];
 
 /// The profiles that pin the Kubernetes payload (named in missing-binary errors).
-const PAYLOAD_PROFILES: &str = "profiles/k8s-1.35-*.toml";
+const PAYLOAD_PROFILES: &str = "profiles/k8s-1.36-*.toml";
 
 // ---------------------------------------------------------------- binaries ---
 

@@ -382,7 +382,7 @@ fn a_missing_binary_is_named_with_the_profile_that_has_it() {
     assert_eq!(
         format!("{e:#}"),
         "step join-check: kube-apiserver is not in this image (/usr/bin/kube-apiserver): build the image \
-         from a profile that pins the Kubernetes payload (profiles/k8s-1.35-*.toml)"
+         from a profile that pins the Kubernetes payload (profiles/k8s-1.36-*.toml)"
     );
     // Nothing was written before the check failed.
     assert!(!path(root, "/etc/kubernetes").exists());
@@ -582,7 +582,7 @@ fn the_firstboot_binary_reports_a_missing_kubelet() {
     assert_eq!(code, 1, "{out}");
     let want =
         "step join-check: kubelet is not in this image (/usr/bin/kubelet): build the image from a \
-                profile that pins the Kubernetes payload (profiles/k8s-1.35-*.toml)";
+                profile that pins the Kubernetes payload (profiles/k8s-1.36-*.toml)";
     assert!(out.contains(&format!("firstboot: error: {want}")), "{out}");
     let st = status(root);
     assert_eq!(st["state"], "failed");
