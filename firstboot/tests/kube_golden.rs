@@ -103,6 +103,7 @@ fn images() -> Images {
         coredns: "registry.k8s.io/coredns/coredns:v1.13.1".into(),
         weave_kube: "example.invalid/weave-kube:2.8.1".into(),
         weave_npc: "example.invalid/weave-npc:2.8.1".into(),
+        flannel: "ghcr.io/flannel-io/flannel:v0.28.10".into(),
         ingress_nginx_controller: "registry.k8s.io/ingress-nginx/controller:v1.12.0".into(),
         ingress_default_backend: None,
         kured: "ghcr.io/kubereboot/kured:1.16.0".into(),
@@ -404,6 +405,50 @@ fn cluster_manifests_and_addons() {
             .any(|n| n.starts_with("host-upgrades: not supported")),
         "{:?}",
         plan.notes
+    );
+}
+
+/// `network.provider: flannel`: flannel instead of Weave Net, no Weave password needed,
+/// the VXLAN port and pod network from the port table and the cluster config.
+#[test]
+fn flannel_replaces_weave_net() {
+    let text = MASTER.replace(
+        "  network:\n    trusted_subnets:",
+        "  network:\n    provider: flannel\n    pod_network_cidr: 10.244.0.0/16\n    trusted_subnets:",
+    );
+    assert_ne!(text, MASTER);
+    let node = NodeConfig::parse("master", &text).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let ms = cluster_manifests(&inp, &images()).unwrap();
+    let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "00-bootstrap-token.yaml",
+            "01-rbac.yaml",
+            "10-flannel.yaml",
+            "20-coredns.yaml"
+        ]
+    );
+    let m = &ms[2];
+    assert!(!m.secret, "flannel's manifest holds no secret");
+    golden("manifests-flannel/10-flannel.yaml", &m.yaml);
+    check_documents(&m.name, &m.yaml);
+    let docs = documents(&m.yaml);
+    let cfg = find(&docs, "ConfigMap", "kube-flannel-cfg");
+    let net: serde_json::Value =
+        serde_json::from_str(cfg["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        net,
+        json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Port": 8472}})
+    );
+    let ds = find(&docs, "DaemonSet", "kube-flannel");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/flannel-io/flannel:v0.28.10");
+    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
+    assert_eq!(
+        c["env"][2]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
     );
 }
 

@@ -121,6 +121,9 @@ impl Host {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// The pod network (CNI): Weave Net (the default) or flannel (VXLAN).
+    #[serde(default)]
+    pub provider: CniProvider,
     #[serde(default = "default_service_cidr")]
     pub service_cidr: IpNet,
     #[serde(default = "default_pod_network_cidr")]
@@ -145,6 +148,7 @@ pub struct Network {
 impl Default for Network {
     fn default() -> Self {
         Network {
+            provider: CniProvider::default(),
             service_cidr: default_service_cidr(),
             pod_network_cidr: default_pod_network_cidr(),
             trusted_subnets: Vec::new(),
@@ -152,6 +156,28 @@ impl Default for Network {
             node_port_range: default_node_port_range(),
             node_subnets: Vec::new(),
             etcd_localhost_only: false,
+        }
+    }
+}
+
+/// The pod network a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniProvider {
+    /// Weave Net: an encrypted overlay (its password from the cluster secrets; plain
+    /// fastdp only inside `trusted_subnets`), weave-npc for NetworkPolicy.
+    #[default]
+    Weave,
+    /// flannel with its VXLAN backend (UDP 8472 between cluster nodes). VXLAN is not
+    /// encrypted: for networks the cluster trusts. No NetworkPolicy enforcement.
+    Flannel,
+}
+
+impl CniProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniProvider::Weave => "weave",
+            CniProvider::Flannel => "flannel",
         }
     }
 }

@@ -38,6 +38,7 @@ use nodeimage_core::ports::{NodeFacts, PortPolicy, PortsError, Service};
 pub mod addons;
 pub mod control_plane;
 pub mod csr;
+pub mod flannel;
 
 pub mod kubelet;
 pub mod manifests;
