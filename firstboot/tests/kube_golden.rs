@@ -452,6 +452,62 @@ fn flannel_replaces_weave_net() {
     );
 }
 
+/// `cluster.components`: the operator's flags replace or add to the product's, and
+/// their configuration fields replace the kubelet's and kube-proxy's.
+#[test]
+fn components_extra_args_and_config() {
+    let text = MASTER.replace(
+        "  addons:\n",
+        "  components:\n    kube-apiserver: {extra_args: {etcd-healthcheck-timeout: 30s, secure-port: \"7443\"}}\n    kube-scheduler: {extra_args: {leader-elect: \"false\"}}\n    kubelet:\n      extra_args: {v: \"2\"}\n      config: {nodeLeaseDurationSeconds: 120, runtimeRequestTimeout: 10m}\n    kube-proxy: {config: {mode: nftables}}\n  addons:\n",
+    );
+    assert_ne!(text, MASTER);
+    let node = NodeConfig::parse("master", &text).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let a = apiserver_flags(&inp);
+    assert_eq!(a.get("etcd-healthcheck-timeout"), Some("30s"));
+    assert_eq!(a.get("secure-port"), Some("7443"), "replaces the product's");
+    assert_eq!(
+        a.get("authorization-mode"),
+        Some("Node,RBAC"),
+        "keeps the rest"
+    );
+    assert_eq!(scheduler_flags(&inp).get("leader-elect"), Some("false"));
+    assert_eq!(kubelet_flags(&inp).get("v"), Some("2"));
+    let k = parse(&kubelet_config(&inp));
+    assert_eq!(k["nodeLeaseDurationSeconds"], 120);
+    assert_eq!(k["runtimeRequestTimeout"], "10m");
+    assert_eq!(k["kind"], "KubeletConfiguration", "keeps the rest");
+    let files = kube_proxy_files(&inp);
+    let proxy = files
+        .iter()
+        .find(|f| f.path.ends_with("config.yaml"))
+        .unwrap();
+    assert_eq!(parse(&proxy.contents)["mode"], "nftables");
+    // Bad input names the key.
+    for (bad, key) in [
+        (
+            "    kube-apiserver: {extra_args: {--v: \"2\"}}\n",
+            "cluster.components.kube-apiserver.extra_args.--v",
+        ),
+        (
+            "    kubelet: {extra_args: {v: \"2\\n--x=y\"}}\n",
+            "cluster.components.kubelet.extra_args.v",
+        ),
+        (
+            "    etcd: {config: {a: 1}}\n",
+            "cluster.components.etcd.config",
+        ),
+        (
+            "    kube-proxy: {extra_args: {v: \"2\"}}\n",
+            "cluster.components.kube-proxy.extra_args",
+        ),
+    ] {
+        let t = MASTER.replace("  addons:\n", &format!("  components:\n{bad}  addons:\n"));
+        let e = NodeConfig::parse("master", &t).unwrap_err().to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}
+
 #[test]
 fn node_roles_are_set_through_the_api() {
     let masters = vec!["10.133.0.10".to_string()];
