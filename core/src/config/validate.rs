@@ -52,14 +52,14 @@ fn validate_components(src: &str, prefix: &str, c: &super::Components) -> Result
         if !comp.config.is_empty() && !matches!(name, "kubelet" | "kube-proxy") {
             return Err(ConfigError::invalid(
                 src,
-                &format!("{prefix}components.{name}.config"),
+                format!("{prefix}components.{name}.config"),
                 "only kubelet and kube-proxy read a configuration file; use extra_args",
             ));
         }
         if name == "kube-proxy" && !comp.extra_args.is_empty() {
             return Err(ConfigError::invalid(
                 src,
-                &format!("{prefix}components.kube-proxy.extra_args"),
+                format!("{prefix}components.kube-proxy.extra_args"),
                 "kube-proxy runs from its configuration file: put settings under components.kube-proxy.config",
             ));
         }
