@@ -228,6 +228,16 @@ impl std::fmt::Debug for Issued {
 
 /// Issue a leaf certificate for `spec`, signed by `ca`, valid for [`LEAF_VALIDITY`].
 pub fn issue(spec: &CertSpec, ca: &CaPair, now: OffsetDateTime) -> Result<Issued, PkiError> {
+    issue_valid_for(spec, ca, now, LEAF_VALIDITY)
+}
+
+/// [`issue`] with another lifetime (never past the CA's own end).
+pub fn issue_valid_for(
+    spec: &CertSpec,
+    ca: &CaPair,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<Issued, PkiError> {
     let (ca_cert, ca_key) = ca.issuer(&format!("CA for {}", spec.name))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(crypto(format!("generating the {} key", spec.name)))?;
@@ -238,8 +248,7 @@ pub fn issue(spec: &CertSpec, ca: &CaPair, now: OffsetDateTime) -> Result<Issued
     p.extended_key_usages = spec.usage.ekus();
     p.use_authority_key_identifier_extension = true;
     p.not_before = now - BACKDATE;
-    p.not_after =
-        (now + LEAF_VALIDITY).min(ca_not_after(&ca.cert_pem).unwrap_or(now + LEAF_VALIDITY));
+    p.not_after = (now + validity).min(ca_not_after(&ca.cert_pem).unwrap_or(now + validity));
     p.serial_number = Some(random_serial());
     let mut sans = Vec::new();
     for d in &spec.dns_names {

@@ -15,7 +15,7 @@ use nodeimage_core::layout::{
 };
 pub use nodeimage_core::pki::*;
 
-use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
+use nodeimage_core::kubeconfig::{Kubeconfig, KubeconfigUser};
 
 /// The CAs and keys a master receives in its node config.
 #[derive(Debug, Clone)]

@@ -571,7 +571,7 @@ fn bootstrap_token_values_stay_strings() {
             !debug.contains(t.secret()),
             "Debug shows the secret: {debug}"
         );
-        let yaml = firstboot::yaml::to_string(&secret);
+        let yaml = nodeimage_core::yaml::to_string(&secret);
         let v = parse(&yaml);
         let (id, secret) = token.split_once('.').unwrap();
         assert_eq!(v["stringData"]["token-id"], json!(id), "{yaml}");
@@ -587,7 +587,7 @@ fn bootstrap_token_values_stay_strings() {
             let scalar = line.split_once(": ").map_or("", |(_, s)| s);
             let quoted = scalar.starts_with(['\'', '"']);
             assert!(
-                quoted || !firstboot::yaml::misread_by_yaml11(scalar),
+                quoted || !nodeimage_core::yaml::misread_by_yaml11(scalar),
                 "{token}: `{line}` is a number to YAML 1.1"
             );
         }

@@ -6,9 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ::time::OffsetDateTime;
-use firstboot::kubeconfig::Kubeconfig;
 use firstboot::pki::{self, CaPair, MasterIdentity, MasterSecrets, Outcome, ServiceAccountKey};
 use nodeimage_core::files::rooted;
+use nodeimage_core::kubeconfig::Kubeconfig;
 use nodeimage_core::layout::paths;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::parse_x509_pem;

@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
-use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
 use nodeimage_core::config::TaintEffect;
+use nodeimage_core::kubeconfig::{Kubeconfig, KubeconfigUser};
 use nodeimage_core::layout::paths;
 
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
@@ -173,9 +173,9 @@ pub fn kubelet_config(inp: &KubeInputs) -> String {
     let c = kubelet_configuration(inp);
     let over = &inp.node.cluster.components.kubelet.config;
     if over.is_empty() {
-        crate::yaml::to_string(&c)
+        nodeimage_core::yaml::to_string(&c)
     } else {
-        crate::yaml::to_string(&super::with_overrides(&c, over))
+        nodeimage_core::yaml::to_string(&super::with_overrides(&c, over))
     }
 }
 

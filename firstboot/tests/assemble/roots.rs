@@ -9,9 +9,9 @@ use std::process::Command;
 
 use crate::common::*;
 use firstboot::assemble::{self, NOT_LIVE};
-use firstboot::kubeconfig::Kubeconfig;
 use firstboot::run::RunOptions;
 use nodeimage_core::config::{NodeConfig, Role};
+use nodeimage_core::kubeconfig::Kubeconfig;
 use nodeimage_core::ports::{PortPolicy, Service};
 
 fn opts(root: &Path) -> RunOptions {
