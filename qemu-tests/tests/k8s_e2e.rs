@@ -137,7 +137,7 @@ hosts:
 network:
   provider: flannel
   trusted_subnets:
-    - {lab}.0/24
+    - {l0}.{l1}.{l2}.0/24
 registry_mirrors:
   registry.k8s.io: [\"{registry}\"]
   nodeimage.test: [\"{registry}\"]
@@ -149,7 +149,9 @@ addons:
         worker = lab_ip(WORKER.2),
         mname = MASTER.0,
         wname = WORKER.0,
-        lab = format!("{}.{}.{}", LAB[0], LAB[1], LAB[2]),
+        l0 = LAB[0],
+        l1 = LAB[1],
+        l2 = LAB[2],
     )
 }
 
