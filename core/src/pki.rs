@@ -191,7 +191,11 @@ pub enum CaKind {
 pub enum Target {
     /// Certificate (0644) and key (0600) files.
     Files { cert: String, key: String },
-    /// Certificate followed by key in one 0600 file (the kubelet's `*-current.pem`).
+    /// Certificate followed by key in one 0600 file, laid out as the kubelet's certificate
+    /// store does: `path` (`…/kubelet-client-current.pem`) is a symlink to a dated file
+    /// beside it (`kubelet-client-<YYYY-MM-DD-HH-MM-SS>.pem`). The kubelet rotates the
+    /// certificate by writing a new dated file and moving the link; it refuses to when
+    /// `-current.pem` is a regular file.
     Combined { path: String },
     /// A kubeconfig (0600) with the client certificate and key embedded.
     Kubeconfig { path: String, server: String },

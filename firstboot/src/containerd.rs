@@ -43,6 +43,8 @@ pub const CERTS_DIR: &str = "/etc/containerd/certs.d";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
 /// The containerd namespace the CRI plugin uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
+/// The image label containerd's CRI reports as `pinned`: image GC leaves such images.
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 /// First line of every file this module writes: marks files it may replace or remove.
 const MARKER: &str = "# Written by firstboot (nodeimage); changes are overwritten.";
 /// How long to wait for containerd's socket after (re)starting it.
@@ -332,6 +334,18 @@ impl Ctr {
         Ok(parse_images_ls(&out))
     }
 
+    /// Set `key=value` on an image (`ctr images label`); idempotent.
+    pub fn label(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let kv = format!("{key}={value}");
+        self.run(&[
+            "images".as_ref(),
+            "label".as_ref(),
+            name.as_ref(),
+            kv.as_ref(),
+        ])
+        .map(|_| ())
+    }
+
     /// `ctr images import` of one archive, for one platform.
     pub fn import(&self, archive: &Path, platform: &str) -> Result<()> {
         let mut args: Vec<&std::ffi::OsStr> = vec!["images".as_ref(), "import".as_ref()];
@@ -422,6 +436,12 @@ pub fn import_images_with(root: &Path, role: Role, ctr: &Ctr) -> Result<ImportRe
         let ms = t.elapsed().as_millis();
         tracing::info!(image = %img.name, reference = %img.reference, ms = ms as u64, "imported");
         report.imported.push((img.name.clone(), ms));
+    }
+    // Baked images are pinned in containerd's CRI: the kubelet's image garbage collection
+    // never removes them (an air-gapped node could not pull them back).
+    for img in &wanted {
+        ctr.label(&img.reference, PINNED_LABEL, "pinned")
+            .with_context(|| format!("pinning image `{}` ({})", img.name, img.reference))?;
     }
     if !report.imported.is_empty() {
         let have = ctr.images()?;

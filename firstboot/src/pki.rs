@@ -406,6 +406,37 @@ fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
+/// The kubelet certificate store's layout for `current` (`<prefix>-current.pem`): the
+/// data in `<prefix>-<YYYY-MM-DD-HH-MM-SS>.pem` (0600) and `current` a relative symlink
+/// to it, swapped in with a rename (never a moment without one, a regular file left by
+/// an earlier version replaced too).
+fn write_dated_pair(current: &Path, data: &[u8], now: OffsetDateTime) -> Result<(), PkiError> {
+    let name = current
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let prefix = name.strip_suffix("-current.pem").unwrap_or(name);
+    let stamp = format!(
+        "{:04}-{:02}-{:02}-{:02}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let dir = current.parent().unwrap_or(Path::new("."));
+    let dated = dir.join(format!("{prefix}-{stamp}.pem"));
+    write_secret(&dated, data).map_err(io_err(&dated))?;
+    let tmp = dir.join(format!(".{name}.link.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dated.file_name().expect("named"), &tmp).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, current).map_err(io_err(current))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
 /// Existing (cert, key) for a spec; for kubeconfigs also requires the server and CA to match.
 fn read_existing(root: &Path, spec: &CertSpec, ca: &CaPair, cluster_name: &str) -> Existing {
     let unusable = |why: &str| Existing::Unusable(why.to_string());
@@ -463,10 +494,11 @@ fn write_issued(
             write_secret(&k, i.key_pem.as_bytes()).map_err(io_err(&k))?;
             atomic_write(&c, i.cert_pem.as_bytes(), 0o644).map_err(io_err(&c))
         }
-        Target::Combined { path } => {
-            let p = rooted(root, path);
-            write_secret(&p, format!("{}{}", i.cert_pem, i.key_pem).as_bytes()).map_err(io_err(&p))
-        }
+        Target::Combined { path } => write_dated_pair(
+            &rooted(root, path),
+            format!("{}{}", i.cert_pem, i.key_pem).as_bytes(),
+            OffsetDateTime::now_utc(),
+        ),
         Target::Kubeconfig { path, server } => {
             let k = Kubeconfig::new(
                 cluster_name,
