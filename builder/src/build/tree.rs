@@ -171,8 +171,10 @@ pub fn customize(
             &dir.join("boot"),
             installs,
             &overlays.dirs,
-            ENABLED_UNITS,
-            ENABLED_IF_PRESENT,
+            &rootfs::Units {
+                required: ENABLED_UNITS,
+                if_present: ENABLED_IF_PRESENT,
+            },
             b.epoch,
         )?;
         Ok(TreeMeta {

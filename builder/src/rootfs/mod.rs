@@ -46,14 +46,21 @@ pub struct Customized {
 
 /// Unpack the base into `root`, add payload, overlays and firstboot, regenerate the
 /// initramfs and take kernel and initrd out into `boot_dir`.
+/// The systemd units [`customize`] enables: all of `required`, and those of
+/// `if_present` whose unit file the tree has.
+#[derive(Debug, Clone, Copy)]
+pub struct Units<'a> {
+    pub required: &'a [&'a str],
+    pub if_present: &'a [&'a str],
+}
+
 pub fn customize(
     base_tar: &Path,
     root: &Path,
     boot_dir: &Path,
     installs: &[Install],
     overlays: &[PathBuf],
-    enable_units: &[&str],
-    enable_if_present: &[&str],
+    units: &Units,
     epoch: i64,
 ) -> Result<Customized> {
     remove_tree(root).with_context(|| format!("removing stale {}", root.display()))?;
@@ -74,8 +81,8 @@ pub fn customize(
     for o in overlays {
         copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
     }
-    let mut units: Vec<&str> = enable_units.to_vec();
-    units.extend(enable_if_present.iter().filter(|u| {
+    let mut enable: Vec<&str> = units.required.to_vec();
+    enable.extend(units.if_present.iter().filter(|u| {
         [
             "usr/lib/systemd/system",
             "lib/systemd/system",
@@ -84,12 +91,12 @@ pub fn customize(
         .iter()
         .any(|d| root.join(d).join(u).exists())
     }));
-    if !units.is_empty() {
+    if !enable.is_empty() {
         tools::run(
             Command::new("systemctl")
                 .arg(format!("--root={}", root.display()))
                 .arg("enable")
-                .args(&units),
+                .args(&enable),
         )
         .context("enabling systemd units")?;
     }
