@@ -25,8 +25,16 @@ use time::{Duration, OffsetDateTime};
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 /// Leaf certificates are valid for one year.
 pub const LEAF_VALIDITY: Duration = Duration::days(365);
-/// An existing leaf certificate that expires sooner than this is reissued.
+/// An existing leaf certificate that expires sooner than this is reissued (see
+/// [`renew_window`]).
 pub const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// How long before its end a certificate is reissued: [`RENEW_BEFORE`], or the last
+/// third of its lifetime when that is shorter (a one-hour certificate is renewed in its
+/// last 20 minutes, not at once).
+pub fn renew_window(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Duration {
+    RENEW_BEFORE.min((not_after - not_before) / 3)
+}
 /// Certificates start a little in the past to tolerate clock skew between nodes.
 const BACKDATE: Duration = Duration::minutes(5);
 
@@ -312,7 +320,8 @@ pub fn check_existing(
         return Some("not signed by the current CA".into());
     }
     let not_after = cert.validity().not_after.to_datetime();
-    if not_after - now < RENEW_BEFORE || cert.validity().not_before.to_datetime() > now + BACKDATE {
+    let not_before = cert.validity().not_before.to_datetime();
+    if not_after - now < renew_window(not_before, not_after) || not_before > now + BACKDATE {
         return Some(format!("validity ends {not_after}"));
     }
     let cn: Vec<_> = cert

@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
-use nodeimage_core::files::{atomic_write, rooted};
+use nodeimage_core::files::rooted;
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
 use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
@@ -156,12 +156,8 @@ fn valid_registry_dir(host: &str) -> bool {
 
 /// Writes `content` unless the file already holds it; true when it changed.
 fn write_if_changed(path: &Path, content: &str, mode: u32) -> Result<bool> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
-        return Ok(false);
-    }
-    atomic_write(path, content.as_bytes(), mode)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(true)
+    nodeimage_core::files::write_if_changed(path, content.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes config.toml and the hosts.toml files for `schema` under `root`. Returns

@@ -24,6 +24,7 @@ pub mod kube;
 pub mod net;
 pub mod pki;
 pub mod preflight;
+pub mod renew;
 pub mod run;
 pub mod source;
 pub mod state;

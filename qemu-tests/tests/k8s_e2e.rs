@@ -406,12 +406,13 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
             .arg(&image)
             .arg(&disk))
         .unwrap();
-        // 40 GiB (sparse), the seeds' disk requirement; the state partition grows into it.
+        // 48 GiB (sparse): the seeds' 40 GiB free for /var once the root, ESP and
+        // filesystem overhead are taken; the state partition grows into it.
         std::fs::OpenOptions::new()
             .write(true)
             .open(&disk)
             .unwrap()
-            .set_len(40 << 30)
+            .set_len(48 << 30)
             .unwrap();
         nodeimage(&[
             "write-config",

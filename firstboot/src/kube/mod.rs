@@ -163,7 +163,7 @@ impl std::fmt::Debug for GeneratedFile {
 }
 
 impl GeneratedFile {
-    fn new(path: &str, mode: u32, contents: String) -> Self {
+    pub(crate) fn new(path: &str, mode: u32, contents: String) -> Self {
         GeneratedFile {
             path: path.to_string(),
             mode,
