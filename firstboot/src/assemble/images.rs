@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::kube::manifests::Images;
-use nodeimage_core::config::NodeConfig;
+use nodeimage_core::config::{CniProvider, NodeConfig};
 use nodeimage_core::files::rooted;
 
 /// Written by the image build: the OCI images baked into the image.
@@ -90,6 +90,11 @@ pub const IMAGE_KEYS: &[ImageKey] = &[
         default: "docker.io/rajchaudhuri/weave-npc:2.9.0",
     },
     ImageKey {
+        name: "flannel",
+        aliases: &["flannel-io/flannel"],
+        default: "ghcr.io/flannel-io/flannel:v0.28.10",
+    },
+    ImageKey {
         name: "ingress-nginx-controller",
         aliases: &["ingress-nginx/controller"],
         default: "registry.k8s.io/ingress-nginx/controller:v1.15.1",
@@ -115,11 +120,15 @@ fn key(name: &str) -> &'static ImageKey {
         .expect("known image key")
 }
 
-/// The images this cluster's manifests need (CoreDNS and Weave Net always, addons when
-/// enabled).
+/// The images this cluster's manifests need (CoreDNS and the pod network's always,
+/// addons when enabled).
 pub fn needed_images(config: &NodeConfig) -> Vec<&'static str> {
     let a = &config.cluster.addons;
-    let mut v = vec!["coredns", "weave-kube", "weave-npc"];
+    let mut v = vec!["coredns"];
+    match config.cluster.network.provider {
+        CniProvider::Weave => v.extend(["weave-kube", "weave-npc"]),
+        CniProvider::Flannel => v.push("flannel"),
+    }
     if a.ingress_enabled() {
         v.push("ingress-nginx-controller");
     }
@@ -184,6 +193,7 @@ pub fn resolve_images(root: &Path, config: &NodeConfig) -> Result<(Images, Strin
         coredns: pick("coredns")?,
         weave_kube: pick("weave-kube")?,
         weave_npc: pick("weave-npc")?,
+        flannel: pick("flannel")?,
         ingress_nginx_controller: pick("ingress-nginx-controller")?,
         ingress_default_backend: entries
             .as_ref()

@@ -170,7 +170,13 @@ pub fn kubelet_configuration(inp: &KubeInputs) -> KubeletConfiguration {
 
 /// [`kubelet_configuration`] as the file's text.
 pub fn kubelet_config(inp: &KubeInputs) -> String {
-    crate::yaml::to_string(&kubelet_configuration(inp))
+    let c = kubelet_configuration(inp);
+    let over = &inp.node.cluster.components.kubelet.config;
+    if over.is_empty() {
+        crate::yaml::to_string(&c)
+    } else {
+        crate::yaml::to_string(&super::with_overrides(&c, over))
+    }
 }
 
 /// The labels the kubelet sets on itself (`--node-labels`): the operator's labels, which
@@ -202,6 +208,7 @@ pub fn kubelet_flags(inp: &KubeInputs) -> Flags {
     if inp.node.cluster.cloud.is_some() {
         f.set("cloud-provider", "external");
     }
+    f.extend_from(&inp.node.cluster.components.kubelet.extra_args);
     f
 }
 

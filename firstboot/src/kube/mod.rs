@@ -38,6 +38,7 @@ use nodeimage_core::ports::{NodeFacts, PortPolicy, PortsError, Service};
 pub mod addons;
 pub mod control_plane;
 pub mod csr;
+pub mod flannel;
 
 pub mod kubelet;
 pub mod manifests;
@@ -201,6 +202,14 @@ impl Flags {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// Add (or replace) the operator's flags: `components.<name>.extra_args`.
+    pub fn extend_from(&mut self, extra: &std::collections::BTreeMap<String, String>) -> &mut Self {
+        for (k, v) in extra {
+            self.set(k, v.clone());
+        }
+        self
+    }
+
     /// One `--name=value` per element.
     pub fn to_args(&self) -> Vec<String> {
         self.iter().map(|(k, v)| format!("--{k}={v}")).collect()
@@ -291,6 +300,21 @@ pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
     }
     v.extend(kubelet::kubelet_files(inp));
     v.extend(proxy::kube_proxy_files(inp));
+    v
+}
+
+/// A configuration file's typed value with the operator's top-level fields
+/// (`components.<name>.config`) merged over it: a field they name replaces the product's.
+pub fn with_overrides<T: serde::Serialize>(
+    typed: &T,
+    over: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(typed).expect("configuration types serialize");
+    if let serde_json::Value::Object(m) = &mut v {
+        for (k, x) in over {
+            m.insert(k.clone(), x.clone());
+        }
+    }
     v
 }
 
