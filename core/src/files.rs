@@ -119,6 +119,18 @@ pub fn resolve_in_root(
     Ok(root.join(done))
 }
 
+/// [`atomic_write`] unless `path` already holds `data` with `mode` (so that a second
+/// run changes nothing, not even a modification time). True when it wrote.
+pub fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> std::io::Result<bool> {
+    if let (Ok(old), Ok(meta)) = (fs::read(path), fs::metadata(path)) {
+        if old == data && meta.permissions().mode() & 0o7777 == mode {
+            return Ok(false);
+        }
+    }
+    atomic_write(path, data, mode)?;
+    Ok(true)
+}
+
 /// Write `data` to `path` atomically: a temporary file in the same directory, fsync,
 /// chmod, rename. Parent directories are created (0755). Nothing is left half-written.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {

@@ -508,6 +508,26 @@ fn components_extra_args_and_config() {
     }
 }
 
+/// `cloud.provider` without a cloud-controller-manager leaves every Node tainted
+/// `uninitialized`: the bootstrap master's report says so.
+#[test]
+fn a_cloud_provider_without_its_controller_is_reported() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    assert!(
+        node.cluster.cloud.is_some(),
+        "the fixture sets cloud.provider"
+    );
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let (_, notes) = firstboot::assemble::bootstrap_manifests(&inp, &images()).unwrap();
+    assert!(
+        notes.iter().any(
+            |n| n.contains("node.cloudprovider.kubernetes.io/uninitialized")
+                && n.contains("cloud-controller-manager for `aws`")
+        ),
+        "{notes:?}"
+    );
+}
+
 #[test]
 fn node_roles_are_set_through_the_api() {
     let masters = vec!["10.133.0.10".to_string()];
@@ -571,7 +591,7 @@ fn bootstrap_token_values_stay_strings() {
             !debug.contains(t.secret()),
             "Debug shows the secret: {debug}"
         );
-        let yaml = firstboot::yaml::to_string(&secret);
+        let yaml = nodeimage_core::yaml::to_string(&secret);
         let v = parse(&yaml);
         let (id, secret) = token.split_once('.').unwrap();
         assert_eq!(v["stringData"]["token-id"], json!(id), "{yaml}");
@@ -587,7 +607,7 @@ fn bootstrap_token_values_stay_strings() {
             let scalar = line.split_once(": ").map_or("", |(_, s)| s);
             let quoted = scalar.starts_with(['\'', '"']);
             assert!(
-                quoted || !firstboot::yaml::misread_by_yaml11(scalar),
+                quoted || !nodeimage_core::yaml::misread_by_yaml11(scalar),
                 "{token}: `{line}` is a number to YAML 1.1"
             );
         }

@@ -13,7 +13,7 @@ use crate::profile::LoadedProfile;
 use crate::rootfs::{self, BaseSpec, BaseTar, Install};
 
 /// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
-const CUSTOMIZE_STAGE_VERSION: u32 = 1;
+const CUSTOMIZE_STAGE_VERSION: u32 = 2;
 
 /// Units every image enables.
 pub const ENABLED_UNITS: &[&str] = &[
@@ -21,6 +21,12 @@ pub const ENABLED_UNITS: &[&str] = &[
     "nodeimage-firewall.service",
     "systemd-networkd.service",
 ];
+
+/// Units an image enables when it has them: resolved (the node's DNS servers from DHCP)
+/// and containerd (from a Debian package or the kubernetes overlay's unit for the
+/// profile's pinned release files), so they start on every boot, not only when
+/// firstboot starts them on the first.
+pub const ENABLED_IF_PRESENT: &[&str] = &["systemd-resolved.service", "containerd.service"];
 
 /// The Debian base: its spec (what decides it) and the tarball.
 #[derive(Debug, Clone)]
@@ -146,6 +152,7 @@ pub fn customize(
     installs: &[Install],
     overlays: &Overlays,
 ) -> Result<RootTree> {
+    let all_units = [ENABLED_UNITS, ENABLED_IF_PRESENT].concat();
     let inputs = CustomizeInputs {
         base_sha256: &base.tar.sha256,
         installs: installs
@@ -153,7 +160,7 @@ pub fn customize(
             .map(|i| Ok((i.dest.as_str(), i.mode, sha256_file(&i.source)?.0)))
             .collect::<Result<_>>()?,
         overlays_sha256: overlays.digest()?,
-        units: ENABLED_UNITS,
+        units: &all_units,
         epoch: b.epoch,
     };
     let key = super::cache::stage_key("customize", CUSTOMIZE_STAGE_VERSION, &inputs)?;
@@ -164,7 +171,10 @@ pub fn customize(
             &dir.join("boot"),
             installs,
             &overlays.dirs,
-            ENABLED_UNITS,
+            &rootfs::Units {
+                required: ENABLED_UNITS,
+                if_present: ENABLED_IF_PRESENT,
+            },
             b.epoch,
         )?;
         Ok(TreeMeta {

@@ -18,6 +18,9 @@ pub fn required_packages(arch: Arch) -> Vec<String> {
     let mut p: Vec<String> = [
         "systemd",
         "systemd-sysv",
+        // DNS resolvers from DHCP or the platform (networkd hands them over); the
+        // image's /etc/resolv.conf is its stub resolver, never the build machine's.
+        "systemd-resolved",
         "udev",
         "dbus",
         "systemd-boot-efi",

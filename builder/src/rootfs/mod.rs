@@ -46,13 +46,21 @@ pub struct Customized {
 
 /// Unpack the base into `root`, add payload, overlays and firstboot, regenerate the
 /// initramfs and take kernel and initrd out into `boot_dir`.
+/// The systemd units [`customize`] enables: all of `required`, and those of
+/// `if_present` whose unit file the tree has.
+#[derive(Debug, Clone, Copy)]
+pub struct Units<'a> {
+    pub required: &'a [&'a str],
+    pub if_present: &'a [&'a str],
+}
+
 pub fn customize(
     base_tar: &Path,
     root: &Path,
     boot_dir: &Path,
     installs: &[Install],
     overlays: &[PathBuf],
-    enable_units: &[&str],
+    units: &Units,
     epoch: i64,
 ) -> Result<Customized> {
     remove_tree(root).with_context(|| format!("removing stale {}", root.display()))?;
@@ -73,12 +81,22 @@ pub fn customize(
     for o in overlays {
         copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
     }
-    if !enable_units.is_empty() {
+    let mut enable: Vec<&str> = units.required.to_vec();
+    enable.extend(units.if_present.iter().filter(|u| {
+        [
+            "usr/lib/systemd/system",
+            "lib/systemd/system",
+            "etc/systemd/system",
+        ]
+        .iter()
+        .any(|d| root.join(d).join(u).exists())
+    }));
+    if !enable.is_empty() {
         tools::run(
             Command::new("systemctl")
                 .arg(format!("--root={}", root.display()))
                 .arg("enable")
-                .args(enable_units),
+                .args(&enable),
         )
         .context("enabling systemd units")?;
     }
@@ -200,8 +218,21 @@ fn scrub(root: &Path) -> Result<()> {
     // Empty machine-id: systemd generates one on first boot and commits it to the
     // writable /etc overlay.
     fs::write(root.join("etc/machine-id"), b"")?;
+    // The node's resolvers come from DHCP or the platform through systemd-resolved:
+    // /etc/resolv.conf is resolved's stub, whatever the base's build left there (a copy of
+    // the build machine's own file leaks its name servers and resolves nothing on a node).
+    let resolv = root.join("etc/resolv.conf");
+    match fs::symlink_metadata(&resolv) {
+        Ok(_) => fs::remove_file(&resolv)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::os::unix::fs::symlink(RESOLV_CONF_TARGET, &resolv)?;
     Ok(())
 }
+
+/// Where the image's /etc/resolv.conf points: systemd-resolved's stub file.
+pub const RESOLV_CONF_TARGET: &str = "../run/systemd/resolve/stub-resolv.conf";
 
 /// /proc, /sys and /dev mounted into a chroot for the duration of a command.
 struct ChrootMounts {
@@ -238,5 +269,40 @@ impl Drop for ChrootMounts {
         for t in self.mounted.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(t).status();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing of the build machine's DNS setup stays in the image: whatever the base
+    /// left as /etc/resolv.conf (a copy of the host's, mode 0755, seen in a built image)
+    /// becomes the link to systemd-resolved's stub.
+    #[test]
+    fn scrub_replaces_the_build_hosts_resolv_conf() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+        fs::set_permissions(
+            root.join("etc/resolv.conf"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        scrub(root).unwrap();
+        assert_eq!(
+            fs::read_link(root.join("etc/resolv.conf")).unwrap(),
+            Path::new(RESOLV_CONF_TARGET)
+        );
+        // Idempotent, and also when nothing was there.
+        scrub(root).unwrap();
+        fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+        scrub(root).unwrap();
+        assert!(fs::symlink_metadata(root.join("etc/resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

@@ -2,11 +2,11 @@
 //! the audit policy and the webhook kubeconfigs they read.
 
 use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit};
-use crate::kubeconfig::{
-    ClusterEntry, ContextEntry, Kubeconfig, NamedCluster, NamedContext, NamedUser, UserEntry,
-};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nodeimage_core::kubeconfig::{
+    ClusterEntry, ContextEntry, Kubeconfig, NamedCluster, NamedContext, NamedUser, UserEntry,
+};
 use nodeimage_core::layout::paths;
 
 pub const APISERVER_UNIT: &str = "/etc/systemd/system/kube-apiserver.service";

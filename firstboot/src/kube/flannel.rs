@@ -15,7 +15,7 @@
 
 use super::objects::*;
 use super::KubeInputs;
-use crate::yaml;
+use nodeimage_core::yaml;
 
 /// The namespace flannel runs in.
 const NS: &str = "kube-system";

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::objects::*;
 use super::KubeInputs;
-use crate::yaml;
 use nodeimage_core::config::{BootstrapToken, CniProvider};
 use nodeimage_core::layout::CLUSTER_ADMINS_GROUP;
+use nodeimage_core::yaml;
 
 /// The group a bootstrap token authenticates into (kubeadm's name, so tooling that
 /// knows kubeadm recognises it).
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Manifest {
 pub(crate) fn manifest(name: &str, docs: Vec<yaml_serde::Value>, secret: bool) -> Manifest {
     Manifest {
         name: name.into(),
-        yaml: crate::yaml::documents(&docs),
+        yaml: nodeimage_core::yaml::documents(&docs),
         secret,
     }
 }

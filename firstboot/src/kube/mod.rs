@@ -4,7 +4,7 @@
 //!
 //! All of it is pure: values in, text out, golden-file tested. Manifests, the kubelet's
 //! and kube-proxy's configurations and kubeconfigs are typed values ([`objects`] and
-//! the configuration structs) serialized by [`crate::yaml`], never text templates;
+//! the configuration structs) serialized by [`nodeimage_core::yaml`], never text templates;
 //! systemd units come from [`ServiceUnit`]. Written from the Kubernetes v1.35 reference
 //! documentation. Decisions worth knowing:
 //!
@@ -163,7 +163,7 @@ impl std::fmt::Debug for GeneratedFile {
 }
 
 impl GeneratedFile {
-    fn new(path: &str, mode: u32, contents: String) -> Self {
+    pub(crate) fn new(path: &str, mode: u32, contents: String) -> Self {
         GeneratedFile {
             path: path.to_string(),
             mode,

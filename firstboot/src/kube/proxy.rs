@@ -22,9 +22,9 @@ pub fn kube_proxy_config(inp: &KubeInputs) -> String {
     let c = kube_proxy_configuration(inp);
     let over = &inp.node.cluster.components.kube_proxy.config;
     if over.is_empty() {
-        crate::yaml::to_string(&c)
+        nodeimage_core::yaml::to_string(&c)
     } else {
-        crate::yaml::to_string(&super::with_overrides(&c, over))
+        nodeimage_core::yaml::to_string(&super::with_overrides(&c, over))
     }
 }
 

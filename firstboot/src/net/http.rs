@@ -159,10 +159,13 @@ impl Http {
         let mut backoff = Backoff::new(self.timeouts.backoff_initial, self.timeouts.backoff_max);
         let mut sent = 0u32;
         let mut last: Option<Failure> = None;
+        // The last HTTP status a failed attempt got: a server that answers 500 until
+        // the deadline is reported as such even when the deadline cut the final attempt.
+        let mut last_status: Option<u16> = None;
         let outcome = wait_until(&deadline, &mut backoff, |_| {
             let remaining = deadline.remaining();
             if remaining.is_zero() {
-                return Poll::Ready(Err(self.deadline_error(url, sent, &last)));
+                return Poll::Ready(Err(self.deadline_error(url, sent, &last, last_status)));
             }
             sent += 1;
             match self.attempt(client, &method, url, &start, headers, remaining) {
@@ -170,7 +173,10 @@ impl Http {
                 Err(TryError::Final(e)) => Poll::Ready(Err(e)),
                 Err(TryError::Retry(f)) => {
                     let m = match &f {
-                        Failure::Status(s) => format!("HTTP {s}"),
+                        Failure::Status(s) => {
+                            last_status = Some(*s);
+                            format!("HTTP {s}")
+                        }
                         Failure::Other(m) => m.clone(),
                     };
                     tracing::debug!(source = %self.who, url, error = %m, attempt = sent, "retrying");
@@ -181,7 +187,7 @@ impl Http {
         });
         match outcome {
             Ok(r) => r,
-            Err(_) => Err(self.deadline_error(url, sent, &last)),
+            Err(_) => Err(self.deadline_error(url, sent, &last, last_status)),
         }
     }
 
@@ -306,23 +312,37 @@ impl Http {
         Ok(body)
     }
 
-    fn deadline_error(&self, url: &str, attempts: u32, last: &Option<Failure>) -> NetError {
+    fn deadline_error(
+        &self,
+        url: &str,
+        attempts: u32,
+        last: &Option<Failure>,
+        last_status: Option<u16>,
+    ) -> NetError {
         let after_ms = self.deadline().elapsed().as_millis();
-        match last {
-            Some(Failure::Status(status)) => NetError::Status {
+        match (last, last_status) {
+            (Some(Failure::Other(m)), Some(status)) => NetError::Status {
+                who: self.who.clone(),
+                url: url.into(),
+                status,
+                detail: format!(
+                    "still failing after {attempts} attempts in {after_ms} ms (the last one: {m})"
+                ),
+            },
+            (Some(Failure::Status(status)), _) => NetError::Status {
                 who: self.who.clone(),
                 url: url.into(),
                 status: *status,
                 detail: format!("still failing after {attempts} attempts in {after_ms} ms"),
             },
-            Some(Failure::Other(m)) => NetError::Timeout {
+            (Some(Failure::Other(m)), None) => NetError::Timeout {
                 who: self.who.clone(),
                 url: url.into(),
                 after_ms,
                 attempts,
                 last: m.clone(),
             },
-            None => NetError::Timeout {
+            (None, _) => NetError::Timeout {
                 who: self.who.clone(),
                 url: url.into(),
                 after_ms,
