@@ -104,7 +104,7 @@ pub enum IgnitionError {
     Fetch(#[from] NetError),
     /// Fetched contents do not match their `verification.hash`.
     #[error(transparent)]
-    HashMismatch(HashMismatch),
+    HashMismatch(Box<HashMismatch>),
     /// Writing failed; everything already written was rolled back.
     #[error("Ignition: applying {path}: {error} (rolled back)")]
     Apply {

@@ -159,13 +159,13 @@ fn verify_hash(
         } else {
             format!("{what} ({url})")
         };
-        return Err(IgnitionError::HashMismatch(HashMismatch {
+        return Err(IgnitionError::HashMismatch(Box::new(HashMismatch {
             source_name: source_name.into(),
             what: shown,
             algorithm,
             expected: expected.to_ascii_lowercase(),
             actual,
-        }));
+        })));
     }
     Ok(())
 }

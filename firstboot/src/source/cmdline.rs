@@ -196,13 +196,13 @@ impl DataSource for ConfigUrlSource {
         if let Some(expected) = &self.sha256 {
             let actual = hex::encode(Sha256::digest(&body));
             if &actual != expected {
-                return Err(SourceError::HashMismatch(HashMismatch {
+                return Err(SourceError::HashMismatch(Box::new(HashMismatch {
                     source_name: SOURCE_NAME.into(),
                     what: self.url.clone(),
                     algorithm: "sha256",
                     expected: expected.clone(),
                     actual,
-                }));
+                })));
             }
         }
         Ok(Some(body))
