@@ -543,8 +543,9 @@ fn write_issued(
             write_secret(&k, i.key_pem.as_bytes()).map_err(io_err(&k))?;
             atomic_write(&c, i.cert_pem.as_bytes(), 0o644).map_err(io_err(&c))
         }
+        // The link itself is replaced, never the dated file it points to.
         Target::Combined { path } => write_dated_pair(
-            &rooted(root, path),
+            &nodeimage_core::files::rooted_nofollow(root, path),
             format!("{}{}", i.cert_pem, i.key_pem).as_bytes(),
             OffsetDateTime::now_utc(),
         ),

@@ -102,6 +102,17 @@ fn short_lived_master_certificates_are_renewed_in_their_window_only() {
         assert!(units.contains(u), "{u} in {units:?}");
     }
 
+    // The kubelet's client pair is still a link to a regular dated file (the link was
+    // swapped, the old dated file left alone).
+    let current = nodeimage_core::files::rooted_nofollow(r, paths::KUBELET_CLIENT_CURRENT);
+    let target = std::fs::read_link(&current).expect("kubelet-client-current.pem is a link");
+    let dated = current.parent().unwrap().join(&target);
+    assert!(
+        std::fs::symlink_metadata(&dated).unwrap().is_file(),
+        "{} is a regular file",
+        dated.display()
+    );
+
     // Right after, nothing is due again.
     let again = renew::renew_at(r, t0 + Duration::minutes(46), hour).unwrap();
     assert!(again.iter().all(|(_, o)| matches!(o, Outcome::Kept)));

@@ -288,7 +288,7 @@ fn master_pki_is_complete_correct_and_idempotent() {
     assert!(combined.contains("PRIVATE KEY"));
     // The kubelet's certificate store layout, which rotation needs: `-current.pem` is a
     // symlink to a dated 0600 file beside it (client-go refuses to rotate a regular file).
-    let current = rooted(root, paths::KUBELET_CLIENT_CURRENT);
+    let current = nodeimage_core::files::rooted_nofollow(root, paths::KUBELET_CLIENT_CURRENT);
     let link = std::fs::read_link(&current).expect("kubelet-client-current.pem is a symlink");
     let link = link.to_str().unwrap();
     assert!(

@@ -320,7 +320,8 @@ pub struct WebhookCluster {
     pub certificate_authority: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The webhook's client identity; `Debug` never shows the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookUser {
     pub name: String,
@@ -328,6 +329,19 @@ pub struct WebhookUser {
     pub client_key: Option<String>,
     #[serde(default)]
     pub client_certificate: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookUser")
+            .field("name", &self.name)
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_certificate", &self.client_certificate.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

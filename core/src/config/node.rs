@@ -130,8 +130,9 @@ pub enum TaintEffect {
     NoExecute,
 }
 
-/// A file the node config asks firstboot to write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A file the node config asks firstboot to write. Its `Debug` shows the length of the
+/// contents, never the contents (a key, a kubeconfig).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     /// Absolute path on the node.
@@ -140,6 +141,16 @@ pub struct FileSpec {
     #[serde(default)]
     pub mode: Option<FileMode>,
     pub contents: String,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .field("contents", &format_args!("<{} bytes>", self.contents.len()))
+            .finish()
+    }
 }
 
 impl FileSpec {
@@ -253,6 +264,12 @@ impl NodeConfig {
         let c: NodeConfig = parse_yaml(source_name, text)?;
         c.validate(source_name)?;
         Ok(c)
+    }
+
+    /// [`NodeConfig::parse`] for user data: errors carry none of the document's values
+    /// ([`ConfigError::redacted`]).
+    pub fn parse_untrusted(source_name: &str, text: &str) -> Result<Self, ConfigError> {
+        Self::parse(source_name, text).map_err(|e| e.redacted(text))
     }
 
     pub fn to_yaml(&self) -> String {
