@@ -301,7 +301,9 @@ fn start(disk: &Path, name: &str, extra: Vec<String>) -> Vm {
 /// returns the line and the report lines.
 fn boot(disk: &Path, name: &str, extra: Vec<String>) -> (String, Vec<serde_json::Value>) {
     let mut vm = start(disk, name, extra);
-    let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
+    let (line, at) = vm
+        .wait_for_any(&["firstboot: ok", "firstboot: error"], BOOT_TIMEOUT)
+        .unwrap();
     eprintln!(
         "{name}: `{line}` {:.1} s after QEMU start",
         at.as_secs_f64()
