@@ -12,16 +12,31 @@ use crate::net::tls_client;
 use crate::systemd;
 use nodeimage_core::errors::chain as error_chain;
 use nodeimage_core::files::rooted;
+use nodeimage_core::kubeconfig::Kubeconfig;
 use nodeimage_core::layout::paths;
 
 /// `GET {base}/readyz`: Ok on 200, else what the server (or the network) said.
 pub fn readyz(client: &reqwest::blocking::Client, base: &str) -> std::result::Result<(), String> {
-    match client.get(format!("{base}/readyz")).send() {
+    match client.get(format!("{base}/readyz?verbose")).send() {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => {
             let status = r.status();
-            let body: String = r.text().unwrap_or_default().chars().take(200).collect();
-            Err(format!("HTTP {status}: {}", body.trim()))
+            let body = r.text().unwrap_or_default();
+            // The verbose answer lists every check; say which fail (`[-]…`).
+            let failing: Vec<&str> = body
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("[-]"))
+                .collect();
+            let detail: String = if failing.is_empty() {
+                body.trim().to_string()
+            } else {
+                failing.join("; ")
+            };
+            Err(format!(
+                "HTTP {status}: {}",
+                detail.chars().take(400).collect::<String>()
+            ))
         }
         Err(e) => Err(error_chain(&e)),
     }
@@ -33,8 +48,11 @@ pub fn read_rooted(root: &Path, node_path: &str) -> Result<String> {
     std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
 }
 
-/// Wait until the local API server says it is ready, with a client certificate signed
-/// by the cluster CA (any authenticated user may read `/readyz`).
+/// Wait until the local API server says it is ready. The bootstrap master asks as its
+/// super-admin (`system:masters`, which the authorizer admits before the RBAC bootstrap
+/// roles exist, as kubeadm does); other masters join a cluster whose roles exist and ask
+/// with the API server's kubelet-client certificate (any authenticated user may read
+/// `/readyz` once `system:public-info-viewer` is bound).
 pub fn wait_local_api(
     root: &Path,
     url: &str,
@@ -43,11 +61,25 @@ pub fn wait_local_api(
     live_units: bool,
 ) -> Result<Duration> {
     let ca = read_rooted(root, paths::CA_CRT)?;
-    let id = format!(
-        "{}\n{}",
-        read_rooted(root, paths::APISERVER_KUBELET_CLIENT_CRT)?,
-        read_rooted(root, paths::APISERVER_KUBELET_CLIENT_KEY)?
-    );
+    let super_admin = nodeimage_core::files::rooted(root, paths::SUPER_ADMIN_CONF);
+    let from_kubeconfig = std::fs::read_to_string(&super_admin)
+        .ok()
+        .and_then(|t| Kubeconfig::parse(&t).ok())
+        .and_then(|k| {
+            Some(format!(
+                "{}\n{}",
+                k.client_certificate_pem()?,
+                k.client_key_pem()?
+            ))
+        });
+    let id = match from_kubeconfig {
+        Some(id) => id,
+        None => format!(
+            "{}\n{}",
+            read_rooted(root, paths::APISERVER_KUBELET_CLIENT_CRT)?,
+            read_rooted(root, paths::APISERVER_KUBELET_CLIENT_KEY)?
+        ),
+    };
     let client = tls_client(&ca, Some(&id), Duration::from_secs(5))?;
     wait_until(
         progress,

@@ -82,8 +82,9 @@ fn waits_for_the_local_api_and_the_tls_bootstrap_over_tls() {
     let www = root.join("www");
     std::fs::create_dir_all(&www).unwrap();
     let respond = |status: &str, body: &str| {
+        // firstboot asks for `/readyz?verbose` (the failing checks by name).
         std::fs::write(
-            www.join("readyz"),
+            www.join("readyz?verbose"),
             format!("HTTP/1.0 {status}\r\nContent-Type: text/plain\r\n\r\n{body}"),
         )
         .unwrap()
