@@ -174,6 +174,20 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             ));
         }
     }
+    if let Some(ts) = &p.debian.snapshot {
+        if crate::rootfs::parse_snapshot(ts).is_none() {
+            return Err(at(
+                None,
+                format!("debian.snapshot: expected a snapshot.debian.org timestamp like \"20261201T000000Z\", found \"{ts}\""),
+            ));
+        }
+    }
+    if !(p.debian.snapshot_url.starts_with("http://") || p.debian.snapshot_url.starts_with("https://")) {
+        return Err(at(
+            None,
+            format!("debian.snapshot_url: expected an http(s):// URL, found \"{}\"", p.debian.snapshot_url),
+        ));
+    }
     if let Some(m) = shell_argument(&p.kernel.cmdline) {
         return Err(at(None, format!("kernel.cmdline: {m}")));
     }
@@ -365,6 +379,26 @@ install = "/usr/bin/tool"
     }
 
     /// Every profile the repository ships parses and validates.
+    #[test]
+    fn debian_snapshot_and_age_parse_and_bad_timestamps_are_refused() {
+        let base = "name = \"t\"\narch = \"x86_64\"\n[debian]\nsuite = \"bookworm\"\n";
+        let p = parse(
+            "p.toml",
+            &format!("{base}snapshot = \"20261201T000000Z\"\nmax_base_age_days = 30\n"),
+        )
+        .unwrap();
+        assert_eq!(p.debian.snapshot.as_deref(), Some("20261201T000000Z"));
+        assert_eq!(p.debian.snapshot_url, "http://snapshot.debian.org/archive");
+        assert_eq!(p.debian.max_base_age_days, Some(30));
+        let e = parse("p.toml", &format!("{base}snapshot = \"2026-12-01\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("debian.snapshot") && e.contains("20261201T000000Z") && e.contains("2026-12-01"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn kernel_arguments_that_open_a_shell_are_refused() {
         let base = "name = \"t\"\narch = \"x86_64\"\n[debian]\nsuite = \"bookworm\"\n[kernel]\n";

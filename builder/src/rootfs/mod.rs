@@ -11,7 +11,10 @@ mod base;
 mod erofs;
 mod files;
 
-pub use base::{debian_base, required_packages, resolve_mirror, BaseSpec, BaseTar};
+pub use base::{
+    base_age_days, debian_base, parse_release_date, parse_snapshot, render_sources,
+    required_packages, resolve_mirror, BaseRecord, BaseSpec, BaseTar, Mirrors, BASE_HOOKS,
+};
 pub use erofs::make_erofs;
 pub use files::{copy_tree, remove_tree, resolve_in_root};
 
