@@ -44,6 +44,8 @@ enum Command {
 enum ClusterCommand {
     /// Create the cluster's CAs, service-account keys, bootstrap token and Weave password (files 0600).
     New(nodeimage::cluster::ClusterNewArgs),
+    /// Write a kubeconfig with a client certificate from the cluster CA (for kubectl on a workstation).
+    Kubeconfig(nodeimage::cluster::KubeconfigArgs),
 }
 
 fn main() {
@@ -69,6 +71,7 @@ fn main() {
         Command::Inspect(a) => nodeimage::disk::inspect(a),
         Command::Ports(a) => nodeimage::ports::run(a),
         Command::Cluster(ClusterCommand::New(a)) => nodeimage::cluster::cluster_new(a),
+        Command::Cluster(ClusterCommand::Kubeconfig(a)) => nodeimage::cluster::kubeconfig(a),
         Command::NodeConfig(a) => nodeimage::cluster::node_config(a),
     };
     if let Err(e) = result {

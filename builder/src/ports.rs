@@ -332,7 +332,9 @@ addons:
         );
         assert!(out.contains("- `masters`: 10.0.0.1/32"), "{out}");
         assert!(
-            out.contains("| UDP | 8472 | flannel-vxlan | cluster nodes | no | option (flannel) |"),
+            out.contains(
+                "| UDP | 8472 | flannel-vxlan | cluster nodes | no | no: needs network.provider: flannel |"
+            ),
             "{out}"
         );
         // Labels not matching: ingress inactive, with the reason.

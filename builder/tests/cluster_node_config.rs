@@ -428,3 +428,85 @@ fn hosts_from_tf_writes_one_config_per_host() {
     );
     assert!(w.secrets.private_keys_present().is_empty());
 }
+
+/// `cluster kubeconfig`: a 0600 kubeconfig for the API endpoint with a client
+/// certificate the cluster CA signed (checked with `openssl verify`), CN the user, O the
+/// cluster-admins group, valid for the hours asked.
+#[test]
+fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
+    use nodeimage::cluster::{kubeconfig, KubeconfigArgs};
+    if !test_support::Needs::new("cluster kubeconfig")
+        .tool("openssl", "openssl")
+        .met()
+    {
+        return;
+    }
+    let (d, c) = setup(CLUSTER_YML);
+    let out = d.path().join("admin.conf");
+    kubeconfig(&KubeconfigArgs {
+        config: c.clone(),
+        secrets: None,
+        user: "alice".into(),
+        group: nodeimage_core::layout::CLUSTER_ADMINS_GROUP.into(),
+        server: None,
+        valid_hours: 2,
+        output: Some(out.clone()),
+    })
+    .unwrap();
+    assert_eq!(mode(&out), 0o600);
+    let k: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        k["clusters"][0]["cluster"]["server"].as_str(),
+        Some("https://demo-k8s.example.com:6443")
+    );
+    let b64 = |v: &yaml_serde::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let ca = d.path().join("ca.pem");
+    let cert = d.path().join("cert.pem");
+    std::fs::write(
+        &ca,
+        b64(&k["clusters"][0]["cluster"]["certificate-authority-data"]),
+    )
+    .unwrap();
+    std::fs::write(
+        &cert,
+        b64(&k["users"][0]["user"]["client-certificate-data"]),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        std::fs::read(d.path().join("secrets").join(secret_files::CA_CRT)).unwrap()
+    );
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&ca)
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-checkend", "3600", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        s.contains("O = kubeadm:cluster-admins") && s.contains("CN = alice"),
+        "{s}"
+    );
+    assert!(text.status.success(), "valid for another hour: {s}");
+    let later = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", "7300", "-in"])
+        .arg(&cert)
+        .status()
+        .unwrap();
+    assert!(!later.success(), "expires within about 2 h");
+}

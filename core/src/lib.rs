@@ -10,6 +10,8 @@
 //! * [`pki`]: certificate authorities and the issuing and checking of leaf certificates.
 //! * [`fat`]: the FAT file systems of the ESP and the NODECONFIG partition.
 //! * [`files`]: atomic, fsynced writes and root-prefixed paths.
+//! * [`kubeconfig`] and [`yaml`]: the kubeconfig format, and YAML Kubernetes' readers read
+//!   back as written (both programs write kubeconfigs).
 //! * [`retry`]: backoff, deadlines and one `wait_until` for every retry and poll loop.
 //! * [`errors`]: printing an error with its causes.
 
@@ -19,7 +21,9 @@ pub mod fat;
 pub mod files;
 pub mod firewall;
 pub mod images;
+pub mod kubeconfig;
 pub mod layout;
 pub mod pki;
 pub mod ports;
 pub mod retry;
+pub mod yaml;

@@ -25,8 +25,16 @@ use time::{Duration, OffsetDateTime};
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 /// Leaf certificates are valid for one year.
 pub const LEAF_VALIDITY: Duration = Duration::days(365);
-/// An existing leaf certificate that expires sooner than this is reissued.
+/// An existing leaf certificate that expires sooner than this is reissued (see
+/// [`renew_window`]).
 pub const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// How long before its end a certificate is reissued: [`RENEW_BEFORE`], or the last
+/// third of its lifetime when that is shorter (a one-hour certificate is renewed in its
+/// last 20 minutes, not at once).
+pub fn renew_window(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Duration {
+    RENEW_BEFORE.min((not_after - not_before) / 3)
+}
 /// Certificates start a little in the past to tolerate clock skew between nodes.
 const BACKDATE: Duration = Duration::minutes(5);
 
@@ -191,7 +199,11 @@ pub enum CaKind {
 pub enum Target {
     /// Certificate (0644) and key (0600) files.
     Files { cert: String, key: String },
-    /// Certificate followed by key in one 0600 file (the kubelet's `*-current.pem`).
+    /// Certificate followed by key in one 0600 file, laid out as the kubelet's certificate
+    /// store does: `path` (`…/kubelet-client-current.pem`) is a symlink to a dated file
+    /// beside it (`kubelet-client-<YYYY-MM-DD-HH-MM-SS>.pem`). The kubelet rotates the
+    /// certificate by writing a new dated file and moving the link; it refuses to when
+    /// `-current.pem` is a regular file.
     Combined { path: String },
     /// A kubeconfig (0600) with the client certificate and key embedded.
     Kubeconfig { path: String, server: String },
@@ -228,6 +240,16 @@ impl std::fmt::Debug for Issued {
 
 /// Issue a leaf certificate for `spec`, signed by `ca`, valid for [`LEAF_VALIDITY`].
 pub fn issue(spec: &CertSpec, ca: &CaPair, now: OffsetDateTime) -> Result<Issued, PkiError> {
+    issue_valid_for(spec, ca, now, LEAF_VALIDITY)
+}
+
+/// [`issue`] with another lifetime (never past the CA's own end).
+pub fn issue_valid_for(
+    spec: &CertSpec,
+    ca: &CaPair,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<Issued, PkiError> {
     let (ca_cert, ca_key) = ca.issuer(&format!("CA for {}", spec.name))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(crypto(format!("generating the {} key", spec.name)))?;
@@ -238,8 +260,7 @@ pub fn issue(spec: &CertSpec, ca: &CaPair, now: OffsetDateTime) -> Result<Issued
     p.extended_key_usages = spec.usage.ekus();
     p.use_authority_key_identifier_extension = true;
     p.not_before = now - BACKDATE;
-    p.not_after =
-        (now + LEAF_VALIDITY).min(ca_not_after(&ca.cert_pem).unwrap_or(now + LEAF_VALIDITY));
+    p.not_after = (now + validity).min(ca_not_after(&ca.cert_pem).unwrap_or(now + validity));
     p.serial_number = Some(random_serial());
     let mut sans = Vec::new();
     for d in &spec.dns_names {
@@ -299,7 +320,8 @@ pub fn check_existing(
         return Some("not signed by the current CA".into());
     }
     let not_after = cert.validity().not_after.to_datetime();
-    if not_after - now < RENEW_BEFORE || cert.validity().not_before.to_datetime() > now + BACKDATE {
+    let not_before = cert.validity().not_before.to_datetime();
+    if not_after - now < renew_window(not_before, not_after) || not_before > now + BACKDATE {
         return Some(format!("validity ends {not_after}"));
     }
     let cn: Vec<_> = cert

@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::systemd;
 use nodeimage_core::config::{NodeConfig, Role};
-use nodeimage_core::files::{atomic_write, rooted};
+use nodeimage_core::files::rooted;
 use nodeimage_core::images::{BakedImage, BakedImages, IMAGES_DIR};
 use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
@@ -43,6 +43,8 @@ pub const CERTS_DIR: &str = "/etc/containerd/certs.d";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
 /// The containerd namespace the CRI plugin uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
+/// The image label containerd's CRI reports as `pinned`: image GC leaves such images.
+pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 /// First line of every file this module writes: marks files it may replace or remove.
 const MARKER: &str = "# Written by firstboot (nodeimage); changes are overwritten.";
 /// How long to wait for containerd's socket after (re)starting it.
@@ -154,12 +156,8 @@ fn valid_registry_dir(host: &str) -> bool {
 
 /// Writes `content` unless the file already holds it; true when it changed.
 fn write_if_changed(path: &Path, content: &str, mode: u32) -> Result<bool> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
-        return Ok(false);
-    }
-    atomic_write(path, content.as_bytes(), mode)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(true)
+    nodeimage_core::files::write_if_changed(path, content.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes config.toml and the hosts.toml files for `schema` under `root`. Returns
@@ -332,6 +330,18 @@ impl Ctr {
         Ok(parse_images_ls(&out))
     }
 
+    /// Set `key=value` on an image (`ctr images label`); idempotent.
+    pub fn label(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let kv = format!("{key}={value}");
+        self.run(&[
+            "images".as_ref(),
+            "label".as_ref(),
+            name.as_ref(),
+            kv.as_ref(),
+        ])
+        .map(|_| ())
+    }
+
     /// `ctr images import` of one archive, for one platform.
     pub fn import(&self, archive: &Path, platform: &str) -> Result<()> {
         let mut args: Vec<&std::ffi::OsStr> = vec!["images".as_ref(), "import".as_ref()];
@@ -422,6 +432,12 @@ pub fn import_images_with(root: &Path, role: Role, ctr: &Ctr) -> Result<ImportRe
         let ms = t.elapsed().as_millis();
         tracing::info!(image = %img.name, reference = %img.reference, ms = ms as u64, "imported");
         report.imported.push((img.name.clone(), ms));
+    }
+    // Baked images are pinned in containerd's CRI: the kubelet's image garbage collection
+    // never removes them (an air-gapped node could not pull them back).
+    for img in &wanted {
+        ctr.label(&img.reference, PINNED_LABEL, "pinned")
+            .with_context(|| format!("pinning image `{}` ({})", img.name, img.reference))?;
     }
     if !report.imported.is_empty() {
         let have = ctr.images()?;

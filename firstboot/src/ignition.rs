@@ -104,7 +104,7 @@ pub enum IgnitionError {
     Fetch(#[from] NetError),
     /// Fetched contents do not match their `verification.hash`.
     #[error(transparent)]
-    HashMismatch(HashMismatch),
+    HashMismatch(Box<HashMismatch>),
     /// Writing failed; everything already written was rolled back.
     #[error("Ignition: applying {path}: {error} (rolled back)")]
     Apply {
@@ -276,10 +276,8 @@ pub fn stage(
     let mut fetcher = Fetcher::new(source_name, timeouts);
     let mut referenced = Vec::new();
     let value = merge::resolve(source_name, data, &mut fetcher, &mut referenced, 0)?;
-    let config: v3_6::Config = serde_json::from_value(value).map_err(|e| IgnitionError::Parse {
-        source_name: source_name.into(),
-        message: format!("after merging: {e}"),
-    })?;
+    let config: v3_6::Config = serde_json::from_value(value)
+        .map_err(|e| parse_error(source_name, data, format!("after merging: {e}")))?;
     let mut staged = validate::validate_and_fetch(source_name, &config, &fetcher)?;
     staged.version = version;
     staged.referenced = referenced;
@@ -295,12 +293,21 @@ pub fn stage(
     Ok(staged)
 }
 
+/// A parse error about the config `data`: the parsers quote what they refuse (a data:
+/// URL carrying the node config, a pasted key), so the document's values are taken out
+/// ([`nodeimage_core::errors::redact_document_values`]).
+pub(crate) fn parse_error(source_name: &str, data: &[u8], message: String) -> IgnitionError {
+    let doc = String::from_utf8_lossy(data);
+    let secrets = nodeimage_core::config::secret_values(&doc);
+    IgnitionError::Parse {
+        source_name: source_name.into(),
+        message: nodeimage_core::errors::redact_document_values(&message, &doc, &secrets),
+    }
+}
+
 /// The spec version string and the parsed config lifted to the 3.6 JSON form.
 fn parse_version(source_name: &str, data: &[u8]) -> Result<(String, Value), IgnitionError> {
-    let perr = |m: String| IgnitionError::Parse {
-        source_name: source_name.into(),
-        message: m,
-    };
+    let perr = |m: String| parse_error(source_name, data, m);
     let raw: Value = serde_json::from_slice(data).map_err(|e| perr(format!("not JSON: {e}")))?;
     let version = raw
         .pointer("/ignition/version")

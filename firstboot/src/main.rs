@@ -61,6 +61,10 @@ enum Command {
     /// Approve pending kubelet serving CSRs that pass the policy and label Nodes with
     /// their roles (run every 30 s by nodeimage-csr-approver.timer on the bootstrap master).
     ApproveCsrs,
+    /// Reissue this master's certificates that are in their renewal window (the last 30
+    /// days, or the last third of a shorter lifetime) and restart the components that
+    /// read them (run daily by nodeimage-cert-renewal.timer on masters).
+    RenewCerts,
 }
 
 fn main() {
@@ -101,6 +105,19 @@ fn main() {
                 1
             }
         },
+        Command::RenewCerts => {
+            let live = cli.run.root == std::path::Path::new("/");
+            match firstboot::renew::renew_certs(&cli.run.root, live) {
+                Ok(summary) => {
+                    println!("firstboot: renew-certs: {summary}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("firstboot: renew-certs: {}", run::error_line(&e));
+                    1
+                }
+            }
+        }
     };
     std::process::exit(code);
 }

@@ -15,7 +15,7 @@ use nodeimage_core::layout::{
 };
 pub use nodeimage_core::pki::*;
 
-use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
+use nodeimage_core::kubeconfig::{Kubeconfig, KubeconfigUser};
 
 /// The CAs and keys a master receives in its node config.
 #[derive(Debug, Clone)]
@@ -59,6 +59,34 @@ impl MasterSecrets {
         })
     }
 
+    /// The CAs and keys the master keeps under /etc/kubernetes/pki (written by the pki
+    /// step), for renewal long after the node config's secrets were erased.
+    pub fn from_pki_dir(root: &Path, stacked_etcd: bool) -> Result<Self, PkiError> {
+        let read = |p: &str| -> Result<String, PkiError> {
+            let path = rooted(root, p);
+            std::fs::read_to_string(&path).map_err(io_err(&path))
+        };
+        let pair = |c: &str, k: &str| -> Result<CaPair, PkiError> {
+            Ok(CaPair {
+                cert_pem: read(c)?,
+                key_pem: read(k)?,
+            })
+        };
+        Ok(MasterSecrets {
+            ca: pair(paths::CA_CRT, paths::CA_KEY)?,
+            front_proxy_ca: pair(paths::FRONT_PROXY_CA_CRT, paths::FRONT_PROXY_CA_KEY)?,
+            etcd_ca: if stacked_etcd {
+                Some(pair(paths::ETCD_CA_CRT, paths::ETCD_CA_KEY)?)
+            } else {
+                None
+            },
+            service_account: ServiceAccountKey {
+                private_pem: read(paths::SA_KEY)?,
+                public_pem: read(paths::SA_PUB)?,
+            },
+        })
+    }
+
     fn ca(&self, kind: CaKind) -> Option<&CaPair> {
         match kind {
             CaKind::Cluster => Some(&self.ca),
@@ -69,7 +97,8 @@ impl MasterSecrets {
 }
 
 /// What a master knows about itself and the cluster when it mints its certificates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Kept on the node (no secrets in it) so that renewal needs no node config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MasterIdentity {
     pub cluster_name: String,
     /// This node's name (hostname).
@@ -343,14 +372,10 @@ pub fn write_master_cas(root: &Path, s: &MasterSecrets) -> Result<(), PkiError> 
 }
 
 fn write_if_changed(path: &Path, data: &[u8], secret: bool) -> Result<(), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    let want_mode = if secret { 0o600 } else { 0o644 };
-    if let (Ok(old), Ok(meta)) = (std::fs::read(path), std::fs::metadata(path)) {
-        if old == data && meta.permissions().mode() & 0o777 == want_mode {
-            return Ok(());
-        }
-    }
-    atomic_write(path, data, want_mode).map_err(io_err(path))
+    let mode = if secret { 0o600 } else { 0o644 };
+    nodeimage_core::files::write_if_changed(path, data, mode)
+        .map(drop)
+        .map_err(io_err(path))
 }
 
 /// Mint (or keep) every certificate of [`master_cert_specs`] under `root`, and write the
@@ -362,13 +387,25 @@ pub fn ensure_master_pki(
     s: &MasterSecrets,
     now: OffsetDateTime,
 ) -> Result<PkiReport, PkiError> {
+    ensure_master_pki_valid_for(root, id, s, now, LEAF_VALIDITY)
+}
+
+/// [`ensure_master_pki`], issuing certificates valid for `validity` (renewal tests use
+/// short-lived ones).
+pub fn ensure_master_pki_valid_for(
+    root: &Path,
+    id: &MasterIdentity,
+    s: &MasterSecrets,
+    now: OffsetDateTime,
+    validity: time::Duration,
+) -> Result<PkiReport, PkiError> {
     write_master_cas(root, s)?;
     let mut report = Vec::new();
     for spec in master_cert_specs(id) {
         let ca = s
             .ca(spec.ca)
             .ok_or(PkiError::MissingSecret("etcd_ca_key"))?;
-        let outcome = ensure_cert(root, &spec, ca, &id.cluster_name, now)?;
+        let outcome = ensure_cert_valid_for(root, &spec, ca, &id.cluster_name, now, validity)?;
         tracing::info!(cert = %spec.name, outcome = ?outcome, "certificate");
         report.push((spec.name.clone(), outcome));
     }
@@ -383,6 +420,18 @@ pub fn ensure_cert(
     cluster_name: &str,
     now: OffsetDateTime,
 ) -> Result<Outcome, PkiError> {
+    ensure_cert_valid_for(root, spec, ca, cluster_name, now, LEAF_VALIDITY)
+}
+
+/// [`ensure_cert`] with another lifetime for a certificate it (re)issues.
+pub fn ensure_cert_valid_for(
+    root: &Path,
+    spec: &CertSpec,
+    ca: &CaPair,
+    cluster_name: &str,
+    now: OffsetDateTime,
+    validity: time::Duration,
+) -> Result<Outcome, PkiError> {
     let outcome = match read_existing(root, spec, ca, cluster_name) {
         Existing::Absent => Outcome::Created,
         Existing::Unusable(why) => Outcome::Replaced(why),
@@ -391,7 +440,7 @@ pub fn ensure_cert(
             Some(why) => Outcome::Replaced(why),
         },
     };
-    let issued = issue(spec, ca, now)?;
+    let issued = issue_valid_for(spec, ca, now, validity)?;
     write_issued(root, spec, ca, cluster_name, &issued)?;
     Ok(outcome)
 }
@@ -404,6 +453,37 @@ enum Existing {
 
 fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
+}
+
+/// The kubelet certificate store's layout for `current` (`<prefix>-current.pem`): the
+/// data in `<prefix>-<YYYY-MM-DD-HH-MM-SS>.pem` (0600) and `current` a relative symlink
+/// to it, swapped in with a rename (never a moment without one, a regular file left by
+/// an earlier version replaced too).
+fn write_dated_pair(current: &Path, data: &[u8], now: OffsetDateTime) -> Result<(), PkiError> {
+    let name = current
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let prefix = name.strip_suffix("-current.pem").unwrap_or(name);
+    let stamp = format!(
+        "{:04}-{:02}-{:02}-{:02}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let dir = current.parent().unwrap_or(Path::new("."));
+    let dated = dir.join(format!("{prefix}-{stamp}.pem"));
+    write_secret(&dated, data).map_err(io_err(&dated))?;
+    let tmp = dir.join(format!(".{name}.link.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dated.file_name().expect("named"), &tmp).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, current).map_err(io_err(current))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Existing (cert, key) for a spec; for kubeconfigs also requires the server and CA to match.
@@ -463,10 +543,12 @@ fn write_issued(
             write_secret(&k, i.key_pem.as_bytes()).map_err(io_err(&k))?;
             atomic_write(&c, i.cert_pem.as_bytes(), 0o644).map_err(io_err(&c))
         }
-        Target::Combined { path } => {
-            let p = rooted(root, path);
-            write_secret(&p, format!("{}{}", i.cert_pem, i.key_pem).as_bytes()).map_err(io_err(&p))
-        }
+        // The link itself is replaced, never the dated file it points to.
+        Target::Combined { path } => write_dated_pair(
+            &nodeimage_core::files::rooted_nofollow(root, path),
+            format!("{}{}", i.cert_pem, i.key_pem).as_bytes(),
+            OffsetDateTime::now_utc(),
+        ),
         Target::Kubeconfig { path, server } => {
             let k = Kubeconfig::new(
                 cluster_name,

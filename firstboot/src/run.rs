@@ -169,11 +169,12 @@ fn save_journal(root: &Path, j: &Journal) -> Result<()> {
     .context("writing the firstboot journal")
 }
 
+/// `status.json`, 0640: its error line may name the config's source and fields.
 pub fn write_status(root: &Path, s: &Status) -> Result<()> {
     atomic_write(
         &state_path(root, "status.json"),
         &serde_json::to_vec_pretty(s)?,
-        0o644,
+        0o640,
     )
     .context("writing status.json")
 }
@@ -187,7 +188,9 @@ pub fn config_digest(c: &NodeConfig) -> String {
 pub fn acquire(opts: &RunOptions) -> Result<NodeInput> {
     let t = Instant::now();
     if let Some(path) = &opts.config_file {
-        let config = NodeConfig::load(path)?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the node config {}", path.display()))?;
+        let config = NodeConfig::parse_untrusted(&path.display().to_string(), &text)?;
         let hostname = node_name(&opts.root, &config, None)?;
         return Ok(NodeInput {
             source: format!("file:{}", path.display()),

@@ -90,6 +90,26 @@ pub fn is_active(unit: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a unit's process runs or is starting: `active`, `reloading`, or `activating`
+/// other than waiting to be restarted (`auto-restart`). A `Type=notify` service is
+/// `activating` until it reports ready, which for an etcd member can take as long as
+/// reaching quorum, and under emulation seconds in any case.
+pub fn is_running_state(active_state: &str, sub_state: &str) -> bool {
+    match active_state {
+        "active" | "reloading" => true,
+        "activating" => sub_state != "auto-restart",
+        _ => false,
+    }
+}
+
+/// [`is_running_state`] of `unit`, asked of systemd; false when systemd cannot be asked.
+pub fn is_running(unit: &str) -> bool {
+    show(unit, &["ActiveState", "SubState"]).is_ok_and(|p| {
+        let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
+        is_running_state(get("ActiveState"), get("SubState"))
+    })
+}
+
 /// The unit's state as `systemctl is-active` prints it (`active`, `activating`,
 /// `failed`, …), or `unknown (why)`.
 pub fn active_state(unit: &str) -> String {
@@ -177,6 +197,16 @@ fn with<'a>(head: &[&'a str], units: &[&'a str]) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_units_run_and_restart_waits_do_not() {
+        assert!(is_running_state("active", "running"));
+        assert!(is_running_state("activating", "start"));
+        assert!(!is_running_state("activating", "auto-restart"));
+        assert!(!is_running_state("failed", "failed"));
+        assert!(!is_running_state("inactive", "dead"));
+        assert!(!is_running_state("", ""));
+    }
 
     #[test]
     fn start_order_deadlock_is_detected_only_while_firstboot_starts() {

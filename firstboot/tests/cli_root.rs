@@ -112,6 +112,15 @@ fn malformed_config_is_one_clear_line_and_a_failed_status() {
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let root = tempfile::tempdir().unwrap();
+    // A booted node has a machine-id (systemd makes it before firstboot runs); with no
+    // hostname in the config and no NIC under this root, the node is named from it.
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::write(
+        root.path().join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let before = tree_listing(root.path());
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("node.yaml");
     std::fs::write(&cfg, NODE_YAML).unwrap();
@@ -128,7 +137,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let (code, stdout, stderr) = firstboot(&["--root", r, "--config", c, "--dry-run"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.starts_with("firstboot: dry run: worker node (config from file:"),
+        stdout.starts_with("firstboot: dry run: worker node-0123456789ab (config from file:"),
         "{stdout}"
     );
     for (i, step) in steps.iter().enumerate() {
@@ -139,9 +148,10 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     }
     assert!(stdout.contains("write 1 files: /etc/demo/motd"), "{stdout}");
     assert!(!stdout.contains("[done in an earlier run]"), "{stdout}");
+    assert!(stdout.contains("node-0123456789ab"), "{stdout}");
     assert_eq!(
-        std::fs::read_dir(root.path()).unwrap().count(),
-        0,
+        tree_listing(root.path()),
+        before,
         "a dry run writes nothing"
     );
 
@@ -159,4 +169,22 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         stdout.contains("firstboot already ran on this node"),
         "{stdout}"
     );
+}
+
+/// Every path under `dir` with its size, sorted.
+fn tree_listing(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), md.len()));
+        }
+    }
+    out.sort();
+    out
 }

@@ -324,6 +324,7 @@ fn three_masters_form_and_repair_an_etcd_cluster() {
                     format!("https://127.0.0.1:{CLIENT_PORT}"),
                 ],
                 listen_peer_urls: vec![format!("https://{}:{PEER_PORT}", addr(i))],
+                extra_env: Default::default(),
             };
             let svc = ChildEtcd {
                 netns: net.members[i].clone(),

@@ -103,6 +103,7 @@ fn images() -> Images {
         coredns: "registry.k8s.io/coredns/coredns:v1.13.1".into(),
         weave_kube: "example.invalid/weave-kube:2.8.1".into(),
         weave_npc: "example.invalid/weave-npc:2.8.1".into(),
+        flannel: "ghcr.io/flannel-io/flannel:v0.28.10".into(),
         ingress_nginx_controller: "registry.k8s.io/ingress-nginx/controller:v1.12.0".into(),
         ingress_default_backend: None,
         kured: "ghcr.io/kubereboot/kured:1.16.0".into(),
@@ -407,6 +408,126 @@ fn cluster_manifests_and_addons() {
     );
 }
 
+/// `network.provider: flannel`: flannel instead of Weave Net, no Weave password needed,
+/// the VXLAN port and pod network from the port table and the cluster config.
+#[test]
+fn flannel_replaces_weave_net() {
+    let text = MASTER.replace(
+        "  network:\n    trusted_subnets:",
+        "  network:\n    provider: flannel\n    pod_network_cidr: 10.244.0.0/16\n    trusted_subnets:",
+    );
+    assert_ne!(text, MASTER);
+    let node = NodeConfig::parse("master", &text).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let ms = cluster_manifests(&inp, &images()).unwrap();
+    let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "00-bootstrap-token.yaml",
+            "01-rbac.yaml",
+            "10-flannel.yaml",
+            "20-coredns.yaml"
+        ]
+    );
+    let m = &ms[2];
+    assert!(!m.secret, "flannel's manifest holds no secret");
+    golden("manifests-flannel/10-flannel.yaml", &m.yaml);
+    check_documents(&m.name, &m.yaml);
+    let docs = documents(&m.yaml);
+    let cfg = find(&docs, "ConfigMap", "kube-flannel-cfg");
+    let net: serde_json::Value =
+        serde_json::from_str(cfg["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        net,
+        json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Port": 8472}})
+    );
+    let ds = find(&docs, "DaemonSet", "kube-flannel");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/flannel-io/flannel:v0.28.10");
+    assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
+    assert_eq!(
+        c["env"][2]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+}
+
+/// `cluster.components`: the operator's flags replace or add to the product's, and
+/// their configuration fields replace the kubelet's and kube-proxy's.
+#[test]
+fn components_extra_args_and_config() {
+    let text = MASTER.replace(
+        "  addons:\n",
+        "  components:\n    kube-apiserver: {extra_args: {etcd-healthcheck-timeout: 30s, secure-port: \"7443\"}}\n    kube-scheduler: {extra_args: {leader-elect: \"false\"}}\n    kubelet:\n      extra_args: {v: \"2\"}\n      config: {nodeLeaseDurationSeconds: 120, runtimeRequestTimeout: 10m}\n    kube-proxy: {config: {mode: nftables}}\n  addons:\n",
+    );
+    assert_ne!(text, MASTER);
+    let node = NodeConfig::parse("master", &text).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let a = apiserver_flags(&inp);
+    assert_eq!(a.get("etcd-healthcheck-timeout"), Some("30s"));
+    assert_eq!(a.get("secure-port"), Some("7443"), "replaces the product's");
+    assert_eq!(
+        a.get("authorization-mode"),
+        Some("Node,RBAC"),
+        "keeps the rest"
+    );
+    assert_eq!(scheduler_flags(&inp).get("leader-elect"), Some("false"));
+    assert_eq!(kubelet_flags(&inp).get("v"), Some("2"));
+    let k = parse(&kubelet_config(&inp));
+    assert_eq!(k["nodeLeaseDurationSeconds"], 120);
+    assert_eq!(k["runtimeRequestTimeout"], "10m");
+    assert_eq!(k["kind"], "KubeletConfiguration", "keeps the rest");
+    let files = kube_proxy_files(&inp);
+    let proxy = files
+        .iter()
+        .find(|f| f.path.ends_with("config.yaml"))
+        .unwrap();
+    assert_eq!(parse(&proxy.contents)["mode"], "nftables");
+    // Bad input names the key.
+    for (bad, key) in [
+        (
+            "    kube-apiserver: {extra_args: {--v: \"2\"}}\n",
+            "cluster.components.kube-apiserver.extra_args.--v",
+        ),
+        (
+            "    kubelet: {extra_args: {v: \"2\\n--x=y\"}}\n",
+            "cluster.components.kubelet.extra_args.v",
+        ),
+        (
+            "    etcd: {config: {a: 1}}\n",
+            "cluster.components.etcd.config",
+        ),
+        (
+            "    kube-proxy: {extra_args: {v: \"2\"}}\n",
+            "cluster.components.kube-proxy.extra_args",
+        ),
+    ] {
+        let t = MASTER.replace("  addons:\n", &format!("  components:\n{bad}  addons:\n"));
+        let e = NodeConfig::parse("master", &t).unwrap_err().to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}
+
+/// `cloud.provider` without a cloud-controller-manager leaves every Node tainted
+/// `uninitialized`: the bootstrap master's report says so.
+#[test]
+fn a_cloud_provider_without_its_controller_is_reported() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    assert!(
+        node.cluster.cloud.is_some(),
+        "the fixture sets cloud.provider"
+    );
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let (_, notes) = firstboot::assemble::bootstrap_manifests(&inp, &images()).unwrap();
+    assert!(
+        notes.iter().any(
+            |n| n.contains("node.cloudprovider.kubernetes.io/uninitialized")
+                && n.contains("cloud-controller-manager for `aws`")
+        ),
+        "{notes:?}"
+    );
+}
+
 #[test]
 fn node_roles_are_set_through_the_api() {
     let masters = vec!["10.133.0.10".to_string()];
@@ -470,7 +591,7 @@ fn bootstrap_token_values_stay_strings() {
             !debug.contains(t.secret()),
             "Debug shows the secret: {debug}"
         );
-        let yaml = firstboot::yaml::to_string(&secret);
+        let yaml = nodeimage_core::yaml::to_string(&secret);
         let v = parse(&yaml);
         let (id, secret) = token.split_once('.').unwrap();
         assert_eq!(v["stringData"]["token-id"], json!(id), "{yaml}");
@@ -486,7 +607,7 @@ fn bootstrap_token_values_stay_strings() {
             let scalar = line.split_once(": ").map_or("", |(_, s)| s);
             let quoted = scalar.starts_with(['\'', '"']);
             assert!(
-                quoted || !firstboot::yaml::misread_by_yaml11(scalar),
+                quoted || !nodeimage_core::yaml::misread_by_yaml11(scalar),
                 "{token}: `{line}` is a number to YAML 1.1"
             );
         }

@@ -6,9 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ::time::OffsetDateTime;
-use firstboot::kubeconfig::Kubeconfig;
 use firstboot::pki::{self, CaPair, MasterIdentity, MasterSecrets, Outcome, ServiceAccountKey};
 use nodeimage_core::files::rooted;
+use nodeimage_core::kubeconfig::Kubeconfig;
 use nodeimage_core::layout::paths;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::parse_x509_pem;
@@ -286,6 +286,20 @@ fn master_pki_is_complete_correct_and_idempotent() {
     // Kubelet client (combined file) and serving certificates.
     let combined = read(root, paths::KUBELET_CLIENT_CURRENT);
     assert!(combined.contains("PRIVATE KEY"));
+    // The kubelet's certificate store layout, which rotation needs: `-current.pem` is a
+    // symlink to a dated 0600 file beside it (client-go refuses to rotate a regular file).
+    let current = nodeimage_core::files::rooted_nofollow(root, paths::KUBELET_CLIENT_CURRENT);
+    let link = std::fs::read_link(&current).expect("kubelet-client-current.pem is a symlink");
+    let link = link.to_str().unwrap();
+    assert!(
+        link.starts_with("kubelet-client-2") && link.ends_with(".pem") && !link.contains('/'),
+        "{link}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(current.parent().unwrap().join(link)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
     let kc = parse(&combined, ca);
     assert_eq!(kc.subject_cn, "system:node:master-1");
     assert_eq!(kc.orgs, BTreeSet::from(["system:nodes".to_string()]));

@@ -486,7 +486,10 @@ fn kernel_cmdline_url_hash_mismatch_and_missing_document_are_errors() {
 
     let c = SourceContext::new(
         d.path(),
-        &format!("firstboot.config_url={}/nothing-here", mock.base),
+        &format!(
+            "firstboot.config_url={}/nothing-here firstboot.config_sha256={}",
+            mock.base, wrong
+        ),
     )
     .with_timeouts(fast());
     let e = acquire(&c).unwrap_err();

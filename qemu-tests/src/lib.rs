@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 pub use test_support::cmd::{run, which};
 
+pub mod k8s;
 pub mod netlab;
 
 /// How QEMU executes guest code.
@@ -109,6 +110,8 @@ pub struct Vm {
     pub started: Instant,
     pub console_log: PathBuf,
     pub report_path: PathBuf,
+    /// QEMU's QMP control socket.
+    pub qmp_path: PathBuf,
 }
 
 impl Vm {
@@ -123,6 +126,8 @@ impl Vm {
         std::fs::copy(&vars, &vars_copy).context("copying OVMF variables")?;
         let console_log = o.work_dir.join(format!("{}-console.log", o.name));
         let report_path = o.work_dir.join(format!("{}-report.jsonl", o.name));
+        let qmp_path = o.work_dir.join(format!("{}.qmp", o.name));
+        let _ = std::fs::remove_file(&qmp_path);
         let _ = std::fs::remove_file(&report_path);
         let accel = Accel::detect();
         let mut cmd = match &o.netns {
@@ -166,6 +171,8 @@ impl Vm {
                 "virtio-net-pci,netdev=n0",
             ]);
         }
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
         cmd.args(&o.extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -190,7 +197,46 @@ impl Vm {
             started: Instant::now(),
             console_log,
             report_path,
+            qmp_path,
         })
+    }
+
+    /// Send one QMP command (`{"execute": NAME}`) and return QEMU's answer.
+    pub fn qmp(&self, command: &str) -> Result<serde_json::Value> {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let s = UnixStream::connect(&self.qmp_path)
+            .with_context(|| format!("connecting to {}", self.qmp_path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        let mut line = String::new();
+        r.read_line(&mut line)?; // the greeting
+        let mut ask = |cmd: &str| -> Result<serde_json::Value> {
+            writeln!(w, "{}", serde_json::json!({ "execute": cmd }))?;
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    bail!("QMP closed before answering {cmd}");
+                }
+                let v: serde_json::Value = serde_json::from_str(line.trim())?;
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+            }
+        };
+        ask("qmp_capabilities")?;
+        let v = ask(command)?;
+        if let Some(e) = v.get("error") {
+            bail!("QMP {command}: {e}");
+        }
+        Ok(v)
+    }
+
+    /// Press the power button (ACPI): the guest shuts down cleanly and QEMU exits.
+    pub fn powerdown(&mut self, timeout: Duration) -> Result<()> {
+        self.qmp("system_powerdown")?;
+        self.wait_exit(timeout)
     }
 
     /// Everything the console printed so far.

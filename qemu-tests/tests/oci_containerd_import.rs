@@ -169,6 +169,26 @@ fn baked_images_import_into_containerd_once() {
         "{listed:?}"
     );
 
+    // Every baked image is pinned: containerd's CRI reports it `pinned`, and the
+    // kubelet's image garbage collection leaves it alone.
+    let ls = Command::new("ctr")
+        .arg("-a")
+        .arg(&c.socket)
+        .args(["-n", "k8s.io", "images", "ls"])
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    for r in [pause_ref.clone(), format!("{}/test/tool:1", reg.host())] {
+        let line = ls
+            .lines()
+            .find(|l| l.starts_with(&format!("{r} ")))
+            .unwrap_or("");
+        assert!(
+            line.contains("io.cri-containerd.pinned=pinned"),
+            "{r} is not pinned:\n{ls}"
+        );
+    }
+
     // The content is there for this platform: containerd can read the image config.
     let out = Command::new("ctr")
         .arg("-a")

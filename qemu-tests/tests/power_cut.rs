@@ -353,8 +353,12 @@ fn power_cuts_during_first_boot_converge() {
         .collect();
     assert_eq!(steps, STEPS, "{status}");
     assert_eq!(
-        std::fs::read_to_string(state_fs.path().join("lib/nodeimage/etc/upper/nodeimage-test/hello"))
-            .unwrap(),
+        std::fs::read_to_string(
+            state_fs
+                .path()
+                .join("lib/nodeimage/etc/upper/nodeimage-test/hello")
+        )
+        .unwrap(),
         "hello"
     );
     let leftovers: Vec<_> = tree(&state_fs.path().join("lib/firstboot"))

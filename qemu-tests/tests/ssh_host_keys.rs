@@ -113,7 +113,10 @@ fn every_node_makes_its_own_host_keys() {
     assert!(sshd, "the ssh variant's root has no /usr/sbin/sshd");
     assert!(listing.iter().any(|n| n == "sshd_config"), "{listing:?}");
     let in_root = host_keys(listing.iter().map(String::as_str));
-    assert!(in_root.is_empty(), "host keys in the image's root: {in_root:?}");
+    assert!(
+        in_root.is_empty(),
+        "host keys in the image's root: {in_root:?}"
+    );
 
     // The cached base tarball the build used.
     let tar = base_tar();
@@ -148,5 +151,8 @@ fn every_node_makes_its_own_host_keys() {
     assert_eq!(fa.len(), 3, "{a}");
     assert_eq!(fb.len(), 3, "{b}");
     let shared: Vec<_> = fa.intersection(&fb).collect();
-    assert!(shared.is_empty(), "the two nodes share host keys: {shared:?}");
+    assert!(
+        shared.is_empty(),
+        "the two nodes share host keys: {shared:?}"
+    );
 }

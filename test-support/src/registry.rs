@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use crate::http::free_port;
-
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -22,6 +20,7 @@ pub fn sha256(b: &[u8]) -> String {
 /// `docker-registry` (distribution 2.x) serving a temp dir, killed on drop.
 pub struct TestRegistry {
     pub dir: tempfile::TempDir,
+    pub addr: std::net::IpAddr,
     pub port: u16,
     child: Child,
 }
@@ -29,6 +28,12 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// None (with a SKIP line; a failure under CI) when /usr/bin/docker-registry is missing.
     pub fn start() -> Option<TestRegistry> {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`TestRegistry::start`] listening on `addr` (e.g. a lab network's host address,
+    /// so that VMs reach it too).
+    pub fn start_on(addr: std::net::IpAddr) -> Option<TestRegistry> {
         if !crate::Needs::new("test registry")
             .file("/usr/bin/docker-registry", "docker-registry")
             .met()
@@ -37,13 +42,17 @@ impl TestRegistry {
         }
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
-            let port = free_port();
+            let port = {
+                let l = std::net::TcpListener::bind((addr, 0)).unwrap();
+                l.local_addr().unwrap().port()
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    dir.path().join("storage").display()
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
+                    dir.path().join("storage").display(),
+                    std::net::SocketAddr::from((addr, port))
                 ),
             )
             .unwrap();
@@ -56,9 +65,15 @@ impl TestRegistry {
                 .unwrap();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/")) {
+                let probe = format!("http://{}/v2/", std::net::SocketAddr::from((addr, port)));
+                if let Ok(r) = reqwest::blocking::get(probe) {
                     if r.status().is_success() {
-                        return Some(TestRegistry { dir, port, child });
+                        return Some(TestRegistry {
+                            dir,
+                            addr,
+                            port,
+                            child,
+                        });
                     }
                 }
                 if child.try_wait().unwrap().is_some() {
@@ -73,11 +88,11 @@ impl TestRegistry {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.host())
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::from((self.addr, self.port)).to_string()
     }
 
     /// The file the registry keeps a blob's bytes in.

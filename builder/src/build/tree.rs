@@ -13,7 +13,7 @@ use crate::profile::LoadedProfile;
 use crate::rootfs::{self, BaseSpec, BaseTar, Install};
 
 /// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
-const CUSTOMIZE_STAGE_VERSION: u32 = 2;
+const CUSTOMIZE_STAGE_VERSION: u32 = 3;
 
 /// Units every image enables.
 pub const ENABLED_UNITS: &[&str] = &[
@@ -22,6 +22,12 @@ pub const ENABLED_UNITS: &[&str] = &[
     "nodeimage-ssh-host-keys.service",
     "systemd-networkd.service",
 ];
+
+/// Units an image enables when it has them: resolved (the node's DNS servers from DHCP)
+/// and containerd (from a Debian package or the kubernetes overlay's unit for the
+/// profile's pinned release files), so they start on every boot, not only when
+/// firstboot starts them on the first.
+pub const ENABLED_IF_PRESENT: &[&str] = &["systemd-resolved.service", "containerd.service"];
 
 /// The Debian base: its spec (what decides it) and the tarball.
 #[derive(Debug, Clone)]
@@ -185,6 +191,7 @@ pub fn customize(
     installs: &[Install],
     overlays: &Overlays,
 ) -> Result<RootTree> {
+    let all_units = [ENABLED_UNITS, ENABLED_IF_PRESENT].concat();
     let inputs = CustomizeInputs {
         base_sha256: &base.tar.sha256,
         installs: installs
@@ -192,7 +199,7 @@ pub fn customize(
             .map(|i| Ok((i.dest.as_str(), i.mode, sha256_file(&i.source)?.0)))
             .collect::<Result<_>>()?,
         overlays_sha256: overlays.digest()?,
-        units: ENABLED_UNITS,
+        units: &all_units,
         epoch: b.epoch,
     };
     let key = super::cache::stage_key("customize", CUSTOMIZE_STAGE_VERSION, &inputs)?;
@@ -203,7 +210,10 @@ pub fn customize(
             &dir.join("boot"),
             installs,
             &overlays.dirs,
-            ENABLED_UNITS,
+            &rootfs::Units {
+                required: ENABLED_UNITS,
+                if_present: ENABLED_IF_PRESENT,
+            },
             b.epoch,
         )?;
         Ok(TreeMeta {
@@ -231,8 +241,10 @@ mod tests {
     #[test]
     fn a_base_older_than_the_profile_allows_is_refused_unless_allowed() {
         let d = tempfile::tempdir().unwrap();
-        let profile = super::super::tests::PROFILE
-            .replace("suite = \"bookworm\"\n", "suite = \"bookworm\"\nmax_base_age_days = 7\n");
+        let profile = super::super::tests::PROFILE.replace(
+            "suite = \"bookworm\"\n",
+            "suite = \"bookworm\"\nmax_base_age_days = 7\n",
+        );
         let mut b = super::super::tests::test_build(d.path(), &profile, false);
         let mirrors = rootfs::Mirrors {
             debian: "http://deb.example/debian".into(),
@@ -245,7 +257,11 @@ mod tests {
             sha256: "0".repeat(64),
             record: rootfs::BaseRecord {
                 built_at: now,
-                releases: [("deb.example_debian-security_dists_bookworm-security_InRelease".to_string(), date.to_string())].into(),
+                releases: [(
+                    "deb.example_debian-security_dists_bookworm-security_InRelease".to_string(),
+                    date.to_string(),
+                )]
+                .into(),
             },
         };
         check_base_age(&b, &spec, &tar("Mon, 30 Nov 2026 00:22:33 UTC"), now).unwrap();

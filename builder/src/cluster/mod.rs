@@ -7,7 +7,8 @@
 //! * [`secrets`]: the secrets and their directory.
 //! * [`node_config`]: one node's config from cluster.yml and the secrets.
 //! * [`terraform`]: hosts from `terraform output -json`.
-//! * this module: the two commands' arguments and what they do.
+//! * this module: the commands' arguments and what they do (`cluster new`,
+//!   `cluster kubeconfig`, `node-config`).
 
 mod node_config;
 mod secrets;
@@ -71,6 +72,120 @@ pub struct NodeConfigArgs {
     /// The secrets made by `cluster new` [default: <cluster.yml's directory>/secrets].
     #[arg(long, value_name = "DIR")]
     pub secrets: Option<PathBuf>,
+}
+
+/// `nodeimage cluster kubeconfig`
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeconfigArgs {
+    /// The cluster description (Pharos cluster.yml).
+    #[arg(short = 'c', long = "config", value_name = "CLUSTER_YML")]
+    pub config: PathBuf,
+    /// The secrets made by `cluster new` [default: <cluster.yml's directory>/secrets].
+    #[arg(long, value_name = "DIR")]
+    pub secrets: Option<PathBuf>,
+    /// The user name (the certificate's common name).
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// The user's group (the certificate's organization); the default is bound to
+    /// `cluster-admin` by the bootstrap master.
+    #[arg(long, default_value = nodeimage_core::layout::CLUSTER_ADMINS_GROUP)]
+    pub group: String,
+    /// The API server [default: cluster.yml's api_endpoint, else the first master].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// How long the credential is valid, in hours (at most a year).
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    pub valid_hours: u32,
+    /// Output file, written 0600 (stdout when absent).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// `nodeimage cluster kubeconfig`: a kubeconfig for a person or a tool on the
+/// workstation, with a client certificate signed by the cluster CA (so no file has to
+/// be copied off a master).
+pub fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
+    use nodeimage_core::kubeconfig::{Kubeconfig, KubeconfigUser};
+    use nodeimage_core::pki::{issue_valid_for, CaKind, CertSpec, Target, Usage};
+    let cluster = ClusterConfig::load(&args.config)?;
+    let secrets = ClusterSecrets::load(&secrets_dir(&args.secrets, &args.config))?;
+    if args.valid_hours == 0 || args.valid_hours > 24 * 365 {
+        bail!(
+            "--valid-hours: expected 1 to 8760, found {}",
+            args.valid_hours
+        );
+    }
+    let server = match &args.server {
+        Some(s) => s.clone(),
+        None => {
+            let endpoint = cluster
+                .api_endpoint
+                .clone()
+                .or_else(|| {
+                    cluster
+                        .hosts
+                        .iter()
+                        .find(|h| h.role == Role::Master)
+                        .map(|h| {
+                            h.private_address
+                                .clone()
+                                .unwrap_or_else(|| h.address.clone())
+                        })
+                })
+                .with_context(|| {
+                    format!(
+                        "{}: no api_endpoint and no master: give --server",
+                        args.config.display()
+                    )
+                })?;
+            nodeimage_core::layout::api_server_url(&endpoint)
+        }
+    };
+    let spec = CertSpec {
+        name: format!("kubeconfig for {}", args.user),
+        ca: CaKind::Cluster,
+        common_name: args.user.clone(),
+        organizations: vec![args.group.clone()],
+        dns_names: Vec::new(),
+        ips: Vec::new(),
+        usage: Usage::Client,
+        target: Target::Kubeconfig {
+            path: String::new(),
+            server: server.clone(),
+        },
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let issued = issue_valid_for(
+        &spec,
+        &secrets.ca,
+        now,
+        time::Duration::hours(args.valid_hours.into()),
+    )?;
+    let k = Kubeconfig::new(
+        &cluster.name,
+        &server,
+        &secrets.ca.cert_pem,
+        &args.user,
+        KubeconfigUser::EmbeddedCert {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        },
+    );
+    let text = k.to_yaml();
+    match &args.output {
+        Some(p) => {
+            write_secret(p, text.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!(
+                "{}: kubeconfig for {} ({}) at {server}, valid {} h",
+                p.display(),
+                args.user,
+                args.group,
+                args.valid_hours
+            );
+        }
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(())
 }
 
 fn cluster_dir(config: &Path) -> PathBuf {

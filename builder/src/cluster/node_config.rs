@@ -169,7 +169,8 @@ pub fn build_node_config(
             // Workers need the ingress node selector for their firewall.
             addons: cluster.addons.clone(),
             taint_masters: cluster.taint_masters,
-            registry_mirrors: BTreeMap::new(),
+            registry_mirrors: cluster.registry_mirrors.clone(),
+            components: cluster.components.clone(),
         },
         labels: node.labels.clone(),
         taints: Vec::new(),

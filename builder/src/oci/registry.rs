@@ -178,9 +178,50 @@ impl Registry {
             .retain(|(_, r), _| r != repo);
     }
 
+    /// Whether Basic credentials for `registry` (the host that answered 401) may be sent
+    /// to the Bearer `realm` it named: only to the registry's own host (Docker Hub's
+    /// `auth.docker.io` for `docker.io`), and only over https, unless that host is one
+    /// the user chose plain HTTP for (`--plain-http`, an `http://` mirror). A mirror, a
+    /// redirect target or a compromised registry naming another realm gets nothing
+    /// (the containerd CVE-2020-15157 class).
+    fn credentials_may_go_to(&self, registry: &str, realm: &Url) -> Result<(), String> {
+        let realm_host = host_port(realm);
+        let own = normalise_host(&realm_host) == normalise_host(registry)
+            || (normalise_host(registry) == "docker.io" && realm_host == "auth.docker.io");
+        if !own {
+            return Err(format!("the realm is on {realm_host}, not on {registry}"));
+        }
+        match realm.scheme() {
+            "https" => Ok(()),
+            "http"
+                if self
+                    .plain_http_hosts()
+                    .contains(&normalise_host(&realm_host)) =>
+            {
+                Ok(())
+            }
+            s => Err(format!(
+                "the realm is {s}://, and {realm_host} is not a host given as plain HTTP"
+            )),
+        }
+    }
+
+    /// Hosts the user chose plain HTTP for: `--plain-http` registries and `http://`
+    /// mirrors.
+    fn plain_http_hosts(&self) -> BTreeSet<String> {
+        let mut hosts = self.plain_http.clone();
+        for u in self.mirrors.values().flatten() {
+            if u.scheme() == "http" {
+                hosts.insert(normalise_host(&host_port(u)));
+            }
+        }
+        hosts
+    }
+
     /// Answers a 401 from `url`: a bearer token from the challenge's realm for the
     /// challenge's scope (else `repository:<repo>:pull`), with Basic credentials from the
-    /// auth file when it has some for this host or the endpoint's; or Basic auth directly.
+    /// auth file when it has some for this host and the realm may have them
+    /// ([`Self::credentials_may_go_to`]); or Basic auth directly.
     fn authenticate(
         &self,
         ep: &Endpoint,
@@ -197,10 +238,9 @@ impl Registry {
         let challenge: Challenge = parse_challenge(header).with_context(|| {
             format!("{host} answered 401 without a usable WWW-Authenticate header (`{header}`)")
         })?;
-        let creds = self
-            .auth_file
-            .lookup(&host)
-            .or_else(|| self.auth_file.lookup(&ep.host()));
+        // The credentials of the host that asked (never those of the endpoint when a
+        // redirect led elsewhere).
+        let creds = self.auth_file.lookup(&host);
         match challenge.scheme.as_str() {
             "bearer" => {
                 let realm = challenge
@@ -221,6 +261,14 @@ impl Registry {
                     }
                     q.append_pair("scope", &scope);
                 }
+                let creds = match (creds, self.credentials_may_go_to(&host, &token_url)) {
+                    (Some(c), Ok(())) => Some(c),
+                    (Some(_), Err(why)) => {
+                        tracing::warn!(registry = %host, realm = %redact_query(&token_url), reason = %why, "not sending credentials to the token realm");
+                        None
+                    }
+                    (None, _) => None,
+                };
                 let mut rb = self.http.get(token_url.clone());
                 if let Some(c) = creds {
                     rb = rb.header(AUTHORIZATION, c.basic_header());

@@ -182,10 +182,15 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             ));
         }
     }
-    if !(p.debian.snapshot_url.starts_with("http://") || p.debian.snapshot_url.starts_with("https://")) {
+    if !(p.debian.snapshot_url.starts_with("http://")
+        || p.debian.snapshot_url.starts_with("https://"))
+    {
         return Err(at(
             None,
-            format!("debian.snapshot_url: expected an http(s):// URL, found \"{}\"", p.debian.snapshot_url),
+            format!(
+                "debian.snapshot_url: expected an http(s):// URL, found \"{}\"",
+                p.debian.snapshot_url
+            ),
         ));
     }
     if let Some(m) = shell_argument(&p.kernel.cmdline) {
@@ -394,7 +399,9 @@ install = "/usr/bin/tool"
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("debian.snapshot") && e.contains("20261201T000000Z") && e.contains("2026-12-01"),
+            e.contains("debian.snapshot")
+                && e.contains("20261201T000000Z")
+                && e.contains("2026-12-01"),
             "{e}"
         );
     }
@@ -413,7 +420,10 @@ install = "/usr/bin/tool"
             let e = parse("p.toml", &format!("{base}cmdline = \"quiet {arg}\"\n"))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("kernel.cmdline") && e.contains(arg) && e.contains(why), "{e}");
+            assert!(
+                e.contains("kernel.cmdline") && e.contains(arg) && e.contains(why),
+                "{e}"
+            );
         }
         for ok in ["quiet console=ttyS0", "panic=10", "panic=-1"] {
             parse("p.toml", &format!("{base}cmdline = \"{ok}\"\n")).unwrap();

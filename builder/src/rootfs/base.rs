@@ -18,6 +18,9 @@ pub fn required_packages(arch: Arch) -> Vec<String> {
     let mut p: Vec<String> = [
         "systemd",
         "systemd-sysv",
+        // DNS resolvers from DHCP or the platform (networkd hands them over); the
+        // image's /etc/resolv.conf is its stub resolver, never the build machine's.
+        "systemd-resolved",
         "udev",
         "dbus",
         "systemd-boot-efi",
@@ -57,7 +60,10 @@ pub struct Mirrors {
 /// The mirrors: the profile's, else the first `URIs:`/`deb` entries of the build
 /// machine's apt sources that serve Debian's main archive and its security archive
 /// (else the main one with `-security` appended, as deb.debian.org lays them out).
-pub fn resolve_mirror(profile_mirror: Option<&str>, profile_security: Option<&str>) -> Result<Mirrors> {
+pub fn resolve_mirror(
+    profile_mirror: Option<&str>,
+    profile_security: Option<&str>,
+) -> Result<Mirrors> {
     let mut main = Vec::new();
     let mut security = Vec::new();
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
@@ -280,7 +286,14 @@ pub fn parse_snapshot(ts: &str) -> Option<i64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (n(0..4)?, n(4..6)?, n(6..8)?, n(9..11)?, n(11..13)?, n(13..15)?);
+    let (y, mo, d, h, mi, s) = (
+        n(0..4)?,
+        n(4..6)?,
+        n(6..8)?,
+        n(9..11)?,
+        n(11..13)?,
+        n(13..15)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
@@ -516,7 +529,11 @@ mod tests {
         assert_eq!(spec(&["a"], None).key(), spec(&["a"], None).key());
         assert_ne!(spec(&["a"], None).key(), spec(&["a", "b"], None).key());
         let s1 = spec(&["a"], Some("20261201T000000Z"));
-        assert_ne!(spec(&["a"], None).key(), s1.key(), "a snapshot is another base");
+        assert_ne!(
+            spec(&["a"], None).key(),
+            s1.key(),
+            "a snapshot is another base"
+        );
         assert_eq!(s1.key(), spec(&["a"], Some("20261201T000000Z")).key());
         assert_ne!(s1.key(), spec(&["a"], Some("20261202T000000Z")).key());
     }
@@ -560,7 +577,10 @@ mod tests {
         );
         assert_eq!(parse_snapshot("19700101T000000Z"), Some(0));
         assert_eq!(parse_snapshot("20000301T000000Z"), Some(951_868_800));
-        assert_eq!(parse_release_date("Wed, 01 Mar 2000 00:00:01 UTC"), Some(951_868_801));
+        assert_eq!(
+            parse_release_date("Wed, 01 Mar 2000 00:00:01 UTC"),
+            Some(951_868_801)
+        );
         assert_eq!(parse_snapshot("2026-12-01"), None);
         assert_eq!(parse_snapshot("20261301T000000Z"), None);
         assert_eq!(parse_release_date("yesterday"), None);

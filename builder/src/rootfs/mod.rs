@@ -49,13 +49,21 @@ pub struct Customized {
 
 /// Unpack the base into `root`, add payload, overlays and firstboot, regenerate the
 /// initramfs and take kernel and initrd out into `boot_dir`.
+/// The systemd units [`customize`] enables: all of `required`, and those of
+/// `if_present` whose unit file the tree has.
+#[derive(Debug, Clone, Copy)]
+pub struct Units<'a> {
+    pub required: &'a [&'a str],
+    pub if_present: &'a [&'a str],
+}
+
 pub fn customize(
     base_tar: &Path,
     root: &Path,
     boot_dir: &Path,
     installs: &[Install],
     overlays: &[PathBuf],
-    enable_units: &[&str],
+    units: &Units,
     epoch: i64,
 ) -> Result<Customized> {
     remove_tree(root).with_context(|| format!("removing stale {}", root.display()))?;
@@ -76,12 +84,22 @@ pub fn customize(
     for o in overlays {
         copy_tree(o, root).with_context(|| format!("applying overlay {}", o.display()))?;
     }
-    if !enable_units.is_empty() {
+    let mut enable: Vec<&str> = units.required.to_vec();
+    enable.extend(units.if_present.iter().filter(|u| {
+        [
+            "usr/lib/systemd/system",
+            "lib/systemd/system",
+            "etc/systemd/system",
+        ]
+        .iter()
+        .any(|d| root.join(d).join(u).exists())
+    }));
+    if !enable.is_empty() {
         tools::run(
             Command::new("systemctl")
                 .arg(format!("--root={}", root.display()))
                 .arg("enable")
-                .args(enable_units),
+                .args(&enable),
         )
         .context("enabling systemd units")?;
     }
@@ -203,10 +221,23 @@ fn scrub(root: &Path) -> Result<()> {
     // Empty machine-id: systemd generates one on first boot and commits it to the
     // writable /etc overlay.
     fs::write(root.join("etc/machine-id"), b"")?;
+    // The node's resolvers come from DHCP or the platform through systemd-resolved:
+    // /etc/resolv.conf is resolved's stub, whatever the base's build left there (a copy of
+    // the build machine's own file leaks its name servers and resolves nothing on a node).
+    let resolv = root.join("etc/resolv.conf");
+    match fs::symlink_metadata(&resolv) {
+        Ok(_) => fs::remove_file(&resolv)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::os::unix::fs::symlink(RESOLV_CONF_TARGET, &resolv)?;
     remove_ssh_host_keys(root)?;
     check_root_locked(root)?;
     Ok(())
 }
+
+/// Where the image's /etc/resolv.conf points: systemd-resolved's stub file.
+pub const RESOLV_CONF_TARGET: &str = "../run/systemd/resolve/stub-resolv.conf";
 
 /// SSH host keys are per node: openssh-server's postinst makes a set in the base, which
 /// every node of every image would share (and anyone with the image would hold). The
@@ -236,8 +267,8 @@ pub fn remove_ssh_host_keys(root: &Path) -> Result<Vec<String>> {
 /// to anyone.
 fn check_root_locked(root: &Path) -> Result<()> {
     let shadow = root.join("etc/shadow");
-    let text = fs::read_to_string(&shadow)
-        .with_context(|| format!("reading {}", shadow.display()))?;
+    let text =
+        fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
     let field = text
         .lines()
         .find_map(|l| l.strip_prefix("root:"))
@@ -252,41 +283,6 @@ fn check_root_locked(root: &Path) -> Result<()> {
             if field == Some("") { "" } else { "<hash>" }
         ),
         None => bail!("{}: no root entry", shadow.display()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scrub_removes_host_keys_and_needs_a_locked_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        for dir in ["etc/ssh", "var/log"] {
-            fs::create_dir_all(root.join(dir)).unwrap();
-        }
-        for f in [
-            "ssh_host_ed25519_key",
-            "ssh_host_ed25519_key.pub",
-            "ssh_host_rsa_key",
-            "sshd_config",
-        ] {
-            fs::write(root.join("etc/ssh").join(f), "x").unwrap();
-        }
-        fs::write(root.join("etc/shadow"), "root::19000:0:99999:7:::\n").unwrap();
-        let e = format!("{:#}", scrub(root).unwrap_err());
-        assert!(e.contains("root account") && e.contains("`root::`"), "{e}");
-        let left: Vec<_> = fs::read_dir(root.join("etc/ssh"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(left, ["sshd_config"]);
-        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
-        scrub(root).unwrap();
-        fs::write(root.join("etc/shadow"), "root:$y$j9T$abc:19000::::::\n").unwrap();
-        let e = format!("{:#}", scrub(root).unwrap_err());
-        assert!(e.contains("<hash>") && !e.contains("$y$"), "never the hash: {e}");
     }
 }
 
@@ -325,5 +321,74 @@ impl Drop for ChrootMounts {
         for t in self.mounted.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(t).status();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing of the build machine's DNS setup stays in the image: whatever the base
+    /// left as /etc/resolv.conf (a copy of the host's, mode 0755, seen in a built image)
+    /// becomes the link to systemd-resolved's stub.
+    #[test]
+    fn scrub_replaces_the_build_hosts_resolv_conf() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+        fs::set_permissions(
+            root.join("etc/resolv.conf"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        scrub(root).unwrap();
+        assert_eq!(
+            fs::read_link(root.join("etc/resolv.conf")).unwrap(),
+            Path::new(RESOLV_CONF_TARGET)
+        );
+        // Idempotent, and also when nothing was there.
+        scrub(root).unwrap();
+        fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+        scrub(root).unwrap();
+        assert!(fs::symlink_metadata(root.join("etc/resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn scrub_removes_host_keys_and_needs_a_locked_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for dir in ["etc/ssh", "var/log"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for f in [
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+            "ssh_host_rsa_key",
+            "sshd_config",
+        ] {
+            fs::write(root.join("etc/ssh").join(f), "x").unwrap();
+        }
+        fs::write(root.join("etc/shadow"), "root::19000:0:99999:7:::\n").unwrap();
+        let e = format!("{:#}", scrub(root).unwrap_err());
+        assert!(e.contains("root account") && e.contains("`root::`"), "{e}");
+        let left: Vec<_> = fs::read_dir(root.join("etc/ssh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["sshd_config"]);
+        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        scrub(root).unwrap();
+        fs::write(root.join("etc/shadow"), "root:$y$j9T$abc:19000::::::\n").unwrap();
+        let e = format!("{:#}", scrub(root).unwrap_err());
+        assert!(
+            e.contains("<hash>") && !e.contains("$y$"),
+            "never the hash: {e}"
+        );
     }
 }

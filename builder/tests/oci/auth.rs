@@ -44,7 +44,15 @@ fn respond_head(mut s: TcpStream, status: u16, headers: &[(String, String)], len
     let _ = s.write_all(head.as_bytes());
 }
 
-fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
+/// What the proxy saw: tokens handed out, token requests that carried credentials.
+#[derive(Default)]
+struct Seen {
+    asked: AtomicUsize,
+    issued: AtomicUsize,
+    with_credentials: AtomicUsize,
+}
+
+fn handle(stream: TcpStream, realm: &str, backend: &str, seen: &Seen) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -66,11 +74,15 @@ fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"))
     );
     if url.starts_with("/token") {
+        seen.asked.fetch_add(1, Ordering::SeqCst);
+        if header("authorization").is_some() {
+            seen.with_credentials.fetch_add(1, Ordering::SeqCst);
+        }
         let ok = header("authorization").as_deref() == Some(basic.as_str())
             && url.contains("service=test-registry")
             && url.contains("scope=repository%3Atest%2Fsecret%3Apull");
         if ok {
-            issued.fetch_add(1, Ordering::SeqCst);
+            seen.issued.fetch_add(1, Ordering::SeqCst);
             respond(
                 stream,
                 200,
@@ -83,8 +95,7 @@ fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
         return;
     }
     if header("authorization") != Some(format!("Bearer {TOKEN}")) {
-        let challenge =
-            format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\"");
+        let challenge = format!("Bearer realm=\"{realm}\",service=\"test-registry\"");
         respond(
             stream,
             401,
@@ -129,19 +140,26 @@ fn handle(stream: TcpStream, port: u16, backend: &str, issued: &AtomicUsize) {
     }
 }
 
-/// Starts the proxy; returns its port and the number of tokens it handed out.
-fn start_proxy(backend: String) -> (u16, Arc<AtomicUsize>) {
+/// Starts the proxy, its challenges naming `realm(port)`; returns its port and what it
+/// saw.
+fn start_proxy_with_realm(backend: String, realm: impl FnOnce(u16) -> String) -> (u16, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let tokens = Arc::new(AtomicUsize::new(0));
-    let issued = tokens.clone();
+    let seen = Arc::new(Seen::default());
+    let shared = seen.clone();
+    let realm = realm(port);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let (backend, issued) = (backend.clone(), issued.clone());
-            std::thread::spawn(move || handle(stream, port, &backend, &issued));
+            let (backend, seen, realm) = (backend.clone(), shared.clone(), realm.clone());
+            std::thread::spawn(move || handle(stream, &realm, &backend, &seen));
         }
     });
-    (port, tokens)
+    (port, seen)
+}
+
+/// The proxy with its own token endpoint as the realm.
+fn start_proxy(backend: String) -> (u16, Arc<Seen>) {
+    start_proxy_with_realm(backend, |port| format!("http://127.0.0.1:{port}/token"))
 }
 
 #[test]
@@ -176,7 +194,7 @@ fn bearer_token_flow_with_credentials() {
         lf.images[0].manifest.digest.to_string(),
         amd.manifest_digest()
     );
-    assert!(tokens.load(Ordering::SeqCst) >= 1);
+    assert!(tokens.issued.load(Ordering::SeqCst) >= 1);
 
     // The pull gets its own token and sends it with every blob request.
     let cache = Cache::new(d.path().join("cache"));
@@ -209,4 +227,67 @@ fn bearer_token_flow_with_credentials() {
         oci::lock::lock_profile(&lp, &Registry::new(&anonymous).unwrap()).unwrap_err()
     );
     assert!(e.contains("401") && e.contains("--auth-file"), "{e}");
+}
+
+/// Credentials go only to the realm of the registry's own host, over https or to a host
+/// given as plain HTTP: a realm on another host (`localhost` is not `127.0.0.1`, another
+/// port is another host) gets the token request without them.
+#[test]
+fn credentials_never_go_to_a_foreign_or_plain_http_realm() {
+    let Some(reg) = TestRegistry::start() else {
+        return;
+    };
+    push_multiarch(&reg.base(), "test/secret", "1");
+    // A second proxy only as the token server of the plain-http-realm case: it counts
+    // what reaches it.
+    let (token_port, token_server) = start_proxy(reg.base());
+    type Realm = Box<dyn FnOnce(u16) -> String>;
+    let cases: [(&str, Realm, Option<Arc<Seen>>); 2] = [
+        (
+            "a foreign host",
+            Box::new(|port| format!("http://localhost:{port}/token")),
+            None,
+        ),
+        (
+            "an http realm on a host not given as plain HTTP",
+            Box::new(move |_| format!("http://127.0.0.1:{token_port}/token")),
+            Some(token_server),
+        ),
+    ];
+    for (what, realm, realm_server) in cases {
+        let (port, seen) = start_proxy_with_realm(reg.base(), realm);
+        let seen = realm_server.unwrap_or(seen);
+        let d = tempfile::tempdir().unwrap();
+        let lp = write_profile(
+            d.path(),
+            "s",
+            "x86_64",
+            &image_entry("secret", &format!("127.0.0.1:{port}/test/secret:1"), ""),
+        );
+        let auth_file = d.path().join("config.json");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+        std::fs::write(
+            &auth_file,
+            format!(
+                "{{\"auths\":{{\"127.0.0.1:{port}\":{{\"auth\":\"{encoded}\"}},\"localhost:{port}\":{{\"auth\":\"{encoded}\"}}}}}}"
+            ),
+        )
+        .unwrap();
+        let opts = RegistryOptions {
+            plain_http_registries: vec![format!("127.0.0.1:{port}")],
+            auth_file: Some(auth_file),
+            ..Default::default()
+        };
+        let r = oci::lock::lock_profile(&lp, &Registry::new(&opts).unwrap());
+        assert!(r.is_err(), "{what}: the lock needs a token");
+        assert!(
+            seen.asked.load(Ordering::SeqCst) >= 1,
+            "{what}: the realm was asked for a token"
+        );
+        assert_eq!(
+            seen.with_credentials.load(Ordering::SeqCst),
+            0,
+            "{what}: credentials were sent to the realm"
+        );
+    }
 }

@@ -190,7 +190,10 @@ fn the_lock_pins_the_debian_snapshot() {
     write(&lock_path(&lp.path), &lf).unwrap();
     assert_eq!(check_lock(&lp).unwrap().unwrap(), lf);
     let text = std::fs::read_to_string(lock_path(&lp.path)).unwrap();
-    assert!(text.contains("\"snapshot\": \"20261201T000000Z\""), "{text}");
+    assert!(
+        text.contains("\"snapshot\": \"20261201T000000Z\""),
+        "{text}"
+    );
     let lp2 = write_profile(d.path(), "s", "x86_64", &snap("20261215T000000Z"));
     let e = err(&lp2);
     assert!(

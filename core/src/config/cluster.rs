@@ -75,6 +75,55 @@ pub struct ClusterConfig {
     /// releases and addons tolerate (the older `.../master` key is no longer used).
     #[serde(default = "default_true")]
     pub taint_masters: bool,
+    /// Registry mirrors for containerd on every node: `registry host` → mirror endpoints,
+    /// tried in order before the registry itself (air-gapped sites, pull-through caches).
+    #[serde(default)]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Per-component settings beyond the product's (see [`Components`]).
+    #[serde(default)]
+    pub components: Components,
+}
+
+/// Settings of the cluster's components the product does not choose itself, kubeadm's
+/// `extraArgs` in spirit: flags added to (or replacing) the ones firstboot renders, and
+/// top-level fields merged into the kubelet's and kube-proxy's configuration files.
+/// Operator input like the rest of cluster.yml: nothing here is checked against the
+/// components' own flag lists, so a wrong name shows when the component starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Components {
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub kube_apiserver: Component,
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub kube_controller_manager: Component,
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub kube_scheduler: Component,
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub kubelet: Component,
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub kube_proxy: Component,
+    /// etcd's flags become `ETCD_<NAME>` variables in its environment file.
+    #[serde(default, skip_serializing_if = "Component::is_empty")]
+    pub etcd: Component,
+}
+
+/// One component's additions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// `flag-name: value` (without the leading `--`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+    /// Top-level fields of the component's configuration file (kubelet:
+    /// KubeletConfiguration, kube-proxy: KubeProxyConfiguration), replacing the product's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+impl Component {
+    pub fn is_empty(&self) -> bool {
+        self.extra_args.is_empty() && self.config.is_empty()
+    }
 }
 
 fn default_cluster_name() -> String {
@@ -121,6 +170,9 @@ impl Host {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// The pod network (CNI): Weave Net (the default) or flannel (VXLAN).
+    #[serde(default)]
+    pub provider: CniProvider,
     #[serde(default = "default_service_cidr")]
     pub service_cidr: IpNet,
     #[serde(default = "default_pod_network_cidr")]
@@ -145,6 +197,7 @@ pub struct Network {
 impl Default for Network {
     fn default() -> Self {
         Network {
+            provider: CniProvider::default(),
             service_cidr: default_service_cidr(),
             pod_network_cidr: default_pod_network_cidr(),
             trusted_subnets: Vec::new(),
@@ -152,6 +205,28 @@ impl Default for Network {
             node_port_range: default_node_port_range(),
             node_subnets: Vec::new(),
             etcd_localhost_only: false,
+        }
+    }
+}
+
+/// The pod network a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniProvider {
+    /// Weave Net: an encrypted overlay (its password from the cluster secrets; plain
+    /// fastdp only inside `trusted_subnets`), weave-npc for NetworkPolicy.
+    #[default]
+    Weave,
+    /// flannel with its VXLAN backend (UDP 8472 between cluster nodes). VXLAN is not
+    /// encrypted: for networks the cluster trusts. No NetworkPolicy enforcement.
+    Flannel,
+}
+
+impl CniProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CniProvider::Weave => "weave",
+            CniProvider::Flannel => "flannel",
         }
     }
 }
@@ -245,7 +320,8 @@ pub struct WebhookCluster {
     pub certificate_authority: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The webhook's client identity; `Debug` never shows the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookUser {
     pub name: String,
@@ -253,6 +329,19 @@ pub struct WebhookUser {
     pub client_key: Option<String>,
     #[serde(default)]
     pub client_certificate: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookUser")
+            .field("name", &self.name)
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_certificate", &self.client_certificate.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

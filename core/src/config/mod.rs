@@ -58,6 +58,69 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// This error with the values of `document` taken out
+    /// ([`crate::errors::redact_document_values`], the document's secret fields found by
+    /// [`secret_values`]): for errors about user data, which reach the console, status.json
+    /// and the cloud's console log.
+    pub fn redacted(self, document: &str) -> Self {
+        let secrets = secret_values(document);
+        let r = |m: String| crate::errors::redact_document_values(&m, document, &secrets);
+        match self {
+            ConfigError::Parse {
+                source_name,
+                message,
+            } => ConfigError::Parse {
+                source_name,
+                message: r(message),
+            },
+            ConfigError::Invalid {
+                source_name,
+                field,
+                message,
+            } => ConfigError::Invalid {
+                source_name,
+                field: r(field),
+                message: r(message),
+            },
+            io @ ConfigError::Io { .. } => io,
+        }
+    }
+}
+
+/// Every string in `document` (YAML or JSON, read leniently; nothing when it is neither)
+/// under `secrets:` or under a key that names a key, password, token or secret, at any
+/// depth: what must never be echoed in a message about it.
+pub fn secret_values(document: &str) -> Vec<String> {
+    fn secret_key(k: &str) -> bool {
+        let k = k.to_ascii_lowercase();
+        ["secret", "key", "password", "token", "passwd"]
+            .iter()
+            .any(|w| k.contains(w))
+    }
+    fn walk(v: &yaml_serde::Value, secret: bool, out: &mut Vec<String>) {
+        match v {
+            yaml_serde::Value::String(s) if secret => out.push(s.clone()),
+            yaml_serde::Value::Sequence(items) => {
+                items.iter().for_each(|i| walk(i, secret, out));
+            }
+            yaml_serde::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let named = k.as_str().is_some_and(secret_key);
+                    walk(v, secret || named, out);
+                }
+            }
+            yaml_serde::Value::Tagged(t) => walk(&t.value, secret, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = yaml_serde::from_str::<yaml_serde::Value>(document) {
+        walk(&v, false, &mut out);
+    }
+    out
+}
+
 /// Parse strict YAML, turning yaml_serde's error (which carries "at line L column C")
 /// into a [`ConfigError::Parse`] naming the document.
 pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(

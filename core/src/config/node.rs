@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    parse_yaml, read_file, Addons, Audit, Authentication, BootstrapToken, Cloud, ConfigError,
-    FileMode, Hostname, LabelKey, Network, NodePath, Role,
+    parse_yaml, read_file, Addons, Audit, Authentication, BootstrapToken, Cloud, Components,
+    ConfigError, FileMode, Hostname, LabelKey, Network, NodePath, Role,
 };
 
 /// The only node config version this build understands.
@@ -86,6 +86,9 @@ pub struct NodeCluster {
     /// Registry mirrors for containerd (`registry host` -> mirror endpoints).
     #[serde(default)]
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// Per-component flags and configuration fields, from cluster.yml.
+    #[serde(default)]
+    pub components: Components,
 }
 
 fn default_true() -> bool {
@@ -127,8 +130,9 @@ pub enum TaintEffect {
     NoExecute,
 }
 
-/// A file the node config asks firstboot to write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A file the node config asks firstboot to write. Its `Debug` shows the length of the
+/// contents, never the contents (a key, a kubeconfig).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     /// Absolute path on the node.
@@ -137,6 +141,16 @@ pub struct FileSpec {
     #[serde(default)]
     pub mode: Option<FileMode>,
     pub contents: String,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .field("contents", &format_args!("<{} bytes>", self.contents.len()))
+            .finish()
+    }
 }
 
 impl FileSpec {
@@ -250,6 +264,12 @@ impl NodeConfig {
         let c: NodeConfig = parse_yaml(source_name, text)?;
         c.validate(source_name)?;
         Ok(c)
+    }
+
+    /// [`NodeConfig::parse`] for user data: errors carry none of the document's values
+    /// ([`ConfigError::redacted`]).
+    pub fn parse_untrusted(source_name: &str, text: &str) -> Result<Self, ConfigError> {
+        Self::parse(source_name, text).map_err(|e| e.redacted(text))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -479,6 +499,11 @@ addons:
   kubernetes-dashboard: {enabled: true}
   host-upgrades: {enabled: true, interval: 7d}
 taint_masters: false
+registry_mirrors:
+  registry.k8s.io: ["http://10.0.0.5:5000"]
+components:
+  kube-apiserver: {extra_args: {etcd-healthcheck-timeout: 30s}}
+  kubelet: {config: {nodeLeaseDurationSeconds: 120}}
 "#,
         )
         .unwrap();
@@ -493,6 +518,8 @@ taint_masters: false
             cloud,
             addons,
             taint_masters,
+            registry_mirrors,
+            components,
         } = c.clone();
         // Every shared field differs from its default, so a dropped one shows.
         assert_ne!(network, Network::default());
@@ -519,7 +546,8 @@ taint_masters: false
             cloud: n_cloud,
             addons: n_addons,
             taint_masters: n_taint_masters,
-            registry_mirrors,
+            registry_mirrors: n_registry_mirrors,
+            components: n_components,
         } = n;
         assert_eq!(n_name, name);
         assert_eq!(Some(n_api_endpoint), api_endpoint);
@@ -534,7 +562,10 @@ taint_masters: false
         assert_eq!(n_cloud, cloud);
         assert_eq!(n_addons, addons);
         assert_eq!(n_taint_masters, taint_masters);
+        assert!(!registry_mirrors.is_empty() && components != Components::default());
+        assert_eq!(n_registry_mirrors, registry_mirrors);
+        assert_eq!(n_components, components);
         // The node config's own fields (from hosts and the workstation) keep defaults.
-        assert!(masters.is_empty() && nodes.is_empty() && registry_mirrors.is_empty());
+        assert!(masters.is_empty() && nodes.is_empty());
     }
 }

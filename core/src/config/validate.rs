@@ -14,9 +14,63 @@ use super::{
     NODE_CONFIG_VERSION,
 };
 
+/// `components.<name>.extra_args`: flag names of `[a-z0-9-]` (no leading `--`), values on
+/// one line (a unit file or environment file line each). `components.kube-proxy` has
+/// no flags of its own here: its settings go to `config`.
+fn validate_components(src: &str, prefix: &str, c: &super::Components) -> Result<(), ConfigError> {
+    let all = [
+        ("kube-apiserver", &c.kube_apiserver),
+        ("kube-controller-manager", &c.kube_controller_manager),
+        ("kube-scheduler", &c.kube_scheduler),
+        ("kubelet", &c.kubelet),
+        ("kube-proxy", &c.kube_proxy),
+        ("etcd", &c.etcd),
+    ];
+    for (name, comp) in all {
+        for (flag, value) in &comp.extra_args {
+            let key = format!("{prefix}components.{name}.extra_args.{flag}");
+            let ok_name = !flag.is_empty()
+                && !flag.starts_with('-')
+                && flag
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok_name {
+                return Err(ConfigError::invalid(
+                    src,
+                    &key,
+                    "expected a flag name of [a-z0-9-] without the leading `--`",
+                ));
+            }
+            if value.chars().any(|ch| ch.is_control()) {
+                return Err(ConfigError::invalid(
+                    src,
+                    &key,
+                    "expected a value on one line (no newline or control character)",
+                ));
+            }
+        }
+        if !comp.config.is_empty() && !matches!(name, "kubelet" | "kube-proxy") {
+            return Err(ConfigError::invalid(
+                src,
+                format!("{prefix}components.{name}.config"),
+                "only kubelet and kube-proxy read a configuration file; use extra_args",
+            ));
+        }
+        if name == "kube-proxy" && !comp.extra_args.is_empty() {
+            return Err(ConfigError::invalid(
+                src,
+                format!("{prefix}components.kube-proxy.extra_args"),
+                "kube-proxy runs from its configuration file: put settings under components.kube-proxy.config",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ClusterConfig {
     /// Checks that serde cannot express. Each error names the key.
     pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        validate_components(src, "", &self.components)?;
         if self.name.is_empty()
             || !self
                 .name
@@ -258,6 +312,7 @@ impl ClusterConfig {
 impl NodeConfig {
     /// Checks that the types cannot express. Each error names the key.
     pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        validate_components(src, "cluster.", &self.cluster.components)?;
         if self.version != NODE_CONFIG_VERSION {
             return Err(ConfigError::invalid(
                 src,

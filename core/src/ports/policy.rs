@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::{ClusterConfig, IngressNginx, Network, NodeConfig, Role};
+use crate::config::{ClusterConfig, CniProvider, IngressNginx, Network, NodeConfig, Role};
 
 use super::table::PORT_TABLE;
 use super::types::*;
@@ -235,6 +235,8 @@ impl PortPolicy {
                 Condition::IngressNode => ingress_here,
                 Condition::EtcdOnMasters => stacked_etcd && !localhost_etcd,
                 Condition::EtcdLocalhostOnly => stacked_etcd && localhost_etcd,
+                Condition::Weave => facts.network.provider == CniProvider::Weave,
+                Condition::Flannel => facts.network.provider == CniProvider::Flannel,
             };
             if !applies {
                 continue;

@@ -325,3 +325,39 @@ fn from_node_config() {
         vec!["https://127.0.0.1:2379"]
     );
 }
+
+/// `network.provider: flannel` opens flannel's VXLAN port to cluster nodes and none of
+/// Weave Net's; the default (weave) the other way round.
+#[test]
+fn the_pod_network_provider_picks_its_ports() {
+    use crate::config::CniProvider;
+    for role in [Role::Master, Role::Worker] {
+        let weave = PortPolicy::new(facts(role)).unwrap();
+        let mut f = facts(role);
+        f.network.provider = CniProvider::Flannel;
+        let flannel = PortPolicy::new(f).unwrap();
+        let is_weave = |s: Service| format!("{s:?}").starts_with("Weave");
+        assert!(services(&weave).iter().any(|(s, _)| is_weave(*s)));
+        assert!(!services(&weave)
+            .iter()
+            .any(|(s, _)| *s == Service::FlannelVxlan));
+        assert!(
+            !services(&flannel).iter().any(|(s, _)| is_weave(*s)),
+            "{role:?}"
+        );
+        let vxlan: Vec<_> = flannel
+            .rules
+            .iter()
+            .filter(|r| r.row.service == Service::FlannelVxlan)
+            .collect();
+        assert_eq!(vxlan.len(), 1, "{role:?}");
+        assert_eq!(vxlan[0].sources, Sources::Set(SourceSet::ClusterNodes));
+        assert_eq!(
+            vxlan[0].ports,
+            Some(PortRange {
+                first: 8472,
+                last: 8472
+            })
+        );
+    }
+}

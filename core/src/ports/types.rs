@@ -192,6 +192,10 @@ pub enum Condition {
     EtcdOnMasters,
     /// etcd runs on the masters and `network.etcd_localhost_only` is true.
     EtcdLocalhostOnly,
+    /// The pod network is Weave Net (`network.provider: weave`, the default).
+    Weave,
+    /// The pod network is flannel (`network.provider: flannel`).
+    Flannel,
 }
 
 impl Condition {
@@ -201,6 +205,8 @@ impl Condition {
             Condition::IngressNode => "ingress-nginx enabled and node matches its node_selector",
             Condition::EtcdOnMasters => "stacked etcd (default)",
             Condition::EtcdLocalhostOnly => "stacked etcd with network.etcd_localhost_only",
+            Condition::Weave => "network.provider: weave (default)",
+            Condition::Flannel => "network.provider: flannel",
         }
     }
 }

@@ -43,6 +43,19 @@ fn cluster_objects_plan(c: &StepContext) -> String {
     )
 }
 
+/// What `cloud.provider` means since in-tree cloud providers are gone (Kubernetes 1.31):
+/// the kubelets run with `--cloud-provider=external` and each Node keeps the
+/// `node.cloudprovider.kubernetes.io/uninitialized` taint until that cloud's
+/// cloud-controller-manager initialises it. This product deploys none, so say so where
+/// the operator looks (the step's report), instead of a cluster whose DNS never schedules.
+pub fn cloud_provider_note(provider: &str) -> String {
+    format!(
+        "cloud.provider `{provider}`: Nodes carry node.cloudprovider.kubernetes.io/uninitialized:NoSchedule \
+         until a cloud-controller-manager for `{provider}` initialises them; none is deployed here: \
+         apply one (e.g. in an Ignition file under /etc/kubernetes/manifests-applied) or remove cloud.provider"
+    )
+}
+
 /// The bootstrap master's manifests in apply order: bootstrap token, RBAC (with the
 /// approver's), Weave Net, CoreDNS, then the enabled addons. kube-proxy runs as a
 /// service on every node; its RBAC binding is part of the RBAC manifest.
@@ -54,9 +67,12 @@ pub fn bootstrap_manifests(
         anyhow!("the node config lacks secrets.bootstrap_token or secrets.weave_password")
     })?;
     ms.push(approver_rbac());
-    let plan = kube::addons::addon_manifests(inp, images);
+    let mut plan = kube::addons::addon_manifests(inp, images);
     ms.extend(plan.manifests);
     ms.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(cloud) = &inp.node.cluster.cloud {
+        plan.notes.push(cloud_provider_note(&cloud.provider));
+    }
     Ok((ms, plan.notes))
 }
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::kube::manifests::Images;
-use nodeimage_core::config::NodeConfig;
+use nodeimage_core::config::{CniProvider, NodeConfig};
 use nodeimage_core::files::rooted;
 
 /// Written by the image build: the OCI images baked into the image.
@@ -30,15 +30,14 @@ pub struct ImageEntry {
 }
 
 impl ImageEntry {
-    /// The reference a manifest uses: pinned by digest when the entry has one
-    /// (`repo:tag@sha256:...`; the container runtime resolves the digest).
-    pub fn pinned(&self) -> String {
-        match &self.digest {
-            Some(d) if !self.reference.contains('@') && !d.is_empty() => {
-                format!("{}@{d}", self.reference)
-            }
-            _ => self.reference.clone(),
-        }
+    /// The reference a manifest uses for a baked image: exactly the name the `images`
+    /// step imported it under (`repo:tag`). The digest is not appended: containerd's CRI
+    /// resolves `repo:tag@sha256:…` by the digest reference `repo@sha256:…`, which no
+    /// imported image is named, so the kubelet would pull (and an air-gapped node never
+    /// start the pod). The bytes are pinned anyway: the build pulled them by digest and
+    /// the `images` step checks the digest of what it imported.
+    pub fn reference_as_imported(&self) -> String {
+        self.reference.clone()
     }
 
     fn repository(&self) -> &str {
@@ -90,6 +89,11 @@ pub const IMAGE_KEYS: &[ImageKey] = &[
         default: "docker.io/rajchaudhuri/weave-npc:2.9.0",
     },
     ImageKey {
+        name: "flannel",
+        aliases: &["flannel-io/flannel"],
+        default: "ghcr.io/flannel-io/flannel:v0.28.10",
+    },
+    ImageKey {
         name: "ingress-nginx-controller",
         aliases: &["ingress-nginx/controller"],
         default: "registry.k8s.io/ingress-nginx/controller:v1.15.1",
@@ -115,11 +119,15 @@ fn key(name: &str) -> &'static ImageKey {
         .expect("known image key")
 }
 
-/// The images this cluster's manifests need (CoreDNS and Weave Net always, addons when
-/// enabled).
+/// The images this cluster's manifests need (CoreDNS and the pod network's always,
+/// addons when enabled).
 pub fn needed_images(config: &NodeConfig) -> Vec<&'static str> {
     let a = &config.cluster.addons;
-    let mut v = vec!["coredns", "weave-kube", "weave-npc"];
+    let mut v = vec!["coredns"];
+    match config.cluster.network.provider {
+        CniProvider::Weave => v.extend(["weave-kube", "weave-npc"]),
+        CniProvider::Flannel => v.push("flannel"),
+    }
     if a.ingress_enabled() {
         v.push("ingress-nginx-controller");
     }
@@ -166,7 +174,7 @@ pub fn resolve_images(root: &Path, config: &NodeConfig) -> Result<(Images, Strin
         match &entries {
             None => Ok(k.default.to_string()),
             Some(list) => match list.iter().find(|e| e.matches(k)) {
-                Some(e) => Ok(e.pinned()),
+                Some(e) => Ok(e.reference_as_imported()),
                 None if needed.contains(&name) => {
                     let have: Vec<&str> = list.iter().map(|e| e.name.as_str()).collect();
                     bail!(
@@ -184,11 +192,12 @@ pub fn resolve_images(root: &Path, config: &NodeConfig) -> Result<(Images, Strin
         coredns: pick("coredns")?,
         weave_kube: pick("weave-kube")?,
         weave_npc: pick("weave-npc")?,
+        flannel: pick("flannel")?,
         ingress_nginx_controller: pick("ingress-nginx-controller")?,
         ingress_default_backend: entries
             .as_ref()
             .and_then(|l| l.iter().find(|e| e.name == DEFAULT_BACKEND))
-            .map(ImageEntry::pinned),
+            .map(ImageEntry::reference_as_imported),
         kured: pick("kured")?,
         kubernetes_dashboard: pick("kubernetes-dashboard")?,
     };
@@ -225,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn file_entries_are_pinned_and_required() {
+    fn baked_entries_are_used_by_their_imported_name_and_required() {
         let d = tempfile::tempdir().unwrap();
         let p = rooted(d.path(), IMAGES_JSON);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -240,10 +249,9 @@ mod tests {
         )
         .unwrap();
         let (i, src) = resolve_images(d.path(), &config("")).unwrap();
-        assert_eq!(
-            i.coredns,
-            "registry.k8s.io/coredns/coredns:v1.13.1@sha256:bb"
-        );
+        // The name the archive was imported under, not `…:v1.13.1@sha256:bb` (which
+        // containerd's CRI would look up as `…@sha256:bb` and not find).
+        assert_eq!(i.coredns, "registry.k8s.io/coredns/coredns:v1.13.1");
         assert_eq!(
             i.weave_kube, "docker.io/weaveworks/weave-kube:2.8.1",
             "matched by repository"

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::api::wait_local_api;
 use super::node::{
     files_detail, inputs, local_apiserver_url, master_secrets, node_address, require_binaries,
-    write_changed, CONTROL_PLANE_BINARIES, CONTROL_PLANE_UNITS, ETCD_BIN, NOT_LIVE,
+    write_changed, CONTROL_PLANE_BINARIES, CONTROL_PLANE_UNITS, ETCD_BIN, FIRSTBOOT_BIN, NOT_LIVE,
 };
 use super::wait::{Progress, WaitOptions};
 use crate::etcd::{self, EtcdMemberSpec};
@@ -81,9 +81,18 @@ fn pki_step(c: &StepContext) -> Result<String> {
         &master_secrets(c.config)?,
         time::OffsetDateTime::now_utc(),
     )?;
+    // Renewal (a daily timer) reissues from what this step records and the CAs it wrote.
+    crate::renew::save_identity(&c.opts.root, &id)?;
+    write_changed(&c.opts.root, &crate::renew::units(FIRSTBOOT_BIN))?;
+    let timer = if c.opts.live {
+        systemd::enable_now(&[crate::renew::TIMER])?;
+        "renewal timer started"
+    } else {
+        "renewal timer written (not started: not live)"
+    };
     let count = |f: fn(&pki::Outcome) -> bool| report.iter().filter(|(_, o)| f(o)).count();
     Ok(format!(
-        "{} certificates: {} created, {} kept, {} replaced",
+        "{} certificates: {} created, {} kept, {} replaced; {timer}",
         report.len(),
         count(|o| matches!(o, pki::Outcome::Created)),
         count(|o| matches!(o, pki::Outcome::Kept)),

@@ -13,7 +13,7 @@ use crate::kube::{self, GeneratedFile, KubeInputs};
 use crate::pki;
 use crate::step::{FnStep, StepContext};
 use nodeimage_core::config::{NodeConfig, Role};
-use nodeimage_core::files::{atomic_write, rooted};
+use nodeimage_core::files::rooted;
 
 /// Where the bootstrap master keeps a copy of every manifest it applied (secret ones 0600).
 pub const MANIFESTS_APPLIED_DIR: &str = "/etc/kubernetes/manifests-applied";
@@ -94,15 +94,9 @@ pub fn write_changed(root: &Path, files: &[GeneratedFile]) -> Result<usize> {
 }
 
 fn write_if_changed(root: &Path, node_path: &str, data: &[u8], mode: u32) -> Result<bool> {
-    use std::os::unix::fs::PermissionsExt;
     let p = rooted(root, node_path);
-    if let (Ok(old), Ok(meta)) = (std::fs::read(&p), std::fs::metadata(&p)) {
-        if old == data && meta.permissions().mode() & 0o7777 == mode {
-            return Ok(false);
-        }
-    }
-    atomic_write(&p, data, mode).with_context(|| format!("writing {}", p.display()))?;
-    Ok(true)
+    nodeimage_core::files::write_if_changed(&p, data, mode)
+        .with_context(|| format!("writing {}", p.display()))
 }
 
 pub(super) fn files_detail(total: usize, changed: usize) -> String {

@@ -59,6 +59,9 @@ pub struct EtcdMemberSpec {
     pub listen_client_urls: Vec<String>,
     /// `listen-peer-urls`, from the port table. Empty: the advertised peer URL.
     pub listen_peer_urls: Vec<String>,
+    /// `components.etcd.extra_args` as environment variables (`heartbeat-interval` →
+    /// `ETCD_HEARTBEAT_INTERVAL`), replacing the product's.
+    pub extra_env: BTreeMap<String, String>,
 }
 
 fn url(host: &str, port: u16) -> String {
@@ -129,6 +132,19 @@ impl EtcdMemberSpec {
             peer_port,
             listen_client_urls,
             listen_peer_urls,
+            extra_env: c
+                .cluster
+                .components
+                .etcd
+                .extra_args
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        format!("ETCD_{}", k.to_ascii_uppercase().replace('-', "_")),
+                        v.clone(),
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -236,6 +252,9 @@ pub fn etcd_env(spec: &EtcdMemberSpec, initial_cluster: &str, state: ClusterStat
     set("ETCD_PEER_CLIENT_CERT_AUTH", "true".into());
     set("ETCD_SNAPSHOT_COUNT", "10000".into());
     set("ETCD_STRICT_RECONFIG_CHECK", "true".into());
+    for (k, val) in &spec.extra_env {
+        set(k, val.clone());
+    }
     EtcdEnv { vars: v }
 }
 
@@ -283,8 +302,11 @@ mod tests {
             peer_port: PEER_PORT,
             listen_client_urls: vec![],
             listen_peer_urls: vec![],
+            extra_env: [("ETCD_HEARTBEAT_INTERVAL".to_string(), "500".to_string())].into(),
         };
         let e = etcd_env(&spec, "m1=https://10.0.0.1:2380", ClusterState::New);
+        // components.etcd.extra_args arrive as ETCD_ variables.
+        assert_eq!(e.get("ETCD_HEARTBEAT_INTERVAL"), Some("500"));
         assert_eq!(
             e.get("ETCD_LISTEN_CLIENT_URLS"),
             Some("https://10.0.0.1:2379")

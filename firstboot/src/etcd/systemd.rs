@@ -53,6 +53,7 @@ impl EtcdService for SystemdEtcd {
     }
 
     fn is_running(&self) -> bool {
-        self.root == Path::new("/") && systemd::is_active(UNIT_NAME)
+        // Starting counts: a Type=notify member is `activating` until it has quorum.
+        self.root == Path::new("/") && systemd::is_running(UNIT_NAME)
     }
 }

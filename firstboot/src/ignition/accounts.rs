@@ -6,7 +6,8 @@
 //!
 //! New users get the lowest free uid from 1000 (system users the highest free below
 //! 1000), a user group of the same name and id (unless `noUserGroup`/`primaryGroup`),
-//! `/home/<name>` (0700, unless `noCreateHome`), shell `/bin/bash`, a locked password
+//! `/home/<name>` (0700, unless `noCreateHome`; an existing directory is used as it is,
+//! never chowned or chmodded), shell `/bin/bash`, a locked password
 //! unless `passwordHash`. `/etc/skel` is not copied. For an existing user,
 //! `passwordHash`, supplementary `groups` and keys are applied; asking to change its uid,
 //! home, shell, gecos or primary group is refused.
@@ -410,8 +411,18 @@ pub(super) fn plan_accounts(
                     ));
                 }
                 add_to_groups(a, &u.name, u.groups.as_deref().unwrap_or_default(), &what)?;
-                if u.no_create_home != Some(true) {
-                    p.mkdir(&home, 0o700, Some((Some(uid), Some(gid))))?;
+                // A home that exists already (`/`, `/etc`, another user's) is left as it
+                // is: useradd never chowns or chmods an existing directory either.
+                match p.meta(&home)? {
+                    _ if u.no_create_home == Some(true) => {}
+                    None => p.mkdir(&home, 0o700, Some((Some(uid), Some(gid))))?,
+                    Some(m) if m.is_dir() || m.file_type().is_symlink() => {}
+                    Some(_) => {
+                        return Err(conflict(
+                            &what,
+                            format!("homeDir {home} exists and is not a directory"),
+                        ))
+                    }
                 }
                 p.report.users_created.push(u.name.clone());
             }

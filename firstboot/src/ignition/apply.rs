@@ -50,6 +50,7 @@ pub(crate) fn plan(st: &StagedIgnition, root: &Path) -> Result<Plan, IgnitionErr
     accounts::plan_accounts(st, &mut p, &mut accounts)?;
     plan_storage(st, &mut p, &accounts)?;
     units::plan_units(st, &mut p)?;
+    no_writes_through_replaced_entries(&p.ops)?;
     // Directories first (parents before children), then everything else in config order.
     let mut ops = std::mem::take(&mut p.ops);
     ops.sort_by_key(|o| match o {
@@ -62,6 +63,34 @@ pub(crate) fn plan(st: &StagedIgnition, root: &Path) -> Result<Plan, IgnitionErr
         ops,
         report: p.report,
     })
+}
+
+/// Every op's parent directories are resolved before anything is written; a path
+/// below an entry this config replaces (a link, a file, a removal) would instead be
+/// written through whatever that entry becomes. Refused: a config writes into a
+/// directory, never through its own links.
+fn no_writes_through_replaced_entries(ops: &[PlannedOp]) -> Result<(), IgnitionError> {
+    let paths: BTreeSet<&str> = ops.iter().map(PlannedOp::path).collect();
+    for op in ops {
+        if matches!(op, PlannedOp::Mkdir { .. }) {
+            continue;
+        }
+        let prefix = format!("{}/", op.path());
+        if let Some(below) = paths
+            .range(prefix.as_str()..)
+            .next()
+            .filter(|p| p.starts_with(&prefix))
+        {
+            return Err(conflict(
+                below,
+                format!(
+                    "is below {}, which this config replaces with a link or a file",
+                    op.path()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn plan_storage(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::apply::Plan;
 use super::plan::{ApplyReport, Ownership, PlannedOp};
 use super::IgnitionError;
-use nodeimage_core::files::rooted;
+use nodeimage_core::files::rooted_nofollow;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -52,7 +52,7 @@ impl Plan {
         // Phase 1: prepare.
         let prepared: Result<(), IgnitionError> = (|| {
             for (i, op) in self.ops.iter().enumerate() {
-                let full = rooted(&self.root, op.path());
+                let full = rooted_nofollow(&self.root, op.path());
                 if let Some(parent) = full.parent() {
                     create_parents(parent, &mut created_dirs).map_err(|e| fail(op.path(), e))?;
                 }
@@ -97,7 +97,7 @@ impl Plan {
                         steps.push(step);
                         let src = match temps_of.get(target) {
                             Some(&j) => steps[j].temp.clone().expect("write step has a temp"),
-                            None => rooted(&self.root, target),
+                            None => rooted_nofollow(&self.root, target),
                         };
                         fs::hard_link(&src, &temp).map_err(|e| fail(path, e))?;
                         continue;

@@ -1,7 +1,13 @@
 //! Fetching a resource (`source` with `compression`, `httpHeaders` and
 //! `verification.hash`): data: URLs (base64 or percent-encoded) and http(s), through
 //! one retrying client per staging run (one deadline for all of it).
+//!
+//! Memory is bounded: every content staged (referenced configs, files, appends, after
+//! decompression) counts against one budget, [`STAGING_BUDGET`], for the whole config.
+//! A download stops at what is left of it, and gzip that would decompress beyond it is
+//! an error, never a silently truncated file.
 
+use std::cell::Cell;
 use std::io::Read;
 
 use base64::Engine;
@@ -11,12 +17,15 @@ use sha2::{Digest, Sha256, Sha512};
 use super::{invalid, unsupported, IgnitionError};
 use crate::net::{HashMismatch, Http, Timeouts};
 
-const MAX_RESOURCE: u64 = 256 << 20;
+/// What all the contents of one Ignition config may take in memory together.
+pub const STAGING_BUDGET: u64 = 256 << 20;
 
-/// Fetches resources for one staging run: one HTTP client, one deadline.
+/// Fetches resources for one staging run: one HTTP client, one deadline, one budget.
 pub(crate) struct Fetcher {
     source_name: String,
     pub(super) http: Http,
+    /// Bytes of [`STAGING_BUDGET`] not used yet.
+    left: Cell<u64>,
 }
 
 impl Fetcher {
@@ -24,13 +33,27 @@ impl Fetcher {
         Fetcher {
             source_name: source_name.into(),
             http: Http::new(format!("{source_name}: Ignition"), timeouts, false),
+            left: Cell::new(STAGING_BUDGET),
         }
+    }
+
+    fn over_budget(&self, what: &str, detail: &str) -> IgnitionError {
+        invalid(
+            &self.source_name,
+            what,
+            format!(
+                "{detail}: more than the {} bytes left of the {STAGING_BUDGET}-byte budget for \
+                 all the contents of an Ignition config",
+                self.left.get()
+            ),
+        )
     }
 
     pub(super) fn describe(&self, r: &v3_6::Resource) -> String {
         let s = r.source.clone().unwrap_or_default();
         if s.starts_with("data:") {
-            format!("{}…", &s[..s.len().min(24)])
+            // By characters: a byte index could fall inside one.
+            format!("{}…", s.chars().take(24).collect::<String>())
         } else {
             s
         }
@@ -57,6 +80,7 @@ impl Fetcher {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
+            self.http.set_max_body(self.left.get());
             self.http.get_required(source, &hdrs)?
         } else {
             let scheme = source.split(':').next().unwrap_or("");
@@ -66,16 +90,26 @@ impl Fetcher {
                 format!("scheme `{scheme}:`; firstboot fetches data:, http: and https:"),
             ));
         };
+        let left = self.left.get();
+        if raw.len() as u64 > left {
+            return Err(self.over_budget(what, &format!("{} bytes", raw.len())));
+        }
         let data = match r.compression.as_deref() {
             None | Some("") => raw,
             Some("gzip") => {
                 let mut out = Vec::new();
                 flate2::read::MultiGzDecoder::new(raw.as_slice())
-                    .take(MAX_RESOURCE)
+                    .take(left + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| {
                         invalid(sn, format!("{what}.compression"), format!("gzip: {e}"))
                     })?;
+                if out.len() as u64 > left {
+                    return Err(self.over_budget(
+                        &format!("{what}.compression"),
+                        "the gzip data decompresses to",
+                    ));
+                }
                 out
             }
             Some(other) => {
@@ -89,6 +123,7 @@ impl Fetcher {
         if let Some(hash) = r.verification.as_ref().and_then(|v| v.hash.as_deref()) {
             verify_hash(sn, what, source, hash, &data)?;
         }
+        self.left.set(left - data.len() as u64);
         Ok(data)
     }
 }
@@ -124,13 +159,13 @@ fn verify_hash(
         } else {
             format!("{what} ({url})")
         };
-        return Err(IgnitionError::HashMismatch(HashMismatch {
+        return Err(IgnitionError::HashMismatch(Box::new(HashMismatch {
             source_name: source_name.into(),
             what: shown,
             algorithm,
             expected: expected.to_ascii_lowercase(),
             actual,
-        }));
+        })));
     }
     Ok(())
 }

@@ -33,10 +33,7 @@ pub(super) fn resolve(
         .filter(|v| !v.is_null())
         .map(|v| serde_json::from_value(v.clone()))
         .transpose()
-        .map_err(|e| IgnitionError::Parse {
-            source_name: source_name.into(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| super::parse_error(source_name, data, e.to_string()))?
         .unwrap_or_default();
     if let Some(obj) = value.get_mut("ignition").and_then(Value::as_object_mut) {
         obj.remove("config");

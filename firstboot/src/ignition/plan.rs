@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::IgnitionError;
-use nodeimage_core::files::rooted;
+use nodeimage_core::files::rooted_nofollow;
 
 /// `(uid, gid)` to set; `None` leaves that id as created.
 pub(crate) type Ownership = (Option<u32>, Option<u32>);
@@ -88,7 +88,9 @@ pub(super) fn io_conflict(path: &str, e: std::io::Error) -> IgnitionError {
 }
 
 /// Compares what the config wants with the tree and collects the operations that
-/// differ. Paths are node paths; the tree is read, never written.
+/// differ. Paths are node paths, resolved inside the root without following their last
+/// component (an op acts on the directory entry itself); the tree is read, never
+/// written.
 pub(super) struct Planner<'a> {
     pub root: &'a Path,
     pub ops: Vec<PlannedOp>,
@@ -124,19 +126,29 @@ impl<'a> Planner<'a> {
     }
 
     pub fn meta(&self, node_path: &str) -> Result<Option<fs::Metadata>, IgnitionError> {
-        match fs::symlink_metadata(rooted(self.root, node_path)) {
+        match fs::symlink_metadata(rooted_nofollow(self.root, node_path)) {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_conflict(node_path, e)),
         }
     }
 
+    /// The contents of a regular file (a symlink there is an error, never followed).
     pub fn read(&self, node_path: &str) -> Result<Vec<u8>, IgnitionError> {
-        fs::read(rooted(self.root, node_path)).map_err(|e| io_conflict(node_path, e))
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut data = Vec::new();
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(rooted_nofollow(self.root, node_path))
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| io_conflict(node_path, e))?;
+        Ok(data)
     }
 
     pub fn read_link(&self, node_path: &str) -> Option<String> {
-        fs::read_link(rooted(self.root, node_path))
+        fs::read_link(rooted_nofollow(self.root, node_path))
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
     }

@@ -50,6 +50,37 @@ pub(crate) fn parse_install(unit: &str) -> Install {
     inst
 }
 
+/// Every `[Install]` value becomes part of a path under [`UNIT_DIR`]: `WantedBy=`,
+/// `RequiredBy=` and `Alias=` must be plain unit names, `DefaultInstance=` a plain
+/// instance name (no `/`, so no `..` either), whatever the unit text says.
+fn check_install(unit: &str, unit_path: &str, install: &Install) -> Result<(), IgnitionError> {
+    let bad = |key: &str, value: &str, what: &str| {
+        conflict(
+            unit_path,
+            format!("unit {unit}: [Install] {key}={value} is not {what}"),
+        )
+    };
+    for (key, values) in [
+        ("WantedBy", &install.wanted_by),
+        ("RequiredBy", &install.required_by),
+        ("Alias", &install.alias),
+    ] {
+        if let Some(v) = values.iter().find(|v| !super::validate::valid_unit_name(v)) {
+            return Err(bad(key, v, "a unit name like `multi-user.target`"));
+        }
+    }
+    if let Some(i) = &install.default_instance {
+        let ok = !i.is_empty()
+            && i.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')
+            });
+        if !ok {
+            return Err(bad("DefaultInstance", i, "an instance name like `tty1`"));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn plan_units(st: &StagedIgnition, p: &mut Planner) -> Result<(), IgnitionError> {
     for u in &st.units {
         let unit_path = format!("{UNIT_DIR}/{}", u.name);
@@ -111,6 +142,7 @@ pub(super) fn plan_units(st: &StagedIgnition, p: &mut Planner) -> Result<(), Ign
             continue;
         };
         let install = parse_install(&text);
+        check_install(&u.name, &link_target, &install)?;
         let mut link_name = u.name.clone();
         if u.name.contains("@.") {
             match &install.default_instance {

@@ -274,9 +274,13 @@ pub(super) fn validate_and_fetch(
     let groups = passwd.groups.unwrap_or_default();
     for u in &users {
         check_account(sn, "passwd.users", "user", &u.name, u.should_exist)?;
+        check_user_fields(sn, u)?;
     }
     for g in &groups {
         check_account(sn, "passwd.groups", "group", &g.name, g.should_exist)?;
+        if let Some(h) = &g.password_hash {
+            account_field(sn, &format!("passwd.groups[{}].passwordHash", g.name), h)?;
+        }
     }
 
     Ok(StagedIgnition {
@@ -319,7 +323,69 @@ fn check_account(
     Ok(())
 }
 
-fn valid_unit_name(n: &str) -> bool {
+/// A value written as one field of a colon-separated account file (`/etc/passwd`,
+/// `shadow`, `group`, `gshadow`): a `:` would shift the fields, a newline add a line (a
+/// second uid-0 account). The error names the field, never the value.
+fn account_field(sn: &str, field: &str, value: &str) -> Result<(), IgnitionError> {
+    match value
+        .chars()
+        .find(|c| matches!(c, ':' | '\n' | '\r' | '\0'))
+    {
+        None => Ok(()),
+        Some(c) => Err(invalid(
+            sn,
+            field,
+            format!(
+                "must not contain {} (it would change the account files' other fields or lines)",
+                match c {
+                    ':' => "`:`",
+                    '\n' => "a newline",
+                    '\r' => "a carriage return",
+                    _ => "a NUL byte",
+                }
+            ),
+        )),
+    }
+}
+
+/// The fields of a user that end up in the account files, and its keys (one line each
+/// in `authorized_keys`).
+fn check_user_fields(sn: &str, u: &v3_6::User) -> Result<(), IgnitionError> {
+    let field = |f: &str| format!("passwd.users[{}].{f}", u.name);
+    for (name, value) in [
+        ("gecos", &u.gecos),
+        ("passwordHash", &u.password_hash),
+        ("homeDir", &u.home_dir),
+        ("shell", &u.shell),
+    ] {
+        if let Some(v) = value {
+            account_field(sn, &field(name), v)?;
+        }
+    }
+    for (name, value) in [("homeDir", &u.home_dir), ("shell", &u.shell)] {
+        if let Some(v) = value {
+            if !valid_node_path(v) {
+                return Err(invalid(
+                    sn,
+                    field(name),
+                    "expected an absolute path without `.`, `..` or `//`",
+                ));
+            }
+        }
+    }
+    for (i, k) in u.ssh_authorized_keys.iter().flatten().enumerate() {
+        if k.trim().contains(['\n', '\r', '\0']) {
+            return Err(invalid(
+                sn,
+                field(&format!("sshAuthorizedKeys[{i}]")),
+                "must be one line (no newline, carriage return or NUL)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn valid_unit_name(n: &str) -> bool {
     const SUFFIXES: [&str; 11] = [
         ".service",
         ".socket",

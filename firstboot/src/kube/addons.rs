@@ -15,8 +15,8 @@
 use super::manifests::{manifest, Images, Manifest};
 use super::objects::*;
 use super::KubeInputs;
-use crate::yaml;
 use nodeimage_core::config::{IngressNginx, Issuer};
+use nodeimage_core::yaml;
 
 /// Manifests to apply, and what could not be done (reported, never silent).
 #[derive(Debug, Clone, Default)]

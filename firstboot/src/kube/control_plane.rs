@@ -2,11 +2,11 @@
 //! the audit policy and the webhook kubeconfigs they read.
 
 use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit};
-use crate::kubeconfig::{
-    ClusterEntry, ContextEntry, Kubeconfig, NamedCluster, NamedContext, NamedUser, UserEntry,
-};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nodeimage_core::kubeconfig::{
+    ClusterEntry, ContextEntry, Kubeconfig, NamedCluster, NamedContext, NamedUser, UserEntry,
+};
 use nodeimage_core::layout::paths;
 
 pub const APISERVER_UNIT: &str = "/etc/systemd/system/kube-apiserver.service";
@@ -108,6 +108,7 @@ pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
             .set("audit-webhook-config-file", AUDIT_WEBHOOK_KUBECONFIG)
             .set("audit-webhook-mode", "batch");
     }
+    f.extend_from(&inp.node.cluster.components.kube_apiserver.extra_args);
     f
 }
 
@@ -142,6 +143,13 @@ pub fn controller_manager_flags(inp: &KubeInputs) -> Flags {
     if c.cloud.is_some() {
         f.set("cloud-provider", "external");
     }
+    f.extend_from(
+        &inp.node
+            .cluster
+            .components
+            .kube_controller_manager
+            .extra_args,
+    );
     f
 }
 
@@ -154,6 +162,7 @@ pub fn scheduler_flags(inp: &KubeInputs) -> Flags {
         .set("leader-elect", "true");
     // Health and metrics on localhost only (the port table's row).
     set_bind(&mut f, inp.binds.scheduler);
+    f.extend_from(&inp.node.cluster.components.kube_scheduler.extra_args);
     f
 }
 

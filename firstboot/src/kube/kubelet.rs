@@ -5,10 +5,12 @@
 use serde::Serialize;
 
 use super::{Flags, GeneratedFile, KubeInputs, ServiceUnit, CONTAINERD_ENDPOINT};
-use crate::kubeconfig::{Kubeconfig, KubeconfigUser};
 use nodeimage_core::config::TaintEffect;
+use nodeimage_core::kubeconfig::{Kubeconfig, KubeconfigUser};
 use nodeimage_core::layout::paths;
 
+/// systemd-resolved's list of the node's upstream DNS servers (from DHCP or the platform).
+pub const RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
 pub const KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 pub const KUBELET_UNIT: &str = "/etc/systemd/system/kubelet.service";
 /// Taint on masters (the key current Kubernetes and its addons tolerate).
@@ -59,6 +61,11 @@ pub struct KubeletConfiguration {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// The resolvers pods with `dnsPolicy: Default` (CoreDNS among them) inherit:
+    /// systemd-resolved's list of the servers DHCP or the platform gave the node, not its
+    /// 127.0.0.53 stub, which would make CoreDNS forward to itself (its `loop` plugin
+    /// stops it).
+    pub resolv_conf: &'static str,
     pub rotate_certificates: bool,
     #[serde(rename = "serverTLSBootstrap")]
     pub server_tls_bootstrap: bool,
@@ -156,6 +163,7 @@ pub fn kubelet_configuration(inp: &KubeInputs) -> KubeletConfiguration {
         container_runtime_endpoint: CONTAINERD_ENDPOINT,
         cluster_dns: vec![n.dns_service_ip().to_string()],
         cluster_domain: n.dns_domain.trim_end_matches('.').to_string(),
+        resolv_conf: RESOLV_CONF,
         rotate_certificates: true,
         server_tls_bootstrap: !master,
         tls_cert_file: master.then_some(paths::KUBELET_SERVING_CRT),
@@ -170,7 +178,13 @@ pub fn kubelet_configuration(inp: &KubeInputs) -> KubeletConfiguration {
 
 /// [`kubelet_configuration`] as the file's text.
 pub fn kubelet_config(inp: &KubeInputs) -> String {
-    crate::yaml::to_string(&kubelet_configuration(inp))
+    let c = kubelet_configuration(inp);
+    let over = &inp.node.cluster.components.kubelet.config;
+    if over.is_empty() {
+        nodeimage_core::yaml::to_string(&c)
+    } else {
+        nodeimage_core::yaml::to_string(&super::with_overrides(&c, over))
+    }
 }
 
 /// The labels the kubelet sets on itself (`--node-labels`): the operator's labels, which
@@ -202,6 +216,7 @@ pub fn kubelet_flags(inp: &KubeInputs) -> Flags {
     if inp.node.cluster.cloud.is_some() {
         f.set("cloud-provider", "external");
     }
+    f.extend_from(&inp.node.cluster.components.kubelet.extra_args);
     f
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::objects::*;
 use super::KubeInputs;
-use crate::yaml;
-use nodeimage_core::config::BootstrapToken;
+use nodeimage_core::config::{BootstrapToken, CniProvider};
 use nodeimage_core::layout::CLUSTER_ADMINS_GROUP;
+use nodeimage_core::yaml;
 
 /// The group a bootstrap token authenticates into (kubeadm's name, so tooling that
 /// knows kubeadm recognises it).
@@ -20,6 +20,8 @@ pub struct Images {
     pub coredns: String,
     pub weave_kube: String,
     pub weave_npc: String,
+    /// flannel (`network.provider: flannel`).
+    pub flannel: String,
     pub ingress_nginx_controller: String,
     /// Used when cluster.yml sets no `default_backend.image`; none: the controller's
     /// built-in default backend.
@@ -54,7 +56,7 @@ impl std::fmt::Debug for Manifest {
 pub(crate) fn manifest(name: &str, docs: Vec<yaml_serde::Value>, secret: bool) -> Manifest {
     Manifest {
         name: name.into(),
-        yaml: crate::yaml::documents(&docs),
+        yaml: nodeimage_core::yaml::documents(&docs),
         secret,
     }
 }
@@ -461,11 +463,21 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
 pub fn cluster_manifests(inp: &KubeInputs, images: &Images) -> Option<Vec<Manifest>> {
     let s = &inp.node.secrets;
     let token = bootstrap_token_secret(s.bootstrap_token.as_ref()?);
-    let password = s.weave_password.as_deref()?;
+    let network = match inp.node.cluster.network.provider {
+        CniProvider::Weave => {
+            let password = s.weave_password.as_deref()?;
+            manifest("10-weave-net.yaml", weave(inp, images, password), true)
+        }
+        CniProvider::Flannel => manifest(
+            "10-flannel.yaml",
+            super::flannel::flannel(inp, &images.flannel),
+            false,
+        ),
+    };
     Some(vec![
         manifest("00-bootstrap-token.yaml", vec![yaml::value(&token)], true),
         manifest("01-rbac.yaml", rbac(), false),
-        manifest("10-weave-net.yaml", weave(inp, images, password), true),
+        network,
         manifest("20-coredns.yaml", coredns(inp, &images.coredns), false),
     ])
 }

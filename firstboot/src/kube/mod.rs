@@ -4,7 +4,7 @@
 //!
 //! All of it is pure: values in, text out, golden-file tested. Manifests, the kubelet's
 //! and kube-proxy's configurations and kubeconfigs are typed values ([`objects`] and
-//! the configuration structs) serialized by [`crate::yaml`], never text templates;
+//! the configuration structs) serialized by [`nodeimage_core::yaml`], never text templates;
 //! systemd units come from [`ServiceUnit`]. Written from the Kubernetes v1.35 reference
 //! documentation. Decisions worth knowing:
 //!
@@ -38,6 +38,7 @@ use nodeimage_core::ports::{NodeFacts, PortPolicy, PortsError, Service};
 pub mod addons;
 pub mod control_plane;
 pub mod csr;
+pub mod flannel;
 
 pub mod kubelet;
 pub mod manifests;
@@ -162,7 +163,7 @@ impl std::fmt::Debug for GeneratedFile {
 }
 
 impl GeneratedFile {
-    fn new(path: &str, mode: u32, contents: String) -> Self {
+    pub(crate) fn new(path: &str, mode: u32, contents: String) -> Self {
         GeneratedFile {
             path: path.to_string(),
             mode,
@@ -199,6 +200,14 @@ impl Flags {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Add (or replace) the operator's flags: `components.<name>.extra_args`.
+    pub fn extend_from(&mut self, extra: &std::collections::BTreeMap<String, String>) -> &mut Self {
+        for (k, v) in extra {
+            self.set(k, v.clone());
+        }
+        self
     }
 
     /// One `--name=value` per element.
@@ -291,6 +300,21 @@ pub fn node_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
     }
     v.extend(kubelet::kubelet_files(inp));
     v.extend(proxy::kube_proxy_files(inp));
+    v
+}
+
+/// A configuration file's typed value with the operator's top-level fields
+/// (`components.<name>.config`) merged over it: a field they name replaces the product's.
+pub fn with_overrides<T: serde::Serialize>(
+    typed: &T,
+    over: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(typed).expect("configuration types serialize");
+    if let serde_json::Value::Object(m) = &mut v {
+        for (k, x) in over {
+            m.insert(k.clone(), x.clone());
+        }
+    }
     v
 }
 

@@ -19,7 +19,13 @@ pub const KUBE_PROXY_UNIT: &str = "/etc/systemd/system/kube-proxy.service";
 /// Health (cluster nodes, for load balancers) and metrics (localhost) listeners come from
 /// the port table.
 pub fn kube_proxy_config(inp: &KubeInputs) -> String {
-    crate::yaml::to_string(&kube_proxy_configuration(inp))
+    let c = kube_proxy_configuration(inp);
+    let over = &inp.node.cluster.components.kube_proxy.config;
+    if over.is_empty() {
+        nodeimage_core::yaml::to_string(&c)
+    } else {
+        nodeimage_core::yaml::to_string(&super::with_overrides(&c, over))
+    }
 }
 
 /// KubeProxyConfiguration, the fields set here.

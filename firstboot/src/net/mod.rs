@@ -11,11 +11,18 @@
 //!
 //! Proxies from the environment are never used: metadata services are link-local and the
 //! cluster's endpoints are reached directly.
+//!
+//! Every answer [`Http`] reads is bounded: at most [`DEFAULT_MAX_BODY`] bytes unless the
+//! caller sets a smaller limit ([`Http::set_max_body`], Ignition's staging budget); a
+//! larger answer is an error naming the limit, read no further and never retried.
+//! Redirects are followed by firstboot itself (at most 10): never from https to http
+//! nor to another scheme, and the caller's headers (a metadata token, an Ignition
+//! `httpHeaders` secret) go only to the origin they were meant for.
 
 mod http;
 mod tls;
 
-pub use http::{Http, Reply};
+pub use http::{redirect_allowed, Http, Reply, DEFAULT_MAX_BODY};
 pub use tls::{tls_client, TlsError};
 
 /// A fetched document whose digest is not the one it was pinned to.
@@ -78,6 +85,30 @@ pub enum NetError {
         url: String,
         status: u16,
         detail: String,
+    },
+    /// The answer is larger than the client reads (an endless or huge body).
+    #[error("{who}: {url}: the answer is larger than {limit} bytes ({seen}); not read further")]
+    TooLarge {
+        who: String,
+        url: String,
+        limit: u64,
+        /// What showed it: `Content-Length: N` or how much had arrived.
+        seen: String,
+    },
+    /// A redirect firstboot does not follow (https to http, another scheme, a loop).
+    #[error("{who}: {url}: redirect to {location} refused: {reason}")]
+    Redirect {
+        who: String,
+        url: String,
+        location: String,
+        reason: String,
+    },
+    /// The URL does not parse.
+    #[error("{who}: {url}: not a URL: {reason}")]
+    BadUrl {
+        who: String,
+        url: String,
+        reason: String,
     },
     #[error("{who}: building the HTTP client")]
     Client {

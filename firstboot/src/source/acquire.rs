@@ -144,7 +144,7 @@ fn node_config_in(source_name: &str, staged: &StagedIgnition) -> Result<NodeConf
             format!("Ignition file {NODE_CONFIG_IGNITION_PATH}: not UTF-8"),
         )
     })?;
-    Ok(NodeConfig::parse(
+    Ok(NodeConfig::parse_untrusted(
         &format!("{source_name}: {NODE_CONFIG_IGNITION_PATH}"),
         text,
     )?)

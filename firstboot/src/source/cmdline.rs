@@ -8,6 +8,11 @@
 //! * `{serial}`: `<root>/sys/class/dmi/id/product_serial`.
 //!
 //! `firstboot.config_sha256=<hex>` makes the fetched document's SHA-256 mandatory.
+//!
+//! The URL must be `https://`, or `http://` together with `firstboot.config_sha256=`:
+//! a plain-HTTP config without a pinned digest could be replaced by anyone on the path,
+//! and it makes the node root for whoever does. (Even with the digest a plain-HTTP
+//! master config shows its CA keys to anyone listening: serve masters over https.)
 
 use std::path::Path;
 
@@ -149,13 +154,21 @@ impl ConfigUrlSource {
         };
         let bad = |m: String| SourceError::Invalid(format!("firstboot.config_url: {m}"));
         if !(template.starts_with("http://") || template.starts_with("https://")) {
+            // (https://, or http:// with a digest: checked below.)
             return Err(bad(format!(
                 "expected an http:// or https:// URL, found `{template}`"
             )));
         }
         let url = expand_placeholders(&template, &MachineIds::from_root(&ctx.root)).map_err(bad)?;
         url::Url::parse(&url).map_err(|e| bad(format!("`{url}`: {e}")))?;
-        let sha256 = match cmdline_param(&ctx.cmdline, "firstboot.config_sha256") {
+        let sha256_param = cmdline_param(&ctx.cmdline, "firstboot.config_sha256");
+        if template.starts_with("http://") && sha256_param.is_none() {
+            return Err(bad(format!(
+                "`{template}` is plain HTTP, which anyone on the path can change: use https://, \
+                 or pin the document with firstboot.config_sha256=<its SHA-256>"
+            )));
+        }
+        let sha256 = match sha256_param {
             None => None,
             Some(h) => {
                 let h = h.to_ascii_lowercase();
@@ -183,13 +196,13 @@ impl DataSource for ConfigUrlSource {
         if let Some(expected) = &self.sha256 {
             let actual = hex::encode(Sha256::digest(&body));
             if &actual != expected {
-                return Err(SourceError::HashMismatch(HashMismatch {
+                return Err(SourceError::HashMismatch(Box::new(HashMismatch {
                     source_name: SOURCE_NAME.into(),
                     what: self.url.clone(),
                     algorithm: "sha256",
                     expected: expected.clone(),
                     actual,
-                }));
+                })));
             }
         }
         Ok(Some(body))

@@ -321,7 +321,7 @@ pub enum SourceError {
     },
     /// The document does not match `firstboot.config_sha256`.
     #[error(transparent)]
-    HashMismatch(HashMismatch),
+    HashMismatch(Box<HashMismatch>),
     /// The user data (or metadata) is not in a form firstboot accepts.
     #[error("{source_name}: {message}")]
     Format {

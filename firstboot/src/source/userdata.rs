@@ -1,6 +1,6 @@
 //! User data formats, detected by content:
 //!
-//! * a native node config: YAML mapping, parsed strictly by [`NodeConfig::parse`] (errors
+//! * a native node config: YAML mapping, parsed strictly by [`NodeConfig::parse_untrusted`] (errors
 //!   carry line and column);
 //! * an Ignition config v3.0.0–v3.6.0 (JSON with `ignition.version`); the node config then
 //!   travels inside it as the file
@@ -110,7 +110,7 @@ pub fn classify(source_name: &str, data: &[u8]) -> Result<UserData, SourceError>
                 Ok(yaml_serde::Value::Mapping(_)) | Err(_) => {}
                 Ok(_) => return Err(SourceError::format(source_name, format!("user data is not a YAML mapping; {EXPECTED}"))),
             }
-            Ok(UserData::NodeConfig(Box::new(NodeConfig::parse(
+            Ok(UserData::NodeConfig(Box::new(NodeConfig::parse_untrusted(
                 source_name,
                 text,
             )?)))

@@ -28,7 +28,12 @@ pub fn probe(dev: &Path, offset: u64) -> Result<Option<Superblock>> {
     let mut sb = [0u8; 1024];
     f.seek(SeekFrom::Start(offset + 1024))
         .and_then(|_| f.read_exact(&mut sb))
-        .with_context(|| format!("reading the superblock at byte {offset} of {}", dev.display()))?;
+        .with_context(|| {
+            format!(
+                "reading the superblock at byte {offset} of {}",
+                dev.display()
+            )
+        })?;
     Ok(parse(&sb))
 }
 
@@ -65,7 +70,8 @@ pub fn set_label(mountpoint: &Path, label: &str) -> Result<()> {
     if label.len() >= 16 {
         bail!("ext4 label `{label}` is longer than 15 bytes");
     }
-    let dir = File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
+    let dir =
+        File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
     let mut buf = [0u8; 256];
     buf[..label.len()].copy_from_slice(label.as_bytes());
     // SAFETY: FS_IOC_SETFSLABEL reads a char[256] from the pointer, which outlives the call.
@@ -84,7 +90,8 @@ pub fn set_label(mountpoint: &Path, label: &str) -> Result<()> {
 /// metadata, reaches the disk.
 pub fn syncfs(mountpoint: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
+    let dir =
+        File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
     // SAFETY: syncfs on an open descriptor.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
         bail!(
@@ -133,16 +140,17 @@ mod tests {
             .arg(&part)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut disk = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         disk.seek(SeekFrom::Start(1 << 20)).unwrap();
         std::io::copy(&mut File::open(&part).unwrap(), &mut disk).unwrap();
         let sb = probe(&img, 1 << 20).unwrap().expect("an ext4 superblock");
         assert_eq!(sb.label, "nodeimage-init");
-        assert_eq!(
-            sb.uuid,
-            uuid::uuid!("0b0e5c5e-2d7b-4a0e-8e0b-6d3b2a1c0f00")
-        );
+        assert_eq!(sb.uuid, uuid::uuid!("0b0e5c5e-2d7b-4a0e-8e0b-6d3b2a1c0f00"));
         assert_eq!(sb.bytes, 64 << 20);
     }
 }

@@ -149,15 +149,17 @@ fn read_copy(
         ));
     }
     let bytes = u64::from(hdr.entry_count) * u64::from(hdr.entry_size);
-    if hdr.entry_size < 128 || hdr.entry_size % 8 != 0 || bytes == 0 || bytes > MAX_ENTRIES_BYTES
+    if hdr.entry_size < 128
+        || !hdr.entry_size.is_multiple_of(8)
+        || bytes == 0
+        || bytes > MAX_ENTRIES_BYTES
     {
         return Err(format!(
             "header at LBA {lba}: {} entries of {} bytes",
             hdr.entry_count, hdr.entry_size
         ));
     }
-    if hdr.entries_lba >= disk_sectors || hdr.entries_lba + bytes.div_ceil(SECTOR) > disk_sectors
-    {
+    if hdr.entries_lba >= disk_sectors || hdr.entries_lba + bytes.div_ceil(SECTOR) > disk_sectors {
         return Err(format!(
             "header at LBA {lba}: partition array at LBA {} is outside the disk",
             hdr.entries_lba
@@ -367,7 +369,12 @@ pub fn write(disk: &Path, table: &Table, stop: Stop, hook: &dyn Fn(Stop)) -> Res
     array.resize((array_len * SECTOR) as usize, 0);
     // Phase 1: the backup, at the end of the disk as it is now.
     write_at(&mut f, backup_array * SECTOR, &array).with_context(ctx)?;
-    write_at(&mut f, (n - 1) * SECTOR, &table.header(n - 1, 1, backup_array)).with_context(ctx)?;
+    write_at(
+        &mut f,
+        (n - 1) * SECTOR,
+        &table.header(n - 1, 1, backup_array),
+    )
+    .with_context(ctx)?;
     f.sync_all().with_context(ctx)?;
     hook(Stop::AfterBackup);
     if stop == Stop::AfterBackup {
@@ -455,7 +462,11 @@ pub(crate) mod tests {
 
     /// `sfdisk --verify` and `sgdisk -v`-free check: sfdisk's JSON, no complaints.
     pub(crate) fn sfdisk_ok(img: &Path) -> String {
-        let out = Command::new("sfdisk").arg("--json").arg(img).output().unwrap();
+        let out = Command::new("sfdisk")
+            .arg("--json")
+            .arg(img)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && stderr.trim().is_empty(),
@@ -487,10 +498,16 @@ pub(crate) mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].number, e[0].name.as_str()), (1, "ESP"));
         assert_eq!((e[0].first, e[0].last), (2048, 2048 + 32 * 2048 - 1));
-        assert!(!write(&img, &t, Stop::Complete, &|_| {}).unwrap(), "nothing to write");
+        assert!(
+            !write(&img, &t, Stop::Complete, &|_| {}).unwrap(),
+            "nothing to write"
+        );
         let img = image(d.path(), 128);
         let t = read(&img).unwrap();
-        assert!(!t.consistent, "the backup is not at the end of a grown disk");
+        assert!(
+            !t.consistent,
+            "the backup is not at the end of a grown disk"
+        );
         assert_eq!(t.last_usable(), (128 << 11) - 34);
     }
 

@@ -122,7 +122,11 @@ pub fn plan(partitions: &[Entry], last_usable: u64, state_guid: &Uuid) -> Result
         .iter()
         .find(|p| p.type_guid == gpt::LINUX_FS && p.part_guid == *state_guid);
     if let Some(p) = ours {
-        if aligned_last > p.last && partitions.iter().all(|o| o.first <= p.first || o.number == p.number) {
+        if aligned_last > p.last
+            && partitions
+                .iter()
+                .all(|o| o.first <= p.first || o.number == p.number)
+        {
             return Ok(StatePlan::Grow {
                 number: p.number,
                 first: p.first,
@@ -535,7 +539,9 @@ pub fn setup(rootmnt: &Path) -> Result<()> {
     mount(&node.to_string_lossy(), &var, "ext4", 0, "")?;
     // Grow the file system to the partition: after a Grow, and after a grow an earlier
     // boot cut between the table and resize2fs.
-    let fs_bytes = ext4::probe(&node, 0)?.map(|sb| sb.bytes).unwrap_or(part_bytes);
+    let fs_bytes = ext4::probe(&node, 0)?
+        .map(|sb| sb.bytes)
+        .unwrap_or(part_bytes);
     let grown = fs_bytes + (1 << 20) <= part_bytes;
     if grown {
         run(Command::new("resize2fs").arg(&node)).context("growing the state filesystem")?;
@@ -660,8 +666,9 @@ mod tests {
         });
         let e = plan(&parts, last_usable, &GUID).unwrap_err().to_string();
         assert!(
-            e.contains("partition 4 is named nodeimage-state but is not this disk's state partition")
-                && e.contains(&GUID.to_string()),
+            e.contains(
+                "partition 4 is named nodeimage-state but is not this disk's state partition"
+            ) && e.contains(&GUID.to_string()),
             "{e}"
         );
         // Ours under another name (renamed by some tool) is still ours.
@@ -709,14 +716,20 @@ mod tests {
             json.to_lowercase().contains(&guid.to_string()),
             "the derived GUID: {json}"
         );
-        assert!(json.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4"), "{json}");
+        assert!(
+            json.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+            "{json}"
+        );
         // Running again keeps it, and writes nothing.
         let before = std::fs::read(&img).unwrap();
         assert!(matches!(
             apply_gpt(&img).unwrap().0,
             StatePlan::Keep { number: 2, .. }
         ));
-        assert!(std::fs::read(&img).unwrap() == before, "a Keep rewrote the disk");
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "a Keep rewrote the disk"
+        );
     }
 
     /// A complete state file system in the region whose table entry was lost is never

@@ -125,7 +125,9 @@ pub fn mode(root: &Path, node_path: &str) -> u32 {
 }
 
 /// Every regular file under `root`: (relative path) -> (mode, inode, mtime ns, contents).
-pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, u64, i64, Vec<u8>)> {
+/// Every file under `root`: mode, inode, mtime and contents (compared, never printed:
+/// some are private keys).
+pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, u64, i64, Contents)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -142,11 +144,35 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, u64, i64, Vec<u8>)> {
                         m.permissions().mode() & 0o7777,
                         m.ino(),
                         m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                        std::fs::read(e.path()).unwrap(),
+                        Contents(std::fs::read(e.path()).unwrap()),
                     ),
                 );
             }
         }
     }
     out
+}
+
+/// File contents whose Debug output is a length, not the bytes (keys are among them).
+#[derive(PartialEq, Eq)]
+pub struct Contents(pub Vec<u8>);
+
+impl std::fmt::Debug for Contents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+/// The paths whose entries differ between two snapshots.
+pub fn changed_paths<V: PartialEq>(
+    a: &BTreeMap<String, V>,
+    b: &BTreeMap<String, V>,
+) -> Vec<String> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }

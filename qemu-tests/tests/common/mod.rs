@@ -107,11 +107,17 @@ pub fn images_profile(base: &Path, mirror: &str, v: &Variant) -> PathBuf {
 pub fn profile_text(v: &Variant) -> String {
     let text = std::fs::read_to_string(workspace_root().join("profiles/test-x86_64.toml")).unwrap();
     let packages = "packages = [\"containerd\", \"runc\"]";
-    assert!(text.contains(packages), "profiles/test-x86_64.toml: {packages} expected");
+    assert!(
+        text.contains(packages),
+        "profiles/test-x86_64.toml: {packages} expected"
+    );
     let extra: String = v.packages.iter().map(|p| format!(", \"{p}\"")).collect();
     let text = text
         .replace("name = \"test-x86_64\"", &format!("name = \"{}\"", v.name))
-        .replace(packages, &format!("packages = [\"containerd\", \"runc\"{extra}]"));
+        .replace(
+            packages,
+            &format!("packages = [\"containerd\", \"runc\"{extra}]"),
+        );
     format!(
         "{text}\n[[image]]\nname = \"pause\"\nreference = \"{TEST_REGISTRY}/pause:3.10\"\npurpose = \"sandbox\"\n\n\
          [[image]]\nname = \"tools\"\nreference = \"{TEST_REGISTRY}/tools:1.0\"\nrole = \"worker\"\n\n\
@@ -343,4 +349,3 @@ pub fn boot(disk: &Path, name: &str, extra: Vec<String>) -> (String, Vec<serde_j
     vm.wait_exit(Duration::from_secs(180)).unwrap();
     (line, vm.report().unwrap())
 }
-

@@ -5,10 +5,14 @@
 //!   mock library cannot do).
 //! * [`Mock`] (`mock`): a tiny_http server with a handler per request plus injected
 //!   failures and delays, the base of the metadata service mocks in [`crate::metadata`].
+//! * [`Hostile`] (`hostile`): a raw-TCP server that misbehaves on purpose: an endless
+//!   body, a huge Content-Length, a drip-feed, a gzip bomb, redirects.
 
+mod hostile;
 mod mock;
 mod raw;
 
+pub use hostile::{gzip_bomb, Behaviour, Hostile};
 pub use mock::{closed_port_url, Faults, Mock, Req, Resp};
 pub use raw::{ranged, Reply, Request, TestServer, UNREACHABLE};
 

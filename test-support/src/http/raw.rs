@@ -150,12 +150,13 @@ impl TestServer {
     }
 }
 
-fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, handler: &Handler) {
+/// Read one request's head (request line and headers) from `stream`.
+pub(super) fn read_request(stream: &TcpStream) -> Option<Request> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
+        return None;
     }
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
@@ -174,10 +175,16 @@ fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, handler: &Handler) {
             headers.push((n.trim().to_string(), v.trim().to_string()));
         }
     }
-    let req = Request {
+    Some(Request {
         method,
         path,
         headers,
+    })
+}
+
+fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, handler: &Handler) {
+    let Some(req) = read_request(&stream) else {
+        return;
     };
     let index = {
         let mut r = recorded.lock().unwrap();

@@ -1,7 +1,7 @@
 //! The Kubernetes objects the manifests are made of, as typed values: the subset of the
 //! API (v1.35) the bootstrap master's manifests use, with the API's field names. Each
 //! serializes `apiVersion`, `kind`, `metadata` first; optional and empty fields are left
-//! out. [`crate::yaml`] turns them into text.
+//! out. [`nodeimage_core::yaml`] turns them into text.
 
 use std::collections::BTreeMap;
 

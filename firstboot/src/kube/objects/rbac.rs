@@ -140,8 +140,8 @@ pub fn role_for_service_account(
     };
     let name = metadata.name.clone();
     [
-        crate::yaml::value(&role(role_kind, metadata.clone(), rules)),
-        crate::yaml::value(&binding(
+        nodeimage_core::yaml::value(&role(role_kind, metadata.clone(), rules)),
+        nodeimage_core::yaml::value(&binding(
             binding_kind,
             metadata,
             role_kind,

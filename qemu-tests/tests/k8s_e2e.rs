@@ -1,0 +1,616 @@
+//! The product's central promise, for real: one image, booted on two machines, becomes a
+//! working Kubernetes cluster by itself.
+//!
+//! * Upstream Kubernetes 1.36.0, etcd, containerd, runc, the CNI plugins, crictl, CoreDNS
+//!   and flannel are built from their Go modules (`qemu-tests/upstream/build`, cached);
+//!   the test images (pause, CoreDNS, flannel, a busybox workload) are made by
+//!   `qemu-tests/images/build` and pushed to Debian's docker-registry on the lab network.
+//! * The e2e profile is the default k8s profile with every upstream URL served from the
+//!   mirror of those binaries (hashes computed here, for this profile only) and the test
+//!   images; `nodeimage lock` and `nodeimage build` make the image through the product's
+//!   normal path (baked archives, imported by firstboot; no pulls at run time).
+//! * Weave Net, the product's default pod network, cannot be built here (the Go module
+//!   proxy refuses `github.com/rajch/weave`): this cluster runs the product's other
+//!   provider, flannel (`network.provider: flannel`).
+//! * The cluster: `nodeimage cluster new` and `node-config` from a cluster.yml as in
+//!   docs/cluster.md (trusted_subnets set, ingress off), a master and a worker under QEMU
+//!   (TCG) on a lab bridge in a network namespace with dnsmasq as DHCP and DNS server.
+//!
+//! TCG relaxations, all in the test's cluster.yml (`components`), never in the product's
+//! defaults (see [`TCG_COMPONENTS`]).
+//!
+//! Needs root, QEMU, OVMF, mmdebstrap, docker-registry, dnsmasq, Go.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qemu_tests::k8s::{e2e_profile, eventually, tcp_open, Kubectl, Upstream};
+use qemu_tests::netlab::{LabHost, NetLab};
+use qemu_tests::{run, workspace_bin, workspace_root, Vm, VmOptions};
+use test_support::registry::TestRegistry;
+
+const LAB: [u8; 3] = [10, 231, 10];
+const MASTER: (&str, &str, u8) = ("e2e-master", "52:54:00:e2:00:11", 11);
+const WORKER: (&str, &str, u8) = ("e2e-worker", "52:54:00:e2:00:21", 21);
+const WORKLOAD: &str = "nodeimage.test/workload:1";
+const FLANNEL: &str = "ghcr.io/flannel-io/flannel:v0.28.10";
+
+/// Upstream timeouts relaxed for software emulation (10–50× slower than hardware), each
+/// a documented flag or configuration field of its component:
+/// * kube-apiserver: etcd health and readiness checks 30 s instead of 2 s (they flap
+///   under TCG and fail /readyz).
+/// * kube-controller-manager: node-monitor-grace-period 5 min instead of 50 s (a node
+///   whose lease renewal is late under load is not marked NotReady and tainted);
+///   leader election 60/45/10 s instead of 15/10/2 s (a missed renewal makes it exit).
+/// * kube-scheduler: the same leader election durations.
+/// * kubelet: nodeLeaseDurationSeconds 120 instead of 40, runtimeRequestTimeout 10 min
+///   instead of 2 min.
+/// * etcd: heartbeat 500 ms and election timeout 5 s instead of 100 ms and 1 s.
+const TCG_COMPONENTS: &str = "components:
+  kube-apiserver:
+    extra_args:
+      etcd-healthcheck-timeout: 30s
+      etcd-readycheck-timeout: 30s
+  kube-controller-manager:
+    extra_args:
+      node-monitor-grace-period: 5m
+      leader-elect-lease-duration: 60s
+      leader-elect-renew-deadline: 45s
+      leader-elect-retry-period: 10s
+  kube-scheduler:
+    extra_args:
+      leader-elect-lease-duration: 60s
+      leader-elect-renew-deadline: 45s
+      leader-elect-retry-period: 10s
+  kubelet:
+    config:
+      nodeLeaseDurationSeconds: 120
+      runtimeRequestTimeout: 10m
+  etcd:
+    extra_args:
+      heartbeat-interval: \"500\"
+      election-timeout: \"5000\"
+";
+
+/// Power-on to `firstboot: ok`, per node, under TCG on 2 cores.
+const FIRSTBOOT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+fn lab_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(LAB[0], LAB[1], LAB[2], n)
+}
+
+fn nodeimage(args: &[&str]) -> String {
+    run(Command::new(workspace_bin("nodeimage").unwrap())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1767225600"))
+    .unwrap_or_else(|e| panic!("nodeimage {args:?}: {e}"))
+}
+
+fn phase(name: &str, started: Instant) {
+    eprintln!(
+        "e2e: ---- {name} ({:.0} s since the test began)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+struct Node {
+    name: &'static str,
+    mac: &'static str,
+    disk: PathBuf,
+    tap: String,
+    memory_mib: u32,
+}
+
+fn start(node: &Node, lab: &NetLab, work: &Path, boot: &str) -> Vm {
+    Vm::start_x86_64_uefi(&VmOptions {
+        disk: node.disk.clone(),
+        memory_mib: node.memory_mib,
+        cpus: 2,
+        work_dir: work.to_path_buf(),
+        name: format!("{}-{boot}", node.name),
+        extra: NetLab::nic_args(&node.tap, node.mac),
+        user_net: false,
+        netns: Some(lab.ns.clone()),
+        allow_reboot: false,
+    })
+    .unwrap()
+}
+
+/// The cluster description, as in docs/cluster.md: one bootstrap master, one worker,
+/// the lab as trusted subnet, flannel, ingress off, the lab registry as mirror.
+fn cluster_yml(registry: &str) -> String {
+    format!(
+        "name: e2e
+api_endpoint: {master}
+hosts:
+  - address: {master}
+    role: master
+    hostname: {mname}
+    bootstrap: true
+  - address: {worker}
+    role: worker
+    hostname: {wname}
+    labels:
+      disk: ssd
+network:
+  provider: flannel
+  trusted_subnets:
+    - {l0}.{l1}.{l2}.0/24
+registry_mirrors:
+  registry.k8s.io: [\"{registry}\"]
+  nodeimage.test: [\"{registry}\"]
+addons:
+  ingress-nginx:
+    enabled: false
+{TCG_COMPONENTS}",
+        master = lab_ip(MASTER.2),
+        worker = lab_ip(WORKER.2),
+        mname = MASTER.0,
+        wname = WORKER.0,
+        l0 = LAB[0],
+        l1 = LAB[1],
+        l2 = LAB[2],
+    )
+}
+
+/// Pods of the checks: a client on the worker, a web server on the master.
+fn workload_manifest() -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: default, labels: {{app: client}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {w}}}
+  containers:
+    - name: client
+      image: {WORKLOAD}
+      imagePullPolicy: Never
+      command: [/bin/sh, -c, 'echo client started on $(hostname); exec sleep 86400']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: default, labels: {{app: web}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {m}}}
+  tolerations:
+    - {{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}
+  containers:
+    - name: web
+      image: {WORKLOAD}
+      imagePullPolicy: Never
+      command: [/bin/sh, -c, 'mkdir -p /www && echo hello-from-the-master > /www/index.html && exec httpd -f -p 8080 -h /www']
+",
+        w = WORKER.0,
+        m = MASTER.0,
+    )
+}
+
+fn pod_phase(k: &Kubectl, name: &str) -> Option<(String, String)> {
+    let p = k.json(&["get", "pod", "-n", "default", name]).ok()?;
+    Some((
+        p["status"]["phase"].as_str()?.to_string(),
+        p["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn node_ready(k: &Kubectl, name: &str) -> bool {
+    k.json(&["get", "node", name])
+        .ok()
+        .and_then(|n| {
+            n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"] == "True")
+        })
+        .unwrap_or(false)
+}
+
+/// The firewall is loaded and enforcing on both nodes: from the test (on the lab, not a
+/// cluster node) the API answers, and ports the port table closes to it do not.
+fn firewall_enforced(when: &str) {
+    let (m, w) = (lab_ip(MASTER.2), lab_ip(WORKER.2));
+    let t = Duration::from_secs(3);
+    assert!(
+        tcp_open(SocketAddr::from((m, 6443)), t),
+        "{when}: the API is open to anyone"
+    );
+    for (ip, port, what) in [
+        (m, 2379, "etcd client (masters only)"),
+        (m, 2380, "etcd peer (masters only)"),
+        (w, 10250, "the worker's kubelet (masters only)"),
+        (m, 10257, "controller-manager (localhost only)"),
+        (w, 10256, "kube-proxy healthz (cluster nodes only)"),
+    ] {
+        assert!(
+            !tcp_open(SocketAddr::from((ip, port)), t),
+            "{when}: {ip}:{port} {what} must not be reachable from outside the cluster"
+        );
+    }
+}
+
+#[test]
+fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
+    if !test_support::Needs::new("k8s e2e")
+        .root()
+        .tool("qemu-system-x86_64", "qemu-system-x86 (bookworm-backports)")
+        .tool("mmdebstrap", "mmdebstrap")
+        .tool("dnsmasq", "dnsmasq-base")
+        .tool("go", "Go (the machine's toolchain)")
+        .tool("python3", "python3")
+        .file("/usr/bin/docker-registry", "docker-registry")
+        .met()
+    {
+        return;
+    }
+    let t0 = Instant::now();
+    let work = workspace_root().join("target/e2e");
+    std::fs::create_dir_all(&work).unwrap();
+
+    phase("upstream components", t0);
+    let up = Upstream::build(
+        &work.join("upstream"),
+        &[
+            "kubernetes",
+            "etcd",
+            "containerd",
+            "runc",
+            "cni-plugins",
+            "cri-tools",
+            "coredns",
+            "flannel",
+        ],
+    )
+    .unwrap();
+
+    phase("lab network and registry", t0);
+    let lab = NetLab::start(
+        "e2e",
+        LAB,
+        &[
+            LabHost {
+                mac: MASTER.1.into(),
+                ip: lab_ip(MASTER.2),
+                hostname: MASTER.0.into(),
+            },
+            LabHost {
+                mac: WORKER.1.into(),
+                ip: lab_ip(WORKER.2),
+                hostname: WORKER.0.into(),
+            },
+        ],
+        work.join("lab"),
+    )
+    .unwrap();
+    let registry = TestRegistry::start_on(lab.host_addr().into()).expect("docker-registry");
+    let reg = registry.base();
+
+    phase("e2e profile, test images, lock, build", t0);
+    let profiles = work.join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    let _ = std::fs::remove_file(work.join("overlays"));
+    std::os::unix::fs::symlink(workspace_root().join("overlays"), work.join("overlays")).unwrap();
+    let base =
+        std::fs::read_to_string(workspace_root().join("profiles/k8s-1.36-x86_64.toml")).unwrap();
+    let profile = profiles.join("e2e-k8s-x86_64.toml");
+    let text = e2e_profile(
+        &base,
+        "e2e-k8s-x86_64",
+        &up.manifest,
+        &[
+            "weave-kube", "weave-npc", // not buildable here (see the module doc)
+            "ingress-nginx-controller", "cert-manager-controller", "cert-manager-webhook",
+            "cert-manager-cainjector", "kured", "kubernetes-dashboard", "dashboard-metrics-scraper",
+        ],
+        &format!(
+            "[[image]]\nname = \"flannel\"\nreference = \"{FLANNEL}\"\nrole = \"all\"\npurpose = \"cni\"\n\n\
+             [[image]]\nname = \"workload\"\nreference = \"{WORKLOAD}\"\nrole = \"all\"\npurpose = \"test\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&profile, text).unwrap();
+    run(Command::new("python3")
+        .arg(workspace_root().join("qemu-tests/images/build"))
+        .args(["--arch", "amd64", "--bins"])
+        .arg(up.dir.join("bin"))
+        .arg("--profile")
+        .arg(&profile)
+        .arg("--out")
+        .arg(work.join("images"))
+        .args([
+            "--only",
+            "pause,coredns,flannel,workload",
+            "--workload-ref",
+            WORKLOAD,
+            "--push",
+            &reg,
+        ]))
+    .expect("test images");
+    let mirrors: Vec<String> = ["registry.k8s.io", "ghcr.io", "nodeimage.test"]
+        .iter()
+        .flat_map(|h| ["--registry-mirror".to_string(), format!("{h}={reg}")])
+        .collect();
+    let mirror_args: Vec<&str> = mirrors.iter().map(String::as_str).collect();
+    let mut lock = vec!["lock", profile.to_str().unwrap()];
+    lock.extend(&mirror_args);
+    nodeimage(&lock);
+    let tb = Instant::now();
+    let mirror_dir = up.mirror();
+    let out_dir = work.join("out");
+    let fb = workspace_bin("firstboot").unwrap();
+    let mut build = vec![
+        "build",
+        profile.to_str().unwrap(),
+        "--mirror",
+        mirror_dir.to_str().unwrap(),
+        "--mirror-only",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--firstboot-bin",
+        fb.to_str().unwrap(),
+    ];
+    build.extend(&mirror_args);
+    let image = PathBuf::from(nodeimage(&build).trim());
+    let zst = image.with_extension("raw.zst");
+    eprintln!(
+        "e2e: image built in {:.0} s: {} ({} MiB raw, {} MiB .zst)",
+        tb.elapsed().as_secs_f64(),
+        image.display(),
+        std::fs::metadata(&image).unwrap().len() >> 20,
+        std::fs::metadata(&zst).map(|m| m.len() >> 20).unwrap_or(0)
+    );
+
+    phase("cluster secrets and node configs", t0);
+    let cdir = work.join("cluster");
+    let _ = std::fs::remove_dir_all(&cdir);
+    std::fs::create_dir_all(&cdir).unwrap();
+    let cyml = cdir.join("cluster.yml");
+    std::fs::write(&cyml, cluster_yml(&reg)).unwrap();
+    let cy = cyml.to_str().unwrap();
+    nodeimage(&["cluster", "new", "-c", cy]);
+    let admin = cdir.join("admin.conf");
+    nodeimage(&[
+        "cluster",
+        "kubeconfig",
+        "-c",
+        cy,
+        "--valid-hours",
+        "6",
+        "-o",
+        admin.to_str().unwrap(),
+    ]);
+    let mut nodes = Vec::new();
+    for (name, mac, n, mem) in [
+        (MASTER.0, MASTER.1, MASTER.2, 3072),
+        (WORKER.0, WORKER.1, WORKER.2, 2560),
+    ] {
+        let ip = lab_ip(n);
+        let cfg = cdir.join(format!("{name}.yaml"));
+        nodeimage(&[
+            "node-config",
+            "-c",
+            cy,
+            "--host",
+            &ip.to_string(),
+            "-o",
+            cfg.to_str().unwrap(),
+        ]);
+        let disk = work.join(format!("{name}.raw"));
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&image)
+            .arg(&disk))
+        .unwrap();
+        // 48 GiB (sparse): the seeds' 40 GiB free for /var once the root, ESP and
+        // filesystem overhead are taken; the state partition grows into it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .set_len(48 << 30)
+            .unwrap();
+        nodeimage(&[
+            "write-config",
+            disk.to_str().unwrap(),
+            cfg.to_str().unwrap(),
+        ]);
+        nodes.push(Node {
+            name,
+            mac,
+            disk,
+            tap: lab.tap(name).unwrap(),
+            memory_mib: mem,
+        });
+    }
+    let k = Kubectl {
+        bin: up.bin("kubectl"),
+        kubeconfig: admin.clone(),
+    };
+
+    phase("boot both nodes", t0);
+    let mut master = start(&nodes[0], &lab, &work, "boot1");
+    let mut worker = start(&nodes[1], &lab, &work, "boot1");
+    let (mline, mat) = master.wait_for("firstboot: ", FIRSTBOOT_TIMEOUT).unwrap();
+    eprintln!(
+        "e2e: master: {mline} ({:.0} s after power-on)",
+        mat.as_secs_f64()
+    );
+    assert!(mline.starts_with("firstboot: ok"), "master: {mline}");
+    let (wline, wat) = worker.wait_for("firstboot: ", FIRSTBOOT_TIMEOUT).unwrap();
+    eprintln!(
+        "e2e: worker: {wline} ({:.0} s after power-on)",
+        wat.as_secs_f64()
+    );
+    assert!(wline.starts_with("firstboot: ok"), "worker: {wline}");
+
+    phase("nodes Ready", t0);
+    for (node, vm) in [(&nodes[0], &master), (&nodes[1], &worker)] {
+        eventually(
+            &format!("{} Ready", node.name),
+            Duration::from_secs(20 * 60),
+            Duration::from_secs(10),
+            || Ok(node_ready(&k, node.name).then_some(())),
+        )
+        .unwrap();
+        eprintln!(
+            "e2e: {} Ready {:.0} s after power-on",
+            node.name,
+            vm.started.elapsed().as_secs_f64()
+        );
+    }
+    let version = k.json(&["version"]).unwrap();
+    assert_eq!(
+        version["serverVersion"]["gitVersion"], "v1.36.0",
+        "{version}"
+    );
+    let kubelet_versions = k
+        .run(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[*].status.nodeInfo.kubeletVersion}",
+        ])
+        .unwrap();
+    assert_eq!(
+        kubelet_versions.split_whitespace().collect::<Vec<_>>(),
+        ["v1.36.0", "v1.36.0"]
+    );
+    firewall_enforced("after joining");
+
+    phase("kube-system pods", t0);
+    eventually(
+        "every kube-system pod Running",
+        Duration::from_secs(20 * 60),
+        Duration::from_secs(10),
+        || {
+            let pods = k.json(&["get", "pods", "-n", "kube-system"])?;
+            let items = pods["items"].as_array().cloned().unwrap_or_default();
+            let flannel_nodes: std::collections::BTreeSet<String> = items
+                .iter()
+                .filter(|p| {
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("kube-flannel")
+                })
+                .filter(|p| p["status"]["phase"] == "Running")
+                .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+                .collect();
+            let dns = items.iter().any(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("coredns")
+                    && p["status"]["phase"] == "Running"
+            });
+            let all_running =
+                !items.is_empty() && items.iter().all(|p| p["status"]["phase"] == "Running");
+            eprintln!(
+                "e2e: kube-system: {} pods, flannel on {flannel_nodes:?}, CoreDNS running: {dns}",
+                items.len()
+            );
+            Ok((all_running && dns && flannel_nodes.len() == 2).then_some(()))
+        },
+    )
+    .unwrap();
+
+    phase("workload across the pod network", t0);
+    k.apply(&workload_manifest()).unwrap();
+    let web_ip = eventually(
+        "pods running",
+        Duration::from_secs(10 * 60),
+        Duration::from_secs(5),
+        || {
+            let (c, _) = pod_phase(&k, "client").unwrap_or_default();
+            let (w, ip) = pod_phase(&k, "web").unwrap_or_default();
+            Ok((c == "Running" && w == "Running" && !ip.is_empty()).then_some(ip))
+        },
+    )
+    .unwrap();
+    // DNS through CoreDNS, from the worker's pod.
+    let ns = k
+        .exec(
+            "default",
+            "client",
+            &["nslookup", "kubernetes.default.svc.cluster.local"],
+        )
+        .unwrap();
+    assert!(ns.contains("10.96.0.1"), "{ns}");
+    // The API server through its service IP (kube-proxy's rules on the worker).
+    k.exec(
+        "default",
+        "client",
+        &["nc", "-z", "-w", "10", "10.96.0.1", "443"],
+    )
+    .expect("the API server through the service IP");
+    // A pod on the master across the pod network.
+    let page = eventually(
+        "the master's pod across flannel",
+        Duration::from_secs(120),
+        Duration::from_secs(5),
+        || {
+            Ok(k.exec(
+                "default",
+                "client",
+                &[
+                    "wget",
+                    "-q",
+                    "-T",
+                    "10",
+                    "-O",
+                    "-",
+                    &format!("http://{web_ip}:8080/"),
+                ],
+            )
+            .ok()
+            .filter(|p| p.contains("hello-from-the-master")))
+        },
+    )
+    .unwrap();
+    assert!(page.contains("hello-from-the-master"));
+    // logs and exec reach the worker's kubelet: its serving certificate was approved.
+    let logs = k.run(&["logs", "-n", "default", "client"]).unwrap();
+    assert!(logs.contains("client started on client"), "{logs}");
+    firewall_enforced("with the workload running");
+
+    phase("worker reboot", t0);
+    worker.powerdown(Duration::from_secs(300)).unwrap();
+    let mut worker = start(&nodes[1], &lab, &work, "boot2");
+    eventually(
+        "the worker NotReady or Ready again",
+        Duration::from_secs(20 * 60),
+        Duration::from_secs(10),
+        || {
+            Ok(
+                (worker.started.elapsed() > Duration::from_secs(60) && node_ready(&k, WORKER.0))
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    eventually(
+        "the client pod back",
+        Duration::from_secs(10 * 60),
+        Duration::from_secs(10),
+        || Ok(k.exec("default", "client", &["true"]).ok()),
+    )
+    .unwrap();
+    assert!(
+        !worker.console().contains("firstboot: ok"),
+        "firstboot must not run again on the worker's second boot"
+    );
+    eprintln!(
+        "e2e: worker Ready again {:.0} s after its second power-on",
+        worker.started.elapsed().as_secs_f64()
+    );
+    firewall_enforced("after the worker's reboot");
+
+    phase("done", t0);
+    master.powerdown(Duration::from_secs(300)).ok();
+    worker.powerdown(Duration::from_secs(300)).ok();
+}
