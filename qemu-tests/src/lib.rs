@@ -246,26 +246,46 @@ impl Vm {
 
     /// Wait for a console line containing `needle`; returns the line and the time since start.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<(String, Duration)> {
+        self.wait_for_any(&[needle], timeout)
+    }
+
+    /// Wait for the first console line containing any of `needles` (e.g. a program's
+    /// final `ok` or `error` line, not its progress lines); returns that line from the
+    /// needle on, and the time since start.
+    pub fn wait_for_any(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<(String, Duration)> {
         let deadline = Instant::now() + timeout;
+        let find = |text: &str| {
+            text.lines().find_map(|l| {
+                needles
+                    .iter()
+                    .find(|n| l.contains(**n))
+                    .map(|n| from_needle(l, n))
+            })
+        };
+        let shown = needles.join("` or `");
         loop {
-            if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
-                return Ok((from_needle(line, needle), self.started.elapsed()));
+            if let Some(line) = find(&self.console()) {
+                return Ok((line, self.started.elapsed()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Give the reader threads a moment to drain.
                 std::thread::sleep(Duration::from_millis(200));
-                if let Some(line) = self.console().lines().find(|l| l.contains(needle)) {
-                    return Ok((from_needle(line, needle), self.started.elapsed()));
+                if let Some(line) = find(&self.console()) {
+                    return Ok((line, self.started.elapsed()));
                 }
                 bail!(
-                    "QEMU exited ({status}) before `{needle}` appeared; console log: {}\n{}",
+                    "QEMU exited ({status}) before `{shown}` appeared; console log: {}\n{}",
                     self.console_log.display(),
                     tail(&self.console(), 40)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "`{needle}` did not appear within {timeout:?}; console log: {}\n{}",
+                    "`{shown}` did not appear within {timeout:?}; console log: {}\n{}",
                     self.console_log.display(),
                     tail(&self.console(), 40)
                 );

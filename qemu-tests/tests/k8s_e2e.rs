@@ -48,6 +48,10 @@ const FLANNEL: &str = "ghcr.io/flannel-io/flannel:v0.28.10";
 /// * kubelet: nodeLeaseDurationSeconds 120 instead of 40, runtimeRequestTimeout 10 min
 ///   instead of 2 min.
 /// * etcd: heartbeat 500 ms and election timeout 5 s instead of 100 ms and 1 s.
+///
+/// Not a relaxation: the kubelet's image GC thresholds 1 % / 0 % (instead of 85 / 80) make
+/// every GC run (every 5 minutes) try to delete every unused image, which the image-GC
+/// check needs.
 const TCG_COMPONENTS: &str = "components:
   kube-apiserver:
     extra_args:
@@ -68,11 +72,16 @@ const TCG_COMPONENTS: &str = "components:
     config:
       nodeLeaseDurationSeconds: 120
       runtimeRequestTimeout: 10m
+      imageGCHighThresholdPercent: 1
+      imageGCLowThresholdPercent: 0
   etcd:
     extra_args:
       heartbeat-interval: \"500\"
       election-timeout: \"5000\"
 ";
+
+/// firstboot's last console line (its progress lines also start with `firstboot: `).
+const FIRSTBOOT_END: &[&str] = &["firstboot: ok", "firstboot: error"];
 
 /// Power-on to `firstboot: ok`, per node, under TCG on 2 cores.
 const FIRSTBOOT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
@@ -209,6 +218,22 @@ fn node_ready(k: &Kubectl, name: &str) -> bool {
                 .map(|c| c["status"] == "True")
         })
         .unwrap_or(false)
+}
+
+/// The image names a node reports in its status (the kubelet lists what the CRI has).
+fn node_images(k: &Kubectl, name: &str) -> std::collections::BTreeSet<String> {
+    k.json(&["get", "node", name])
+        .ok()
+        .and_then(|n| {
+            n["status"]["images"].as_array().map(|imgs| {
+                imgs.iter()
+                    .filter_map(|i| i["names"].as_array())
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// The firewall is loaded and enforcing on both nodes: from the test (on the lab, not a
@@ -435,13 +460,17 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     phase("boot both nodes", t0);
     let mut master = start(&nodes[0], &lab, &work, "boot1");
     let mut worker = start(&nodes[1], &lab, &work, "boot1");
-    let (mline, mat) = master.wait_for("firstboot: ", FIRSTBOOT_TIMEOUT).unwrap();
+    let (mline, mat) = master
+        .wait_for_any(FIRSTBOOT_END, FIRSTBOOT_TIMEOUT)
+        .unwrap();
     eprintln!(
         "e2e: master: {mline} ({:.0} s after power-on)",
         mat.as_secs_f64()
     );
     assert!(mline.starts_with("firstboot: ok"), "master: {mline}");
-    let (wline, wat) = worker.wait_for("firstboot: ", FIRSTBOOT_TIMEOUT).unwrap();
+    let (wline, wat) = worker
+        .wait_for_any(FIRSTBOOT_END, FIRSTBOOT_TIMEOUT)
+        .unwrap();
     eprintln!(
         "e2e: worker: {wline} ({:.0} s after power-on)",
         wat.as_secs_f64()
@@ -481,6 +510,11 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         ["v1.36.0", "v1.36.0"]
     );
     firewall_enforced("after joining");
+    let baked_on_worker = node_images(&k, WORKER.0);
+    assert!(
+        baked_on_worker.iter().any(|n| n.contains("flannel")),
+        "the worker lists its baked images: {baked_on_worker:?}"
+    );
 
     phase("kube-system pods", t0);
     eventually(
@@ -577,6 +611,43 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     let logs = k.run(&["logs", "-n", "default", "client"]).unwrap();
     assert!(logs.contains("client started on client"), "{logs}");
     firewall_enforced("with the workload running");
+
+    phase("image GC leaves the baked images", t0);
+    // With the thresholds at 1 % / 0 %, every GC run on the worker tries to free the whole
+    // image filesystem and says how much it freed: pinned images are not eligible.
+    let freed = eventually(
+        "a kubelet image GC run on the worker",
+        Duration::from_secs(15 * 60),
+        Duration::from_secs(20),
+        || {
+            let ev = k.json(&[
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                &format!(
+                    "reason=FreeDiskSpaceFailed,involvedObject.name={}",
+                    WORKER.0
+                ),
+            ])?;
+            Ok(ev["items"]
+                .as_array()
+                .and_then(|v| v.last())
+                .and_then(|e| e["message"].as_str())
+                .map(str::to_string))
+        },
+    )
+    .unwrap();
+    assert!(freed.contains("freed 0 bytes"), "{freed}");
+    let after = node_images(&k, WORKER.0);
+    for name in &baked_on_worker {
+        assert!(after.contains(name), "image GC removed {name}: {after:?}");
+    }
+    eprintln!(
+        "e2e: image GC ran on the worker and left all {} baked image names",
+        baked_on_worker.len()
+    );
 
     phase("worker reboot", t0);
     worker.powerdown(Duration::from_secs(300)).unwrap();

@@ -258,7 +258,9 @@ fn power_cuts_during_first_boot_converge() {
     // The boot without a cut.
     set_fault(&disk, esp, None);
     let mut vm = start(&disk, "cut-final", vec![]);
-    let (line, at) = vm.wait_for("firstboot: ok", BOOT_TIMEOUT).unwrap();
+    let (line, at) = vm
+        .wait_for_any(&["firstboot: ok", "firstboot: error"], BOOT_TIMEOUT)
+        .unwrap();
     vm.wait_exit(Duration::from_secs(180)).unwrap();
     eprintln!(
         "final boot: {} | `{line}` {:.1} s after QEMU start",

@@ -337,11 +337,13 @@ pub fn start(disk: &Path, name: &str, extra: Vec<String>) -> Vm {
     .unwrap()
 }
 
-/// Boot `disk` until firstboot's console line, then wait for the guest to power off;
-/// returns the line and the report lines.
+/// Boot `disk` until firstboot's last console line (ok or error, not a progress line),
+/// then wait for the guest to power off; returns the line and the report lines.
 pub fn boot(disk: &Path, name: &str, extra: Vec<String>) -> (String, Vec<serde_json::Value>) {
     let mut vm = start(disk, name, extra);
-    let (line, at) = vm.wait_for("firstboot: ", BOOT_TIMEOUT).unwrap();
+    let (line, at) = vm
+        .wait_for_any(&["firstboot: ok", "firstboot: error"], BOOT_TIMEOUT)
+        .unwrap();
     eprintln!(
         "{name}: `{line}` {:.1} s after QEMU start",
         at.as_secs_f64()
