@@ -110,6 +110,15 @@ pub struct FileRecord {
 pub struct DebianRecord {
     pub suite: String,
     pub mirror: String,
+    /// The apt sources the base was built from (the suite, its updates and security).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The Debian archive snapshot, when the profile pins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Each Release file apt used → its `Date:`: the archive state the packages are from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub releases: BTreeMap<String, String>,
     pub variant: String,
     /// Package -> version, as installed.
     pub packages: BTreeMap<String, String>,

@@ -131,22 +131,58 @@ pub fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> std::io::Result<
     Ok(true)
 }
 
-/// Write `data` to `path` atomically: a temporary file in the same directory, fsync,
-/// chmod, rename. Parent directories are created (0755). Nothing is left half-written.
+/// Write `data` to `path` atomically and durably: a temporary file in the same
+/// directory, chmod, write, fsync, rename, then fsync of the directory, so that after a
+/// power cut `path` holds either the old content or the new one, never a part of it and
+/// never neither (a rename lives in the directory, which a file's fsync does not flush).
+/// Missing parent directories are created (0755) durably too ([`create_dir_all_durable`]).
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    create_dir_all_durable(dir)?;
     let mut tmp = tempfile_in(dir, path)?;
     let result = (|| {
         tmp.1.set_permissions(fs::Permissions::from_mode(mode))?;
         tmp.1.write_all(data)?;
         tmp.1.sync_all()?;
-        fs::rename(&tmp.0, path)
+        fs::rename(&tmp.0, path)?;
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp.0);
     }
     result
+}
+
+/// fsync a directory: makes the creation, removal and renaming of its entries durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, durably: every directory it creates is fsynced into its parent, so
+/// a file later written (and fsynced) inside cannot be lost with its directory.
+pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => d = p,
+            _ => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Write a secret (key, token, password): mode 0600, atomically.
@@ -201,6 +237,34 @@ mod tests {
         );
         let entries: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_creates_parents() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("new/dirs/status.json");
+        atomic_write(&p, b"one", 0o644).unwrap();
+        atomic_write(&p, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+        // A relative path in the current directory has "" as its parent.
+        create_dir_all_durable(d.path()).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_into_a_missing_directory_that_cannot_be_made_fails_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("file"), b"").unwrap();
+        assert!(atomic_write(&d.path().join("file/sub/x"), b"x", 0o644).is_err());
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "nothing left behind"
+        );
     }
 
     #[test]

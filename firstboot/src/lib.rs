@@ -13,11 +13,13 @@
 //! * The steps: [`host`] (preflight, firewall, hostname, Ignition, files, containerd,
 //!   images) and [`assemble`] (joining the cluster), with [`preflight`], [`containerd`],
 //!   [`etcd`], [`pki`], [`kube`], [`kubeconfig`] and [`systemd`] doing the work.
-//! * [`state`]: the state partition, set up from the initramfs.
+//! * [`state`]: the state partition, set up from the initramfs; [`fault`]: the power-cut
+//!   points of the power-cut test (`firstboot.fault=` on the kernel command line).
 
 pub mod assemble;
 pub mod containerd;
 pub mod etcd;
+pub mod fault;
 pub mod host;
 pub mod ignition;
 pub mod kube;

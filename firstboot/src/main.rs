@@ -163,9 +163,8 @@ fn run_firstboot(args: &RunArgs) -> i32 {
         Ok(input) => run::run(&opts, &input, started),
         Err(e) => Status::failed(started, &e),
     };
-    if let Err(e) = run::write_status(&opts.root, &status) {
-        tracing::error!(error = %run::error_line(&e), "could not write status.json");
-    }
+    // status.json, then the marker, both durable before the console says so.
+    let status = run::finish(&opts, status);
     run::announce(&opts, &run::console_line(&status));
     if status.state == RunState::Ok {
         0

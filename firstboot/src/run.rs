@@ -270,6 +270,20 @@ pub fn run_steps(
         }],
         error: None,
     };
+    let earlier: Vec<&str> = steps
+        .iter()
+        .map(|s| s.name())
+        .filter(|n| journal.done.get(*n) == Some(&digest))
+        .collect();
+    if !earlier.is_empty() {
+        announce(
+            opts,
+            &format!(
+                "firstboot: resuming an interrupted run: {} done earlier",
+                earlier.join(", ")
+            ),
+        );
+    }
     for step in steps {
         let name = step.name();
         if journal.done.get(name) == Some(&digest) {
@@ -298,6 +312,9 @@ pub fn run_steps(
                     status.error = Some(error_line(&e));
                     break;
                 }
+                if opts.live {
+                    crate::fault::cut(&format!("after-step:{name}"));
+                }
             }
             Err(e) => {
                 let msg = format!("step {name}: {}", error_line(&e));
@@ -318,15 +335,36 @@ pub fn run_steps(
     status
 }
 
-/// The whole run for an acquired node config: its steps, then the marker when they all
-/// succeeded.
+/// The whole run for an acquired node config: its steps (see [`finish`] for what is
+/// recorded after them).
 pub fn run(opts: &RunOptions, input: &NodeInput, started: Instant) -> Status {
     let steps = steps_for(&input.config, input.ignition.as_ref());
-    let mut status = run_steps(opts, input, &steps, started);
-    if status.state == RunState::Ok {
-        if let Err(e) = mark_done(&opts.root) {
-            status.state = RunState::Failed;
-            status.error = Some(error_line(&e));
+    run_steps(opts, input, &steps, started)
+}
+
+/// Record the outcome, durably and in this order: `status.json`, then (when the run
+/// succeeded) the `done` marker. A power cut between the two leaves a node that runs
+/// again, finds every step in the journal and writes both; one with `done` always has
+/// its `status.json`. Returns the status as recorded (failed when the marker could not
+/// be written).
+pub fn finish(opts: &RunOptions, mut status: Status) -> Status {
+    if let Err(e) = write_status(&opts.root, &status) {
+        tracing::error!(error = %error_line(&e), "could not write status.json");
+        status.state = RunState::Failed;
+        status.error = Some(error_line(&e));
+        return status;
+    }
+    if status.state != RunState::Ok {
+        return status;
+    }
+    if opts.live {
+        crate::fault::cut("after-status");
+    }
+    if let Err(e) = mark_done(&opts.root) {
+        status.state = RunState::Failed;
+        status.error = Some(error_line(&e));
+        if let Err(e) = write_status(&opts.root, &status) {
+            tracing::error!(error = %error_line(&e), "could not write status.json");
         }
     }
     status
@@ -393,7 +431,8 @@ pub fn render_plan(opts: &RunOptions, input: &NodeInput, plan: &[PlannedStep]) -
     s
 }
 
-/// Mark the run complete: firstboot never runs again on this node.
+/// Mark the run complete: firstboot never runs again on this node. Durable (the file
+/// and its directory are synced) before it returns.
 pub fn mark_done(root: &Path) -> Result<()> {
     atomic_write(&state_path(root, "done"), b"", 0o644).context("writing the firstboot marker")
 }
@@ -549,6 +588,38 @@ mod tests {
         assert_eq!(s.steps[1].state, StepState::Skipped);
         assert_eq!(s.steps[2].state, StepState::Done);
         assert!(console_line(&s).starts_with("firstboot: ok role=worker hostname=node-1 in "));
+    }
+
+    /// The outcome is recorded status first, marker second: a node with `done` always
+    /// has its `status.json`, and a failed run never gets the marker.
+    #[test]
+    fn finish_writes_status_then_the_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = RunOptions::for_root(d.path());
+        let a = input();
+        let s = run_steps(&opts, &a, &[], Instant::now());
+        let mut failed = s.clone();
+        failed.state = RunState::Failed;
+        failed.error = Some("step x: no".into());
+        assert_eq!(finish(&opts, failed).state, RunState::Failed);
+        assert!(!already_done(d.path()));
+        let status: Status =
+            serde_json::from_slice(&std::fs::read(state_path(d.path(), "status.json")).unwrap())
+                .unwrap();
+        assert_eq!(status.state, RunState::Failed);
+        assert_eq!(finish(&opts, s).state, RunState::Ok);
+        assert!(already_done(d.path()));
+        let status: Status =
+            serde_json::from_slice(&std::fs::read(state_path(d.path(), "status.json")).unwrap())
+                .unwrap();
+        assert_eq!(status.state, RunState::Ok);
+        // Nothing but the three files: no temporary left beside them.
+        let mut names: Vec<String> = std::fs::read_dir(state_path(d.path(), ""))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["done", "status.json"]);
     }
 
     #[test]

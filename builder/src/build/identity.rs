@@ -17,7 +17,11 @@ pub struct Identity {
     pub inputs: String,
 }
 
-/// Kernel arguments every image gets before the profile's own.
+/// Kernel arguments every image gets before the profile's own. (A failing initramfs
+/// reboots instead of opening a shell through `panic=30` in the initramfs' own config,
+/// `overlays/base/etc/initramfs-tools/conf.d/nodeimage-panic`; a damaged primary GPT is
+/// restored from the backup by the UEFI firmware before the kernel reads it, as the UEFI
+/// specification requires, and by the state setup.)
 fn base_cmdline(root_partuuid: &uuid::Uuid) -> String {
     format!("root=PARTUUID={root_partuuid} ro rootfstype=erofs")
 }
@@ -118,6 +122,9 @@ pub fn manifest(
         debian: DebianRecord {
             suite: p.debian.suite.clone(),
             mirror: base.spec.mirror.clone(),
+            sources: base.spec.sources.clone(),
+            snapshot: base.spec.snapshot.clone(),
+            releases: base.tar.record.releases.clone(),
             variant: p.debian.variant.clone(),
             packages: tree.packages.clone(),
         },

@@ -81,6 +81,14 @@ pub struct BuildArgs {
     /// and store nothing in it (downloads and the Debian base are still cached).
     #[arg(long, env = "NODEIMAGE_NO_STAGE_CACHE")]
     pub no_stage_cache: bool,
+    /// Use a cached Debian base even when it is older than the profile's
+    /// `debian.max_base_age_days` (with a warning).
+    #[arg(long)]
+    pub allow_stale_base: bool,
+    /// Build the Debian base afresh from the archive (the newest packages of the suite,
+    /// its updates and security fixes), replacing the cached one for this profile.
+    #[arg(long)]
+    pub refresh_base: bool,
     /// Container registry options for the profile's images.
     #[command(flatten)]
     pub registry: crate::oci::RegistryOptions,
@@ -193,6 +201,9 @@ pub struct Build {
     pub fetcher: Fetcher,
     pub registry: RegistryOptions,
     pub stages: StageCache,
+    /// `--allow-stale-base`, `--refresh-base`.
+    pub allow_stale_base: bool,
+    pub refresh_base: bool,
 }
 
 impl Build {
@@ -246,6 +257,8 @@ impl Build {
             fetcher,
             registry: args.registry.clone(),
             stages,
+            allow_stale_base: args.allow_stale_base,
+            refresh_base: args.refresh_base,
         })
     }
 }
@@ -347,16 +360,26 @@ pub(crate) mod tests {
             out_dir,
             work,
             registry: Default::default(),
+            allow_stale_base: false,
+            refresh_base: false,
         }
     }
 
     /// The ESP manifest of a build with `tree` and no payload.
     pub(crate) fn manifest_for(b: &Build, tree: &RootTree) -> Manifest {
         let base = Base {
-            spec: crate::rootfs::BaseSpec::new(&b.lp, "http://deb.example/debian".into(), b.epoch),
+            spec: crate::rootfs::BaseSpec::new(
+                &b.lp,
+                &crate::rootfs::Mirrors {
+                    debian: "http://deb.example/debian".into(),
+                    security: "http://deb.example/debian-security".into(),
+                },
+                b.epoch,
+            ),
             tar: crate::rootfs::BaseTar {
                 path: "/nonexistent".into(),
                 sha256: "0".repeat(64),
+                record: Default::default(),
             },
         };
         let fb = firstboot(b).unwrap();

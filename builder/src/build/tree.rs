@@ -13,12 +13,13 @@ use crate::profile::LoadedProfile;
 use crate::rootfs::{self, BaseSpec, BaseTar, Install};
 
 /// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
-const CUSTOMIZE_STAGE_VERSION: u32 = 2;
+const CUSTOMIZE_STAGE_VERSION: u32 = 3;
 
 /// Units every image enables.
 pub const ENABLED_UNITS: &[&str] = &[
     "firstboot.service",
     "nodeimage-firewall.service",
+    "nodeimage-ssh-host-keys.service",
     "systemd-networkd.service",
 ];
 
@@ -63,11 +64,49 @@ struct TreeMeta {
 
 /// Stage 2: the Debian base (built by mmdebstrap once per spec, then from the cache).
 pub fn base(b: &Build) -> Result<Base> {
-    let p = &b.lp.profile;
-    let mirror = rootfs::resolve_mirror(p.debian.mirror.as_deref())?;
-    let spec = BaseSpec::new(&b.lp, mirror, b.epoch);
-    let tar = rootfs::debian_base(&spec, &b.cache_dir)?;
+    let d = &b.lp.profile.debian;
+    let mirrors = rootfs::resolve_mirror(d.mirror.as_deref(), d.security_mirror.as_deref())?;
+    let spec = BaseSpec::new(&b.lp, &mirrors, b.epoch);
+    let tar = rootfs::debian_base(&spec, &b.cache_dir, b.refresh_base)?;
+    check_base_age(b, &spec, &tar, now())?;
     Ok(Base { spec, tar })
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `debian.max_base_age_days`: a base whose package set is older than the profile allows
+/// is refused (with `--allow-stale-base`, used with a warning).
+pub fn check_base_age(b: &Build, spec: &BaseSpec, tar: &BaseTar, now: i64) -> Result<()> {
+    let Some(max) = b.lp.profile.debian.max_base_age_days else {
+        return Ok(());
+    };
+    let age = rootfs::base_age_days(spec, &tar.record, now);
+    if age <= i64::from(max) {
+        return Ok(());
+    }
+    let since = match &spec.snapshot {
+        Some(ts) => format!("its snapshot {ts}"),
+        None => "the newest Release file it was built from".to_string(),
+    };
+    let fix = match &spec.snapshot {
+        Some(_) => "move debian.snapshot forward",
+        None => "run nodeimage build --refresh-base to build it again from the archive",
+    };
+    if b.allow_stale_base {
+        tracing::warn!(base = %tar.path.display(), age_days = age, max_base_age_days = max, "the Debian base is older than the profile allows (--allow-stale-base)");
+        return Ok(());
+    }
+    bail!(
+        "{}: debian.max_base_age_days = {max}, but the Debian base {} is {age} days old (since {since}): \
+         it lacks the security updates published since; {fix}, or pass --allow-stale-base to use it anyway",
+        b.lp.path.display(),
+        tar.path.display()
+    )
 }
 
 impl Overlays {
@@ -196,6 +235,49 @@ pub fn customize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `debian.max_base_age_days`: a base within the limit passes, an older one is refused
+    /// with the fix named, and `--allow-stale-base` lets it through.
+    #[test]
+    fn a_base_older_than_the_profile_allows_is_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let profile = super::super::tests::PROFILE.replace(
+            "suite = \"bookworm\"\n",
+            "suite = \"bookworm\"\nmax_base_age_days = 7\n",
+        );
+        let mut b = super::super::tests::test_build(d.path(), &profile, false);
+        let mirrors = rootfs::Mirrors {
+            debian: "http://deb.example/debian".into(),
+            security: "http://deb.example/debian-security".into(),
+        };
+        let spec = BaseSpec::new(&b.lp, &mirrors, b.epoch);
+        let now = rootfs::parse_snapshot("20261201T000000Z").unwrap();
+        let tar = |date: &str| BaseTar {
+            path: "/cache/rootfs/amd64-x.tar".into(),
+            sha256: "0".repeat(64),
+            record: rootfs::BaseRecord {
+                built_at: now,
+                releases: [(
+                    "deb.example_debian-security_dists_bookworm-security_InRelease".to_string(),
+                    date.to_string(),
+                )]
+                .into(),
+            },
+        };
+        check_base_age(&b, &spec, &tar("Mon, 30 Nov 2026 00:22:33 UTC"), now).unwrap();
+        let e = check_base_age(&b, &spec, &tar("Sat, 11 Jul 2026 10:16:37 UTC"), now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_base_age_days = 7")
+                && e.contains("142 days old")
+                && e.contains("--refresh-base")
+                && e.contains("--allow-stale-base"),
+            "{e}"
+        );
+        b.allow_stale_base = true;
+        check_base_age(&b, &spec, &tar("Sat, 11 Jul 2026 10:16:37 UTC"), now).unwrap();
+    }
 
     #[test]
     fn overlay_digest_follows_names_modes_links_and_contents() {

@@ -53,6 +53,29 @@ pub struct LockFile {
     /// [`images_sha256`] of the profile the lock was made for.
     pub images_sha256: String,
     pub images: Vec<LockedImage>,
+    /// The Debian package set the profile pins: its suite and archive snapshot. A build
+    /// refuses a lock whose snapshot differs from the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<LockedDebian>,
+}
+
+/// The Debian part of a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedDebian {
+    pub suite: String,
+    /// `debian.snapshot` of the profile (none: the archive as it is when the base is built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+impl LockedDebian {
+    pub fn of(p: &Profile) -> LockedDebian {
+        LockedDebian {
+            suite: p.debian.suite.clone(),
+            snapshot: p.debian.snapshot.clone(),
+        }
+    }
 }
 
 /// A blob: media type, digest, size.
@@ -277,6 +300,30 @@ pub fn check(lp: &LoadedProfile) -> Result<Option<LockFile>, LockError> {
             ),
         });
     }
+    let want = LockedDebian::of(p);
+    match &lf.debian {
+        Some(d) if *d != want => {
+            return Err(LockError::Stale {
+                profile,
+                lock,
+                detail: format!(
+                    "it pins Debian {} at snapshot {}, the profile says {} at {}",
+                    d.suite,
+                    d.snapshot.as_deref().unwrap_or("(none)"),
+                    want.suite,
+                    want.snapshot.as_deref().unwrap_or("(none)")
+                ),
+            })
+        }
+        None if want.snapshot.is_some() => {
+            return Err(LockError::Stale {
+                profile,
+                lock,
+                detail: "the profile pins a Debian snapshot the lock does not record".into(),
+            })
+        }
+        _ => {}
+    }
     if lf.images_sha256 != images_sha256(p) {
         return Err(LockError::Stale {
             profile,
@@ -439,6 +486,7 @@ pub fn lock_profile(lp: &LoadedProfile, reg: &Registry) -> Result<LockFile> {
         arch: p.arch.as_str().into(),
         images_sha256: images_sha256(p),
         images,
+        debian: Some(LockedDebian::of(p)),
     })
 }
 

@@ -82,6 +82,24 @@ pub struct Debian {
     /// Debian mirror URL. When absent, the build machine's own apt sources are used.
     #[serde(default)]
     pub mirror: Option<String>,
+    /// The security archive's URL (`<suite>-security`). When absent, the build machine's
+    /// apt sources' security archive, else `<mirror>-security`.
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+    /// Build the base from the Debian archive snapshot of this moment
+    /// (`20261201T000000Z`, see snapshot.debian.org): the package set is then a recorded,
+    /// reproducible input, updates and security fixes up to that moment included.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Where snapshots are served: `<snapshot_url>/debian/<ts>/` and
+    /// `<snapshot_url>/debian-security/<ts>/`.
+    #[serde(default = "default_snapshot_url")]
+    pub snapshot_url: String,
+    /// Refuse (unless `nodeimage build --allow-stale-base`) a Debian base whose package
+    /// set is older than this many days: since its snapshot, else since the newest
+    /// Release file it was built from.
+    #[serde(default)]
+    pub max_base_age_days: Option<u32>,
     /// mmdebstrap variant (`minbase`, `important`, ...).
     #[serde(default = "default_variant")]
     pub variant: String,
@@ -93,6 +111,9 @@ pub struct Debian {
     pub packages: Vec<String>,
 }
 
+fn default_snapshot_url() -> String {
+    "http://snapshot.debian.org/archive".into()
+}
 fn default_variant() -> String {
     "minbase".into()
 }

@@ -174,6 +174,28 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             ));
         }
     }
+    if let Some(ts) = &p.debian.snapshot {
+        if crate::rootfs::parse_snapshot(ts).is_none() {
+            return Err(at(
+                None,
+                format!("debian.snapshot: expected a snapshot.debian.org timestamp like \"20261201T000000Z\", found \"{ts}\""),
+            ));
+        }
+    }
+    if !(p.debian.snapshot_url.starts_with("http://")
+        || p.debian.snapshot_url.starts_with("https://"))
+    {
+        return Err(at(
+            None,
+            format!(
+                "debian.snapshot_url: expected an http(s):// URL, found \"{}\"",
+                p.debian.snapshot_url
+            ),
+        ));
+    }
+    if let Some(m) = shell_argument(&p.kernel.cmdline) {
+        return Err(at(None, format!("kernel.cmdline: {m}")));
+    }
     if p.disk.esp_size_mib < 64 {
         return Err(at(
             None,
@@ -193,6 +215,27 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
         ));
     }
     Ok(p)
+}
+
+/// Why a kernel argument of the profile would open a console shell without a password
+/// (or cut the power on every boot), if one does. The image's initramfs makes every
+/// failure reboot (`panic=30`); these would undo that.
+fn shell_argument(cmdline: &str) -> Option<String> {
+    for w in cmdline.split_whitespace() {
+        let (k, v) = w.split_once('=').unwrap_or((w, ""));
+        let why = match k {
+            "break" | "rd.break" => "opens a root shell in the initramfs",
+            "init" | "rdinit" => "replaces init, e.g. with a shell",
+            "rd.shell" | "systemd.debug_shell" => "starts a root shell without a password",
+            "panic" if v.parse::<i64>().is_err() => {
+                "must be a number of seconds (the image's initramfs sets panic=30: reboot instead of a shell)"
+            }
+            "firstboot.fault" => "is the power-cut test's hook: it would cut the power on every boot",
+            _ => continue,
+        };
+        return Some(format!("`{w}` {why}; remove it"));
+    }
+    None
 }
 
 fn check_hex(h: &Spanned<String>, len: usize) -> Result<(), String> {
@@ -341,6 +384,52 @@ install = "/usr/bin/tool"
     }
 
     /// Every profile the repository ships parses and validates.
+    #[test]
+    fn debian_snapshot_and_age_parse_and_bad_timestamps_are_refused() {
+        let base = "name = \"t\"\narch = \"x86_64\"\n[debian]\nsuite = \"bookworm\"\n";
+        let p = parse(
+            "p.toml",
+            &format!("{base}snapshot = \"20261201T000000Z\"\nmax_base_age_days = 30\n"),
+        )
+        .unwrap();
+        assert_eq!(p.debian.snapshot.as_deref(), Some("20261201T000000Z"));
+        assert_eq!(p.debian.snapshot_url, "http://snapshot.debian.org/archive");
+        assert_eq!(p.debian.max_base_age_days, Some(30));
+        let e = parse("p.toml", &format!("{base}snapshot = \"2026-12-01\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("debian.snapshot")
+                && e.contains("20261201T000000Z")
+                && e.contains("2026-12-01"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kernel_arguments_that_open_a_shell_are_refused() {
+        let base = "name = \"t\"\narch = \"x86_64\"\n[debian]\nsuite = \"bookworm\"\n[kernel]\n";
+        for (arg, why) in [
+            ("break", "root shell in the initramfs"),
+            ("break=premount", "root shell in the initramfs"),
+            ("init=/bin/sh", "replaces init"),
+            ("systemd.debug_shell", "without a password"),
+            ("panic=", "number of seconds"),
+            ("firstboot.fault=mkfs", "power-cut test"),
+        ] {
+            let e = parse("p.toml", &format!("{base}cmdline = \"quiet {arg}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("kernel.cmdline") && e.contains(arg) && e.contains(why),
+                "{e}"
+            );
+        }
+        for ok in ["quiet console=ttyS0", "panic=10", "panic=-1"] {
+            parse("p.toml", &format!("{base}cmdline = \"{ok}\"\n")).unwrap();
+        }
+    }
+
     #[test]
     fn shipped_profiles_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");

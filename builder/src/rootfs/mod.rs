@@ -11,7 +11,10 @@ mod base;
 mod erofs;
 mod files;
 
-pub use base::{debian_base, required_packages, resolve_mirror, BaseSpec, BaseTar};
+pub use base::{
+    base_age_days, debian_base, parse_release_date, parse_snapshot, render_sources,
+    required_packages, resolve_mirror, BaseRecord, BaseSpec, BaseTar, Mirrors, BASE_HOOKS,
+};
 pub use erofs::make_erofs;
 pub use files::{copy_tree, remove_tree, resolve_in_root};
 
@@ -228,11 +231,60 @@ fn scrub(root: &Path) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     std::os::unix::fs::symlink(RESOLV_CONF_TARGET, &resolv)?;
+    remove_ssh_host_keys(root)?;
+    check_root_locked(root)?;
     Ok(())
 }
 
 /// Where the image's /etc/resolv.conf points: systemd-resolved's stub file.
 pub const RESOLV_CONF_TARGET: &str = "../run/systemd/resolve/stub-resolv.conf";
+
+/// SSH host keys are per node: openssh-server's postinst makes a set in the base, which
+/// every node of every image would share (and anyone with the image would hold). The
+/// base is built without them ([`base::BASE_HOOKS`]); this removes any an overlay, a
+/// package or an older cached base brought. `nodeimage-ssh-host-keys.service` makes a
+/// node's own on its first boot, into the writable `/etc`.
+pub fn remove_ssh_host_keys(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("etc/ssh");
+    let mut removed = Vec::new();
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ssh_host_") {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(name);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The image's root account must be locked (`*` or `!` in /etc/shadow): systemd's
+/// emergency and rescue shells ask for root's password (sulogin) and open no shell for
+/// a locked account, but one with an empty password opens a root shell on the console
+/// to anyone.
+fn check_root_locked(root: &Path) -> Result<()> {
+    let shadow = root.join("etc/shadow");
+    let text =
+        fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
+    let field = text
+        .lines()
+        .find_map(|l| l.strip_prefix("root:"))
+        .map(|rest| rest.split(':').next().unwrap_or(""));
+    match field {
+        Some(f) if f.starts_with('*') || f.starts_with('!') => Ok(()),
+        Some(_) => bail!(
+            "{}: the root account has a password or none (`root:{}:`); the image must ship it locked (`*`) \
+             so that no console shell opens without a credential; set a root password per node (Ignition \
+             passwordHash) if you need one",
+            shadow.display(),
+            if field == Some("") { "" } else { "<hash>" }
+        ),
+        None => bail!("{}: no root entry", shadow.display()),
+    }
+}
 
 /// /proc, /sys and /dev mounted into a chroot for the duration of a command.
 struct ChrootMounts {
@@ -285,6 +337,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
         fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
         fs::set_permissions(
             root.join("etc/resolv.conf"),
@@ -304,5 +357,38 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn scrub_removes_host_keys_and_needs_a_locked_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for dir in ["etc/ssh", "var/log"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for f in [
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+            "ssh_host_rsa_key",
+            "sshd_config",
+        ] {
+            fs::write(root.join("etc/ssh").join(f), "x").unwrap();
+        }
+        fs::write(root.join("etc/shadow"), "root::19000:0:99999:7:::\n").unwrap();
+        let e = format!("{:#}", scrub(root).unwrap_err());
+        assert!(e.contains("root account") && e.contains("`root::`"), "{e}");
+        let left: Vec<_> = fs::read_dir(root.join("etc/ssh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["sshd_config"]);
+        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        scrub(root).unwrap();
+        fs::write(root.join("etc/shadow"), "root:$y$j9T$abc:19000::::::\n").unwrap();
+        let e = format!("{:#}", scrub(root).unwrap_err());
+        assert!(
+            e.contains("<hash>") && !e.contains("$y$"),
+            "never the hash: {e}"
+        );
     }
 }

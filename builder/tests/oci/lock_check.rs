@@ -3,7 +3,9 @@
 
 use crate::support::*;
 use nodeimage::fetch::Digest;
-use nodeimage::oci::lock::{images_sha256, write, BlobRef, LockFile, LockedImage, LOCK_SCHEMA};
+use nodeimage::oci::lock::{
+    images_sha256, write, BlobRef, LockFile, LockedDebian, LockedImage, LOCK_SCHEMA,
+};
 use nodeimage::oci::{check_lock, lock_path};
 use nodeimage::profile::LoadedProfile;
 use test_support::registry::*;
@@ -42,6 +44,7 @@ fn lock_for(lp: &LoadedProfile, images: Vec<LockedImage>) -> LockFile {
         arch: "x86_64".into(),
         images_sha256: images_sha256(&lp.profile),
         images,
+        debian: None,
     }
 }
 
@@ -159,6 +162,42 @@ fn missing_and_stale_locks_are_refused_naming_the_entry() {
     let e = err(&lp7);
     assert!(
         e.starts_with(&format!("{lock}: not a lock file")) && e.contains("run nodeimage lock"),
+        "{e}"
+    );
+}
+
+/// The lock records the Debian snapshot the profile pins: a lock made before the profile
+/// pinned one, or for another snapshot, is stale.
+#[test]
+fn the_lock_pins_the_debian_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let pause = image_entry("pause", "registry.k8s.io/pause:3.10.1", "");
+    let snap = |ts: &str| format!("snapshot = \"{ts}\"\n{pause}");
+    let lp = write_profile(d.path(), "s", "x86_64", &snap("20261201T000000Z"));
+    let profile = lp.path.display().to_string();
+    let mut lf = lock_for(
+        &lp,
+        vec![locked("pause", "registry.k8s.io/pause:3.10.1", true)],
+    );
+    write(&lock_path(&lp.path), &lf).unwrap();
+    let e = err(&lp);
+    assert!(
+        e.contains("the profile pins a Debian snapshot the lock does not record")
+            && e.ends_with(&format!("run nodeimage lock {profile}")),
+        "{e}"
+    );
+    lf.debian = Some(LockedDebian::of(&lp.profile));
+    write(&lock_path(&lp.path), &lf).unwrap();
+    assert_eq!(check_lock(&lp).unwrap().unwrap(), lf);
+    let text = std::fs::read_to_string(lock_path(&lp.path)).unwrap();
+    assert!(
+        text.contains("\"snapshot\": \"20261201T000000Z\""),
+        "{text}"
+    );
+    let lp2 = write_profile(d.path(), "s", "x86_64", &snap("20261215T000000Z"));
+    let e = err(&lp2);
+    assert!(
+        e.contains("it pins Debian bookworm at snapshot 20261201T000000Z, the profile says bookworm at 20261215T000000Z"),
         "{e}"
     );
 }
