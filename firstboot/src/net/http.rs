@@ -162,12 +162,17 @@ impl Http {
         // The last HTTP status a failed attempt got: a server that answers 500 until
         // the deadline is reported as such even when the deadline cut the final attempt.
         let mut last_status: Option<u16> = None;
+        // Whether `last` came from an attempt that had a request's full time.
+        let mut last_full = false;
         let outcome = wait_until(&deadline, &mut backoff, |_| {
             let remaining = deadline.remaining();
             if remaining.is_zero() {
                 return Poll::Ready(Err(self.deadline_error(url, sent, &last, last_status)));
             }
             sent += 1;
+            // An attempt the deadline cuts short (less time than a request gets) mostly
+            // fails for that reason: the failure before it says more.
+            let cut_short = remaining < self.timeouts.request;
             match self.attempt(client, &method, url, &start, headers, remaining) {
                 Ok(reply) => Poll::Ready(Ok(reply)),
                 Err(TryError::Final(e)) => Poll::Ready(Err(e)),
@@ -180,7 +185,11 @@ impl Http {
                         Failure::Other(m) => m.clone(),
                     };
                     tracing::debug!(source = %self.who, url, error = %m, attempt = sent, "retrying");
-                    last = Some(f);
+                    let says_less = cut_short && matches!(f, Failure::Other(_)) && last_full;
+                    if !says_less {
+                        last = Some(f);
+                        last_full = !cut_short;
+                    }
                     Poll::Pending(())
                 }
             }
