@@ -76,9 +76,9 @@ fn golden_config_v3_and_hosts() {
     let (changed, summary) =
         write_config_for(root.path(), &node_with_mirrors(), ConfigSchema::V3).unwrap();
     assert!(changed);
-    assert!(
-        summary.contains("config version 3") && summary.contains("registry.k8s.io/pause:3.10.1"),
-        "{summary}"
+    test_support::assert_contains(
+        &summary,
+        &["config version 3", "registry.k8s.io/pause:3.10.1"],
     );
     let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
     check_golden("config-v3.toml", &read("etc/containerd/config.toml"));
@@ -155,10 +155,7 @@ fn import_checks_archives_for_the_role_when_not_live() {
     let e = import_images(root.path(), false, Role::Master)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("image `coredns`") && e.contains("coredns.tar is missing"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["image `coredns`", "coredns.tar is missing"]);
 }
 
 #[test]

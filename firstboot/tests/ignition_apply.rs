@@ -243,24 +243,18 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
         passwd.contains("daemon1:x:998:100::/home/daemon1:/usr/sbin/nologin\n"),
         "{passwd}"
     );
-    assert!(
-        group.contains("docker:x:1001:core,svc\n") && group.contains("sudo:x:27:svc,core\n"),
-        "{group}"
+    test_support::assert_contains(
+        &group,
+        &["docker:x:1001:core,svc\n", "sudo:x:27:svc,core\n"],
     );
-    assert!(
-        group.contains("sysgrp:x:999:\n") && group.contains("core:x:1002:\n"),
-        "{group}"
-    );
+    test_support::assert_contains(&group, &["sysgrp:x:999:\n", "core:x:1002:\n"]);
     assert!(shadow.contains("core:$6$salt$hash:"), "{shadow}");
     assert_eq!(
         fs::metadata(root.join("etc/shadow")).unwrap().mode() & 0o777,
         0o640,
         "mode kept"
     );
-    assert!(
-        gshadow.contains("docker:!::core,svc") && gshadow.contains("sudo:*::svc,core"),
-        "{gshadow}"
-    );
+    test_support::assert_contains(&gshadow, &["docker:!::core,svc", "sudo:*::svc,core"]);
     assert_eq!(
         fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap(),
         "ssh-ed25519 AAAAold old@host\nssh-ed25519 AAAAnew new@host\n"

@@ -586,8 +586,5 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
     let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("nodeconfig-partition (NODECONFIG/node.yaml)") && e.contains("role"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["nodeconfig-partition (NODECONFIG/node.yaml)", "role"]);
 }

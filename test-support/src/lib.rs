@@ -27,3 +27,9 @@ pub mod registry;
 
 pub use cmd::which;
 pub use needs::{in_ci, is_root, Needs};
+
+/// Assert that `text` contains every one of `parts`; the message is `text`.
+#[track_caller]
+pub fn assert_contains(text: &str, parts: &[&str]) {
+    assert!(parts.iter().all(|p| text.contains(p)), "{text}");
+}

@@ -40,10 +40,7 @@ fn file_url_and_plain_path_sources() {
         .fetch(file.to_str().unwrap(), &wrong)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains(file.to_str().unwrap()) && msg.contains(&wrong.to_string()),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &[file.to_str().unwrap(), &wrong.to_string()]);
     assert!(msg.contains(&digest.to_string()), "{msg}");
     assert!(files_below(&dir3.path().join("blobs")).is_empty());
     assert!(list(&dir3.path().join("partial")).is_empty());
@@ -54,10 +51,7 @@ fn file_url_and_plain_path_sources() {
         .fetch(missing.to_str().unwrap(), &wrong)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains(missing.to_str().unwrap()) && msg.contains("No such file"),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &[missing.to_str().unwrap(), "No such file"]);
 }
 
 #[test]

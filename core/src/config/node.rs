@@ -433,10 +433,7 @@ mod tests {
         ok.require_join_secrets("n").unwrap();
         let m = NodeConfig::parse("n", &MINIMAL.replace("role: worker", "role: master")).unwrap();
         let e = m.require_join_secrets("n").unwrap_err().to_string();
-        assert!(
-            e.contains("etcd_ca_key") && e.contains("weave_password"),
-            "{e}"
-        );
+        test_support::assert_contains(&e, &["etcd_ca_key", "weave_password"]);
     }
 
     #[test]
