@@ -21,6 +21,16 @@ fn st(cfg: Value) -> StagedIgnition {
     stage("test", cfg.to_string().as_bytes(), t).unwrap()
 }
 
+/// Why staging `config` (with default timeouts) fails.
+fn stage_err(config: &[u8]) -> IgnitionError {
+    stage("t", config, Timeouts::default()).unwrap_err()
+}
+
+/// The mode of `p` (type and permission bits).
+fn mode(p: impl AsRef<Path>) -> u32 {
+    fs::metadata(p).unwrap().mode()
+}
+
 fn tree() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let etc = d.path().join("etc");
@@ -114,26 +124,14 @@ fn appends_defaults_and_reapplying_changes_nothing() {
         "127.0.0.1 localhost\n10.0.0.1 master\n"
     );
     assert_eq!(fs::read(root.join("etc/empty")).unwrap(), b"");
-    assert_eq!(
-        fs::metadata(root.join("etc/empty")).unwrap().mode() & 0o7777,
-        0o644
-    );
+    assert_eq!(mode(root.join("etc/empty")) & 0o7777, 0o644);
     assert_eq!(
         fs::read_to_string(root.join("etc/app.conf")).unwrap(),
         "a=1\nb=2\n"
     );
-    assert_eq!(
-        fs::metadata(root.join("etc/app.conf")).unwrap().mode() & 0o7777,
-        0o640
-    );
-    assert_eq!(
-        fs::metadata(root.join("var/lib/app")).unwrap().mode() & 0o7777,
-        0o700
-    );
-    assert_eq!(
-        fs::metadata(root.join("var/lib")).unwrap().mode() & 0o7777,
-        0o755
-    );
+    assert_eq!(mode(root.join("etc/app.conf")) & 0o7777, 0o640);
+    assert_eq!(mode(root.join("var/lib/app")) & 0o7777, 0o700);
+    assert_eq!(mode(root.join("var/lib")) & 0o7777, 0o755);
     assert_eq!(
         fs::read_link(root.join("etc/app-link.conf")).unwrap(),
         Path::new("app.conf")
@@ -180,27 +178,16 @@ fn type_conflicts_and_bad_links_fail_in_planning() {
             .contains("hard link target /etc/missing does not exist"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/x"}], "links": [{"path": "/etc/x", "target": "y"}]}})
-            .to_string()
-            .as_bytes(),
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let cfg = json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/x"}], "links": [{"path": "/etc/x", "target": "y"}]}});
+    let e = stage_err(cfg.to_string().as_bytes());
     assert!(e.to_string().contains("more than once"), "{e}");
-    let e = stage("t", br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","overwrite":true}]}}"#, Timeouts::default())
-        .unwrap_err();
+    let e = stage_err(br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","overwrite":true}]}}"#);
     assert!(
         e.to_string().contains("overwrite needs contents.source"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e =
+        stage_err(br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}"#);
     assert!(e.to_string().contains("storage.files[etc/x].path"), "{e}");
 }
 
@@ -249,11 +236,7 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
     );
     test_support::assert_contains(&group, &["sysgrp:x:999:\n", "core:x:1002:\n"]);
     assert!(shadow.contains("core:$6$salt$hash:"), "{shadow}");
-    assert_eq!(
-        fs::metadata(root.join("etc/shadow")).unwrap().mode() & 0o777,
-        0o640,
-        "mode kept"
-    );
+    assert_eq!(mode(root.join("etc/shadow")) & 0o777, 0o640, "mode kept");
     test_support::assert_contains(&gshadow, &["docker:!::core,svc", "sudo:*::svc,core"]);
     assert_eq!(
         fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap(),
@@ -264,15 +247,9 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
         fs::read_to_string(&keys).unwrap(),
         "ssh-ed25519 AAAAcore core@host\n"
     );
-    assert_eq!(fs::metadata(&keys).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(
-        fs::metadata(root.join("home/core/.ssh")).unwrap().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        fs::metadata(root.join("home/core")).unwrap().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(mode(&keys) & 0o777, 0o600);
+    assert_eq!(mode(root.join("home/core/.ssh")) & 0o777, 0o700);
+    assert_eq!(mode(root.join("home/core")) & 0o777, 0o700);
     assert!(!root.join("home/daemon1").exists());
     assert_eq!(r.users_created, ["core", "daemon1"]);
     assert_eq!(r.users_updated, ["svc"]);
@@ -418,23 +395,14 @@ fn units_enable_disable_mask_unmask_and_dropins() {
             .contains("cannot enable ghost.service: no unit file"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","mask":true,"contents":"[Unit]"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e = stage_err(br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","mask":true,"contents":"[Unit]"}]}}"#);
     assert!(
         e.to_string()
             .contains("masked unit cannot also have contents"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"nosuffix"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e =
+        stage_err(br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"nosuffix"}]}}"#);
     assert!(e.to_string().contains("systemd.units[nosuffix]"), "{e}");
 }
 

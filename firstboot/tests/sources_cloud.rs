@@ -32,6 +32,14 @@ fn ctx(root: &Path, platform: Platform, mock: &Mock) -> SourceContext {
         .with_timeouts(fast())
 }
 
+/// What `acquire` finds on `platform` with `mock` as its metadata service, checking the
+/// source that supplied it is `source`.
+fn acquired(root: &Path, platform: Platform, mock: &Mock, source: &str) -> Acquired {
+    let a = acquire(&ctx(root, platform, mock)).unwrap();
+    assert_eq!(a.source, source);
+    a
+}
+
 /// Some source `a` tried and passed over is one `attempted` accepts.
 fn assert_attempted(a: &Acquired, attempted: impl Fn(&Attempt) -> bool) {
     assert!(a.attempts.iter().any(attempted), "{:?}", a.attempts);
@@ -53,8 +61,7 @@ fn ec2_cfg(user_data: Option<&str>) -> metadata::Ec2 {
 fn ec2_imdsv2_user_data_and_metadata() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::ec2(ec2_cfg(Some(NODE_YAML)), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    let a = acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("i-0123456789abcdef0"));
@@ -98,8 +105,7 @@ fn ec2_falls_back_to_imdsv1_only_when_the_token_call_is_unsupported() {
         },
         Faults::default(),
     );
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    let a = acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert_eq!(
         a.metadata.instance_id.as_deref(),
         Some("i-0123456789abcdef0")
@@ -151,8 +157,7 @@ fn ec2_retries_server_errors_then_succeeds() {
             delay: Duration::ZERO,
         },
     );
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert!(mock.hits().len() > 3);
 }
 
@@ -232,8 +237,7 @@ fn connection_refused_is_a_quick_absent() {
 fn gcp_requires_the_flavor_header_and_reads_attributes() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::gcp(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Gcp, &mock)).unwrap();
-    assert_eq!(a.source, "gcp");
+    let a = acquired(d.path(), Platform::Gcp, &mock, "gcp");
     let m = &a.metadata;
     assert_eq!(m.hostname.as_deref(), Some("node-1.c.project.internal"));
     assert_eq!(m.instance_id.as_deref(), Some("4520031799277581759"));
@@ -256,8 +260,7 @@ fn gcp_requires_the_flavor_header_and_reads_attributes() {
 fn azure_imds_user_data_is_base64_decoded() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::azure(Some(NODE_YAML.as_bytes()), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Azure, &mock)).unwrap();
-    assert_eq!(a.source, "azure");
+    let a = acquired(d.path(), Platform::Azure, &mock, "azure");
     let m = &a.metadata;
     assert_eq!(m.hostname.as_deref(), Some("node-az"));
     assert_eq!(
@@ -305,8 +308,7 @@ fn azure_falls_back_to_custom_data_from_the_agent_or_the_ovf_iso() {
     // 2. The agent's copy wins when present (base64, as the agent stores it).
     fs::create_dir_all(d.path().join("var/lib/waagent")).unwrap();
     fs::write(d.path().join("var/lib/waagent/CustomData"), &b64).unwrap();
-    let a = acquire(&ctx(d.path(), Platform::Azure, &mock)).unwrap();
-    assert_eq!(a.source, "azure-ovf");
+    let a = acquired(d.path(), Platform::Azure, &mock, "azure-ovf");
     assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
 }
 
@@ -331,8 +333,7 @@ fn azure_refuses_requests_without_metadata_header_so_the_mock_is_strict() {
 fn openstack_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::openstack(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::OpenStack, &mock)).unwrap();
-    assert_eq!(a.source, "openstack-metadata");
+    let a = acquired(d.path(), Platform::OpenStack, &mock, "openstack-metadata");
     let m = &a.metadata;
     assert_eq!(
         m.instance_id.as_deref(),
@@ -353,8 +354,7 @@ fn openstack_metadata_service() {
 fn digitalocean_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::digitalocean(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::DigitalOcean, &mock)).unwrap();
-    assert_eq!(a.source, "digitalocean");
+    let a = acquired(d.path(), Platform::DigitalOcean, &mock, "digitalocean");
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("2756294"));
     assert_eq!(m.hostname.as_deref(), Some("node-do"));
@@ -368,8 +368,7 @@ fn digitalocean_metadata_service() {
 fn hetzner_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::hetzner(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Hetzner, &mock)).unwrap();
-    assert_eq!(a.source, "hetzner");
+    let a = acquired(d.path(), Platform::Hetzner, &mock, "hetzner");
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("12345678"));
     assert_eq!(m.hostname.as_deref(), Some("node-hz"));

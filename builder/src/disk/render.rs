@@ -64,16 +64,19 @@ fn components_text(m: &serde_json::Value) -> Option<String> {
             str_of(f, "sha256")
         );
     }
-    let _ = writeln!(s, "\nComponents (pinned files):");
-    let arts = m
-        .get("artifacts")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    if arts.is_empty() {
-        let _ = writeln!(s, "  none");
-    }
-    for a in &arts {
+    let list = |s: &mut String, title: &str, key: &str| {
+        let _ = writeln!(s, "\n{title}:");
+        let items = m
+            .get(key)
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        if items.is_empty() {
+            let _ = writeln!(s, "  none");
+        }
+        items
+    };
+    for a in &list(&mut s, "Components (pinned files)", "artifacts") {
         let _ = writeln!(
             s,
             "  {:<26} {:<10} {:<28} {:>10}  {}",
@@ -84,16 +87,7 @@ fn components_text(m: &serde_json::Value) -> Option<String> {
             str_of(a, "digest")
         );
     }
-    let _ = writeln!(s, "\nImages:");
-    let imgs = m
-        .get("images")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    if imgs.is_empty() {
-        let _ = writeln!(s, "  none");
-    }
-    for i in &imgs {
+    for i in &list(&mut s, "Images", "images") {
         let _ = writeln!(
             s,
             "  {:<26} {:<7} {:>10}  {}@{}",
