@@ -208,23 +208,18 @@ fn master_configs_carry_the_cas_and_one_bootstraps() {
     assert_eq!(m0.hostname.as_deref(), Some("master-0"));
     assert_eq!(m1.hostname.as_deref(), Some("master-1"));
     for m in [&m0, &m1] {
-        assert_eq!(m.secrets.ca_key.as_deref(), Some(s.ca.key_pem.as_str()));
-        assert_eq!(
-            m.secrets.etcd_ca_key.as_deref(),
-            Some(s.etcd_ca.key_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.front_proxy_ca_key.as_deref(),
-            Some(s.front_proxy_ca.key_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.service_account_key.as_deref(),
-            Some(s.service_account.private_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.weave_password.as_deref(),
-            Some(s.weave_password.as_str())
-        );
+        for (carried, secret) in [
+            (&m.secrets.ca_key, &s.ca.key_pem),
+            (&m.secrets.etcd_ca_key, &s.etcd_ca.key_pem),
+            (&m.secrets.front_proxy_ca_key, &s.front_proxy_ca.key_pem),
+            (
+                &m.secrets.service_account_key,
+                &s.service_account.private_pem,
+            ),
+            (&m.secrets.weave_password, &s.weave_password),
+        ] {
+            assert_eq!(carried.as_deref(), Some(secret.as_str()));
+        }
         assert!(m.cluster.audit.is_some());
         m.require_join_secrets("m").unwrap();
     }
@@ -459,16 +454,12 @@ fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
         std::fs::read(&ca).unwrap(),
         std::fs::read(d.path().join("secrets").join(secret_files::CA_CRT)).unwrap()
     );
-    let verify = std::process::Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
+    test_support::cmd::stdout_ok(
+        "openssl verify",
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&cert),
     );
     let text = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-subject", "-checkend", "3600", "-in"])

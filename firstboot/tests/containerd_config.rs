@@ -186,18 +186,14 @@ fn debian_containerd_reads_the_v2_config() {
     let file = d.path().join("config.toml");
     let s = ContainerdSettings::new(Some("registry.k8s.io/pause:3.10.1".into()));
     fs::write(&file, render_config(&s, ConfigSchema::V2)).unwrap();
-    let out = Command::new("containerd")
-        .arg("--config")
-        .arg(&file)
-        .args(["config", "dump"])
-        .output()
-        .unwrap();
-    let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = test_support::cmd::stdout_ok(
+        "containerd config dump",
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "dump"]),
     );
+    let dump = String::from_utf8_lossy(&out);
     for want in [
         "sandbox_image = \"registry.k8s.io/pause:3.10.1\"",
         "SystemdCgroup = true",

@@ -43,15 +43,7 @@ fn environment_ready() -> bool {
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_support::cmd::stdout_ok(&format!("{args:?}"), Command::new(args[0]).args(&args[1..]));
 }
 
 /// Namespaces, bridge and addresses; removed on drop.

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions, FatType, FileChanges};
-use test_support::cmd::tool;
+use test_support::cmd::{stdout_ok, tool};
 use test_support::images::{fsck_fat, mkfs_fat};
 
 /// `fsck.fat -n -v` must exit 0 and report nothing to fix.
@@ -22,20 +21,8 @@ fn fsck(path: &Path) {
     );
 }
 
-/// Run `cmd`, asserting it succeeds (else the message is `what` and its stderr); its
-/// stdout.
-fn stdout_of(what: &str, cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn mtype(img: &Path, path: &str) -> Vec<u8> {
-    stdout_of(
+    stdout_ok(
         &format!("mtype {path}"),
         tool("mtype", "mtools")
             .arg("-i")
@@ -257,7 +244,7 @@ fn builds_are_byte_identical_and_depend_on_inputs() {
 fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("mk.img");
-    stdout_of(
+    stdout_ok(
         "mkfs.fat",
         tool("mkfs.fat", "dosfstools")
             .args(["-C", "-F", "16", "-n", "NODECONFIG", "-i", "DEADBEEF"])
@@ -272,7 +259,7 @@ fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
         b"{\"ignition\":{\"version\":\"3.4.0\"}}",
     )
     .unwrap();
-    stdout_of(
+    stdout_ok(
         "mcopy",
         tool("mcopy", "mtools")
             .arg("-s")

@@ -21,6 +21,12 @@ fn st(cfg: Value) -> StagedIgnition {
     stage("test", cfg.to_string().as_bytes(), t).unwrap()
 }
 
+/// Applying `cfg` to `root` fails with an error that contains `want`.
+fn apply_refused(cfg: Value, root: &Path, want: &str) {
+    let e = st(cfg).apply(root).unwrap_err();
+    assert!(e.to_string().contains(want), "{e}");
+}
+
 /// Why staging `config` (with default timeouts) fails.
 fn stage_err(config: &[u8]) -> IgnitionError {
     stage("t", config, Timeouts::default()).unwrap_err()
@@ -160,23 +166,19 @@ fn appends_defaults_and_reapplying_changes_nothing() {
 fn type_conflicts_and_bad_links_fail_in_planning() {
     let t = tree();
     fs::write(t.path().join("etc/notadir"), "x").unwrap();
-    let e = st(json!({"storage": {"directories": [{"path": "/etc/notadir"}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(e.to_string().contains("is not a directory"), "{e}");
+    apply_refused(
+        json!({"storage": {"directories": [{"path": "/etc/notadir"}]}}),
+        t.path(),
+        "is not a directory",
+    );
     st(json!({"storage": {"directories": [{"path": "/etc/notadir", "overwrite": true}]}}))
         .apply(t.path())
         .unwrap();
     assert!(t.path().join("etc/notadir").is_dir());
-    let e = st(
+    apply_refused(
         json!({"storage": {"links": [{"path": "/etc/h", "target": "/etc/missing", "hard": true}]}}),
-    )
-    .apply(t.path())
-    .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("hard link target /etc/missing does not exist"),
-        "{e}"
+        t.path(),
+        "hard link target /etc/missing does not exist",
     );
     let cfg = json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/x"}], "links": [{"path": "/etc/x", "target": "y"}]}});
     let e = stage_err(cfg.to_string().as_bytes());
@@ -278,25 +280,21 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
 #[test]
 fn changing_an_existing_user_is_refused() {
     let t = tree();
-    let e = st(json!({"passwd": {"users": [{"name": "svc", "shell": "/bin/zsh"}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("changing shell of an existing user is not supported"),
-        "{e}"
+    apply_refused(
+        json!({"passwd": {"users": [{"name": "svc", "shell": "/bin/zsh"}]}}),
+        t.path(),
+        "changing shell of an existing user is not supported",
     );
-    let e = st(json!({"passwd": {"users": [{"name": "new", "groups": ["nosuch"]}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("group `nosuch` does not exist"),
-        "{e}"
+    apply_refused(
+        json!({"passwd": {"users": [{"name": "new", "groups": ["nosuch"]}]}}),
+        t.path(),
+        "group `nosuch` does not exist",
     );
-    let e = st(json!({"storage": {"files": [{"path": "/x", "user": {"name": "ghost"}}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(e.to_string().contains("unknown user `ghost`"), "{e}");
+    apply_refused(
+        json!({"storage": {"files": [{"path": "/x", "user": {"name": "ghost"}}]}}),
+        t.path(),
+        "unknown user `ghost`",
+    );
 }
 
 #[test]
@@ -379,21 +377,15 @@ fn units_enable_disable_mask_unmask_and_dropins() {
     assert_eq!(r.units_disabled, ["old.timer"]);
     assert_eq!(r.units_unmasked, ["masked.service"]);
 
-    let e = st(json!({"systemd": {"units": [{"name": "static.service", "enabled": true}]}}))
-        .apply(root)
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("has no WantedBy=, RequiredBy= or Alias="),
-        "{e}"
+    apply_refused(
+        json!({"systemd": {"units": [{"name": "static.service", "enabled": true}]}}),
+        root,
+        "has no WantedBy=, RequiredBy= or Alias=",
     );
-    let e = st(json!({"systemd": {"units": [{"name": "ghost.service", "enabled": true}]}}))
-        .apply(root)
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("cannot enable ghost.service: no unit file"),
-        "{e}"
+    apply_refused(
+        json!({"systemd": {"units": [{"name": "ghost.service", "enabled": true}]}}),
+        root,
+        "cannot enable ghost.service: no unit file",
     );
     let e = stage_err(br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","mask":true,"contents":"[Unit]"}]}}"#);
     assert!(
@@ -409,11 +401,12 @@ fn units_enable_disable_mask_unmask_and_dropins() {
 #[test]
 fn a_storage_file_and_a_unit_writing_the_same_path_conflict() {
     let t = tree();
-    let e = st(json!({
-        "storage": {"files": [{"path": "/etc/systemd/system/a.service", "contents": {"source": "data:,x"}}]},
-        "systemd": {"units": [{"name": "a.service", "contents": "[Unit]\n"}]}
-    }))
-    .apply(t.path())
-    .unwrap_err();
-    assert!(e.to_string().contains("written twice"), "{e}");
+    apply_refused(
+        json!({
+            "storage": {"files": [{"path": "/etc/systemd/system/a.service", "contents": {"source": "data:,x"}}]},
+            "systemd": {"units": [{"name": "a.service", "contents": "[Unit]\n"}]}
+        }),
+        t.path(),
+        "written twice",
+    );
 }

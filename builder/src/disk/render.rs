@@ -28,6 +28,15 @@ const KEY_PACKAGES: &[&str] = &[
     "iptables",
 ];
 
+/// `items` joined by `, `, or `none`.
+fn joined_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// A nodeimage manifest as a components list: every pinned file and image with its
 /// version and hash, the kernel, firstboot and the key Debian packages. `None` when the
 /// manifest is not one of ours (then the JSON is shown as it is).
@@ -179,15 +188,7 @@ pub fn render_text(r: &ImageReport) -> String {
     match (&r.config, &r.config_error) {
         (Some(c), _) => {
             let _ = writeln!(s, "  partition: {}", c.partition);
-            let _ = writeln!(
-                s,
-                "  files:     {}",
-                if c.files.is_empty() {
-                    "none".to_string()
-                } else {
-                    c.files.join(", ")
-                }
-            );
+            let _ = writeln!(s, "  files:     {}", joined_or_none(&c.files));
             match (&c.file, &c.kind) {
                 (Some(f), Some(k)) => {
                     let _ = writeln!(s, "  config:    {f} ({k})");
@@ -205,11 +206,7 @@ pub fn render_text(r: &ImageReport) -> String {
             let _ = writeln!(
                 s,
                 "  secrets present (values not shown): {}",
-                if c.secrets_present.is_empty() {
-                    "none".to_string()
-                } else {
-                    c.secrets_present.join(", ")
-                }
+                joined_or_none(&c.secrets_present)
             );
             if let Some(e) = &c.error {
                 let _ = writeln!(s, "  error: {e}");

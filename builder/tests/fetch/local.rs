@@ -13,12 +13,22 @@ use test_support::http::UNREACHABLE;
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 
+/// A directory holding `name` with `content(len, seed)`: the directory, the file, its bytes.
+fn local_file(
+    name: &str,
+    len: usize,
+    seed: u8,
+) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let body = content(len, seed);
+    let file = src.path().join(name);
+    fs::write(&file, &body).unwrap();
+    (src, file, body)
+}
+
 #[test]
 fn file_url_and_plain_path_sources() {
-    let src = tempfile::tempdir().unwrap();
-    let body = content(100_000, 20);
-    let file = src.path().join("kubelet");
-    fs::write(&file, &body).unwrap();
+    let (src, file, body) = local_file("kubelet", 100_000, 20);
     let digest = sha256(&body);
 
     let dir = tempfile::tempdir().unwrap();
@@ -80,10 +90,7 @@ fn mirror_directory_with_host_path_layout() {
 
 #[test]
 fn offline_serves_cached_blob_without_any_server() {
-    let src = tempfile::tempdir().unwrap();
-    let body = content(10_000, 22);
-    let file = src.path().join("blob");
-    fs::write(&file, &body).unwrap();
+    let (_src, file, body) = local_file("blob", 10_000, 22);
     let digest = sha512(&body);
     let dir = tempfile::tempdir().unwrap();
     // Pre-fill the cache from a local file.

@@ -200,12 +200,7 @@ mod tests {
                 "exec /opt/bin/flanneld --kube-subnet-mgr --ip-masq --iface=\"$NODE_IP\" \"$@\"",
                 "wait",
             );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        test_support::cmd::stdout_ok("sh", Command::new("sh").arg("-c").arg(&script));
         let conf: serde_json::Value = serde_json::from_slice(
             &std::fs::read(root.join("etc/cni/net.d/10-flannel.conflist")).unwrap(),
         )
