@@ -408,10 +408,7 @@ fn hosts_from_tf_writes_one_config_per_host() {
 #[test]
 fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
     use nodeimage::cluster::{kubeconfig, KubeconfigArgs};
-    if !test_support::Needs::new("cluster kubeconfig")
-        .tool("openssl", "openssl")
-        .met()
-    {
+    if !test_support::needs_tool("cluster kubeconfig", "openssl", "openssl") {
         return;
     }
     let (d, c) = setup(CLUSTER_YML);

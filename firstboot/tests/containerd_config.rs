@@ -176,10 +176,11 @@ fn bad_registry_host_is_refused() {
 /// settings in its merged view (`containerd config dump`).
 #[test]
 fn debian_containerd_reads_the_v2_config() {
-    if !test_support::Needs::new("debian_containerd_reads_the_v2_config")
-        .tool("containerd", "containerd")
-        .met()
-    {
+    if !test_support::needs_tool(
+        "debian_containerd_reads_the_v2_config",
+        "containerd",
+        "containerd",
+    ) {
         return;
     }
     let d = tempfile::tempdir().unwrap();

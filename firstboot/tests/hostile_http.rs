@@ -49,10 +49,7 @@ fn ctx(root: &Path, h: &Hostile) -> SourceContext {
 fn the_binary_against_an_endless_user_data_stops_at_the_limit_with_bounded_memory() {
     // GNU time reports the peak resident set of the process it starts (a wait4 of its
     // own small child: a child of this test would inherit the test's high-water mark).
-    if !test_support::Needs::new("the_binary_against_an_endless_user_data")
-        .tool("time", "time")
-        .met()
-    {
+    if !test_support::needs_tool("the_binary_against_an_endless_user_data", "time", "time") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

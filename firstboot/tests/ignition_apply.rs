@@ -66,21 +66,10 @@ fn tree() -> tempfile::TempDir {
 }
 
 fn list(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            out.push(format!(
-                "{} {:o}",
-                e.path().strip_prefix(root).unwrap().display(),
-                e.metadata().map(|m| m.mode()).unwrap_or(0)
-            ));
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
+    let mut out: Vec<String> = test_support::files::walk(root)
+        .into_iter()
+        .map(|(p, m)| format!("{} {:o}", p.strip_prefix(root).unwrap().display(), m.mode()))
+        .collect();
     out.sort();
     out
 }

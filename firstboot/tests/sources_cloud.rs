@@ -47,13 +47,11 @@ fn assert_attempted(a: &Acquired, attempted: impl Fn(&Attempt) -> bool) {
 
 fn ec2_cfg(user_data: Option<&str>) -> metadata::Ec2 {
     metadata::Ec2 {
-        v1_only: false,
-        token_status: None,
-        user_data: user_data.map(|u| u.as_bytes().to_vec()),
         tags: vec![
             ("Name".into(), "worker-1".into()),
             ("team".into(), "k8s".into()),
         ],
+        ..metadata::Ec2::serving(user_data)
     }
 }
 

@@ -19,6 +19,24 @@ pub fn list(dir: &Path) -> Vec<String> {
     }
 }
 
+/// Every entry below `dir` (directories too, symlinks not followed) with its metadata,
+/// in no particular order.
+pub fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m));
+        }
+    }
+    out
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];

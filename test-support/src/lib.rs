@@ -26,7 +26,7 @@ pub mod needs;
 pub mod registry;
 
 pub use cmd::which;
-pub use needs::{in_ci, is_root, Needs};
+pub use needs::{in_ci, is_root, needs_tool, Needs};
 
 /// Assert that `text` contains every one of `parts`; the message is `text`.
 #[track_caller]
