@@ -445,20 +445,21 @@ fn inspect_shows_partitions_manifest_and_redacted_config() {
     assert!(c.error.is_none());
 
     let text = disk::render_text(&r);
-    for want in [
-        "ESP",
-        "root-x86-64",
-        "data",
-        "NODECONFIG",
-        "EFI System",
-        "Linux root (x86-64)",
-        "Microsoft basic data",
-        "1.2.3",
-        "node-1",
-        "bootstrap_token",
-    ] {
-        assert!(text.contains(want), "missing {want}:\n{text}");
-    }
+    test_support::assert_contains(
+        &text,
+        &[
+            "ESP",
+            "root-x86-64",
+            "data",
+            "NODECONFIG",
+            "EFI System",
+            "Linux root (x86-64)",
+            "Microsoft basic data",
+            "1.2.3",
+            "node-1",
+            "bootstrap_token",
+        ],
+    );
     let json = serde_json::to_string(&r).unwrap();
     for secret in ["0123456789abcdef", "MIIB"] {
         assert!(

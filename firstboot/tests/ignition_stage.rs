@@ -386,13 +386,7 @@ fn a_missing_referenced_config_is_an_error() {
 }
 
 fn fw_cfg_root(content: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let item = d
-        .path()
-        .join("sys/firmware/qemu_fw_cfg/by_name/opt/org.nodeimage/config");
-    fs::create_dir_all(&item).unwrap();
-    fs::write(item.join("raw"), content).unwrap();
-    d
+    test_support::files::fw_cfg_root(firstboot::source::FW_CFG_NAME, content)
 }
 
 #[test]

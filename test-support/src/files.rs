@@ -19,6 +19,16 @@ pub fn list(dir: &Path) -> Vec<String> {
     }
 }
 
+/// A machine root whose QEMU fw_cfg item `name` (`-fw_cfg name=<name>,...`) holds
+/// `content`, as the kernel shows it under `/sys/firmware/qemu_fw_cfg`.
+pub fn fw_cfg_root(name: &str, content: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let item = d.path().join("sys/firmware/qemu_fw_cfg/by_name").join(name);
+    std::fs::create_dir_all(&item).unwrap();
+    std::fs::write(item.join("raw"), content).unwrap();
+    d
+}
+
 /// Every entry below `dir` (directories too, symlinks not followed) with its metadata,
 /// in no particular order.
 pub fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
