@@ -353,10 +353,7 @@ addons:
             "{e}"
         );
         let nft = render(&args(&["--format", "nft", "--role", "master"])).unwrap();
-        assert!(
-            nft.contains("table inet nodeimage {") && nft.contains("tcp dport 6443 accept"),
-            "{nft}"
-        );
+        test_support::assert_contains(&nft, &["table inet nodeimage {", "tcp dport 6443 accept"]);
         let j: serde_json::Value = serde_json::from_str(
             &render(&args(&["--format", "nft-json", "--role", "worker"])).unwrap(),
         )

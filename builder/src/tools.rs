@@ -11,34 +11,19 @@ pub struct Tool {
     pub package: &'static str,
 }
 
-pub const MMDEBSTRAP: Tool = Tool {
-    program: "mmdebstrap",
-    package: "mmdebstrap",
-};
-pub const MKFS_EROFS: Tool = Tool {
-    program: "mkfs.erofs",
-    package: "erofs-utils",
-};
-pub const TAR: Tool = Tool {
-    program: "tar",
-    package: "tar",
-};
-pub const CHROOT: Tool = Tool {
-    program: "chroot",
-    package: "coreutils",
-};
-pub const SYSTEMCTL: Tool = Tool {
-    program: "systemctl",
-    package: "systemd",
-};
-pub const DPKG_QUERY: Tool = Tool {
-    program: "dpkg-query",
-    package: "dpkg",
-};
-pub const QEMU_USER_AARCH64: Tool = Tool {
-    program: "qemu-aarch64-static",
-    package: "qemu-user-static",
-};
+impl Tool {
+    pub const fn new(program: &'static str, package: &'static str) -> Self {
+        Tool { program, package }
+    }
+}
+
+pub const MMDEBSTRAP: Tool = Tool::new("mmdebstrap", "mmdebstrap");
+pub const MKFS_EROFS: Tool = Tool::new("mkfs.erofs", "erofs-utils");
+pub const TAR: Tool = Tool::new("tar", "tar");
+pub const CHROOT: Tool = Tool::new("chroot", "coreutils");
+pub const SYSTEMCTL: Tool = Tool::new("systemctl", "systemd");
+pub const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
+pub const QEMU_USER_AARCH64: Tool = Tool::new("qemu-aarch64-static", "qemu-user-static");
 
 /// Tools every `nodeimage build` needs.
 pub const BUILD_TOOLS: &[Tool] = &[MMDEBSTRAP, MKFS_EROFS, TAR, CHROOT, SYSTEMCTL, DPKG_QUERY];

@@ -38,7 +38,13 @@ addons:
 
 fn setup(yml: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
-    let c = d.path().join("cluster.yml");
+    let c = new_cluster(d.path(), yml);
+    (d, c)
+}
+
+/// Write `yml` as `dir`/cluster.yml and run `cluster new` on it; the cluster.yml path.
+fn new_cluster(dir: &Path, yml: &str) -> PathBuf {
+    let c = dir.join("cluster.yml");
     std::fs::write(&c, yml).unwrap();
     cluster_new(&ClusterNewArgs {
         config: c.clone(),
@@ -46,7 +52,7 @@ fn setup(yml: &str) -> (tempfile::TempDir, PathBuf) {
         force: false,
     })
     .unwrap();
-    (d, c)
+    c
 }
 
 fn args(c: &Path) -> NodeConfigArgs {
@@ -76,6 +82,17 @@ fn make(a: NodeConfigArgs, out: &Path) -> (NodeConfig, String) {
     assert_eq!(mode(out), 0o600);
     let text = std::fs::read_to_string(out).unwrap();
     (NodeConfig::parse("out", &text).unwrap(), text)
+}
+
+/// `make` for the host at `address` in cluster.yml `c`.
+fn make_for(address: &str, c: &Path, out: &Path) -> (NodeConfig, String) {
+    make(
+        NodeConfigArgs {
+            host: Some(address.into()),
+            ..args(c)
+        },
+        out,
+    )
 }
 
 #[test]
@@ -140,13 +157,7 @@ fn cluster_new_writes_a_private_complete_set_and_refuses_to_overwrite() {
 fn worker_config_carries_no_private_key() {
     let (d, c) = setup(CLUSTER_YML);
     let s = ClusterSecrets::load(&d.path().join("secrets")).unwrap();
-    let (w, text) = make(
-        NodeConfigArgs {
-            host: Some("203.0.113.20".into()),
-            ..args(&c)
-        },
-        &d.path().join("w.yaml"),
-    );
+    let (w, text) = make_for("203.0.113.20", &c, &d.path().join("w.yaml"));
     assert_eq!(w.role, Role::Worker);
     assert!(
         !text.contains("PRIVATE KEY"),
@@ -184,13 +195,7 @@ fn worker_config_carries_no_private_key() {
 fn master_configs_carry_the_cas_and_one_bootstraps() {
     let (d, c) = setup(CLUSTER_YML);
     let s = ClusterSecrets::load(&d.path().join("secrets")).unwrap();
-    let (m0, _) = make(
-        NodeConfigArgs {
-            host: Some("203.0.113.10".into()),
-            ..args(&c)
-        },
-        &d.path().join("m0.yaml"),
-    );
+    let (m0, _) = make_for("203.0.113.10", &c, &d.path().join("m0.yaml"));
     let (m1, _) = make(
         NodeConfigArgs {
             host: Some("10.133.0.11".into()),
@@ -203,23 +208,18 @@ fn master_configs_carry_the_cas_and_one_bootstraps() {
     assert_eq!(m0.hostname.as_deref(), Some("master-0"));
     assert_eq!(m1.hostname.as_deref(), Some("master-1"));
     for m in [&m0, &m1] {
-        assert_eq!(m.secrets.ca_key.as_deref(), Some(s.ca.key_pem.as_str()));
-        assert_eq!(
-            m.secrets.etcd_ca_key.as_deref(),
-            Some(s.etcd_ca.key_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.front_proxy_ca_key.as_deref(),
-            Some(s.front_proxy_ca.key_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.service_account_key.as_deref(),
-            Some(s.service_account.private_pem.as_str())
-        );
-        assert_eq!(
-            m.secrets.weave_password.as_deref(),
-            Some(s.weave_password.as_str())
-        );
+        for (carried, secret) in [
+            (&m.secrets.ca_key, &s.ca.key_pem),
+            (&m.secrets.etcd_ca_key, &s.etcd_ca.key_pem),
+            (&m.secrets.front_proxy_ca_key, &s.front_proxy_ca.key_pem),
+            (
+                &m.secrets.service_account_key,
+                &s.service_account.private_pem,
+            ),
+            (&m.secrets.weave_password, &s.weave_password),
+        ] {
+            assert_eq!(carried.as_deref(), Some(secret.as_str()));
+        }
         assert!(m.cluster.audit.is_some());
         m.require_join_secrets("m").unwrap();
     }
@@ -291,21 +291,8 @@ fn external_etcd_files_are_inlined_for_masters_only() {
     let yml = format!(
         "{CLUSTER_YML}etcd:\n  endpoints: [\"https://etcd-1.example.com:2379\"]\n  certificate: ./etcd_certs/client.pem\n  key: ./etcd_certs/client-key.pem\n  ca_certificate: ./etcd_certs/ca.pem\n"
     );
-    let c = d.path().join("cluster.yml");
-    std::fs::write(&c, yml).unwrap();
-    cluster_new(&ClusterNewArgs {
-        config: c.clone(),
-        dir: None,
-        force: false,
-    })
-    .unwrap();
-    let (m, _) = make(
-        NodeConfigArgs {
-            host: Some("203.0.113.10".into()),
-            ..args(&c)
-        },
-        &d.path().join("m.yaml"),
-    );
+    let c = new_cluster(d.path(), &yml);
+    let (m, _) = make_for("203.0.113.10", &c, &d.path().join("m.yaml"));
     let e = m.cluster.etcd.unwrap();
     assert_eq!(
         (
@@ -319,13 +306,7 @@ fn external_etcd_files_are_inlined_for_masters_only() {
         m.secrets.etcd_ca_key.is_none(),
         "no stacked etcd: no etcd CA"
     );
-    let (w, text) = make(
-        NodeConfigArgs {
-            host: Some("203.0.113.20".into()),
-            ..args(&c)
-        },
-        &d.path().join("w.yaml"),
-    );
+    let (w, text) = make_for("203.0.113.20", &c, &d.path().join("w.yaml"));
     assert!(w.cluster.etcd.is_none() && !text.contains("CLIENT KEY"));
 }
 
@@ -377,18 +358,10 @@ fn terraform_hosts() {
 #[test]
 fn hosts_from_tf_writes_one_config_per_host() {
     let d = tempfile::tempdir().unwrap();
-    let c = d.path().join("cluster.yml");
-    std::fs::write(
-        &c,
+    let c = new_cluster(
+        d.path(),
         "network: {}\naddons:\n  ingress-nginx:\n    enabled: true\n",
-    )
-    .unwrap();
-    cluster_new(&ClusterNewArgs {
-        config: c.clone(),
-        dir: None,
-        force: false,
-    })
-    .unwrap();
+    );
     let tf = tf_json();
     let out = d.path().join("out");
     node_config(&NodeConfigArgs {
@@ -435,10 +408,7 @@ fn hosts_from_tf_writes_one_config_per_host() {
 #[test]
 fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
     use nodeimage::cluster::{kubeconfig, KubeconfigArgs};
-    if !test_support::Needs::new("cluster kubeconfig")
-        .tool("openssl", "openssl")
-        .met()
-    {
+    if !test_support::needs_tool("cluster kubeconfig", "openssl", "openssl") {
         return;
     }
     let (d, c) = setup(CLUSTER_YML);
@@ -481,16 +451,12 @@ fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
         std::fs::read(&ca).unwrap(),
         std::fs::read(d.path().join("secrets").join(secret_files::CA_CRT)).unwrap()
     );
-    let verify = std::process::Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&ca)
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
+    test_support::cmd::stdout_ok(
+        "openssl verify",
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&cert),
     );
     let text = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-subject", "-checkend", "3600", "-in"])
@@ -498,10 +464,7 @@ fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
         .output()
         .unwrap();
     let s = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        s.contains("O = kubeadm:cluster-admins") && s.contains("CN = alice"),
-        "{s}"
-    );
+    test_support::assert_contains(&s, &["O = kubeadm:cluster-admins", "CN = alice"]);
     assert!(text.status.success(), "valid for another hour: {s}");
     let later = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-checkend", "7300", "-in"])

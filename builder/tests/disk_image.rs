@@ -304,13 +304,7 @@ fn write_config_native_then_ignition() {
         f.layout.partitions[0].size_bytes,
     );
 
-    let cfg = f.dir.join("node.yaml");
-    std::fs::write(&cfg, NATIVE).unwrap();
-    disk::write_config(&disk::WriteConfigArgs {
-        image: f.image.clone(),
-        config: cfg.clone(),
-    })
-    .unwrap();
+    write_native_config(&f);
 
     let part = f.dir.join("nodeconfig.img");
     extract(&f.image, nc.start_bytes, nc.size_bytes, &part);
@@ -357,6 +351,17 @@ fn write_config_native_then_ignition() {
     assert_eq!(run_ok(&mut c), ign_text);
 }
 
+/// `write-config` of the native node config NATIVE (as `node.yaml`) into the fixture's image.
+fn write_native_config(f: &Fixture) {
+    let cfg = f.dir.join("node.yaml");
+    std::fs::write(&cfg, NATIVE).unwrap();
+    disk::write_config(&disk::WriteConfigArgs {
+        image: f.image.clone(),
+        config: cfg,
+    })
+    .unwrap();
+}
+
 fn sha256_range(p: &Path, start: u64, len: u64) -> String {
     hex::encode(Sha256::digest(read_range(p, start, len)))
 }
@@ -364,13 +369,7 @@ fn sha256_range(p: &Path, start: u64, len: u64) -> String {
 #[test]
 fn invalid_configs_are_refused_and_the_image_is_unchanged() {
     let f = fixture("NODECONFIG", false);
-    let cfg = f.dir.join("node.yaml");
-    std::fs::write(&cfg, NATIVE).unwrap();
-    disk::write_config(&disk::WriteConfigArgs {
-        image: f.image.clone(),
-        config: cfg.clone(),
-    })
-    .unwrap();
+    write_native_config(&f);
     let before = f.dir.join("before.raw");
     std::fs::copy(&f.image, &before).unwrap();
     for (name, text, want) in [
@@ -446,20 +445,21 @@ fn inspect_shows_partitions_manifest_and_redacted_config() {
     assert!(c.error.is_none());
 
     let text = disk::render_text(&r);
-    for want in [
-        "ESP",
-        "root-x86-64",
-        "data",
-        "NODECONFIG",
-        "EFI System",
-        "Linux root (x86-64)",
-        "Microsoft basic data",
-        "1.2.3",
-        "node-1",
-        "bootstrap_token",
-    ] {
-        assert!(text.contains(want), "missing {want}:\n{text}");
-    }
+    test_support::assert_contains(
+        &text,
+        &[
+            "ESP",
+            "root-x86-64",
+            "data",
+            "NODECONFIG",
+            "EFI System",
+            "Linux root (x86-64)",
+            "Microsoft basic data",
+            "1.2.3",
+            "node-1",
+            "bootstrap_token",
+        ],
+    );
     let json = serde_json::to_string(&r).unwrap();
     for secret in ["0123456789abcdef", "MIIB"] {
         assert!(

@@ -68,6 +68,20 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
+/// `Debug` naming the type and that its secret field is there (`<redacted>`), never the
+/// secret itself.
+macro_rules! redacted_debug {
+    ($ty:ident, $secret:literal) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field($secret, &"<redacted>")
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// A certificate authority: certificate and private key, both PEM.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaPair {
@@ -75,13 +89,7 @@ pub struct CaPair {
     pub key_pem: String,
 }
 
-impl std::fmt::Debug for CaPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaPair")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
+redacted_debug!(CaPair, "key_pem");
 
 impl CaPair {
     /// A new self-signed CA valid for [`CA_VALIDITY`].
@@ -127,13 +135,7 @@ pub struct ServiceAccountKey {
     pub public_pem: String,
 }
 
-impl std::fmt::Debug for ServiceAccountKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccountKey")
-            .field("private_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
+redacted_debug!(ServiceAccountKey, "private_pem");
 
 impl ServiceAccountKey {
     /// A new ECDSA P-256 key: kube-apiserver signs tokens with ES256.
@@ -230,13 +232,7 @@ pub struct Issued {
     pub key_pem: String,
 }
 
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
+redacted_debug!(Issued, "key_pem");
 
 /// Issue a leaf certificate for `spec`, signed by `ca`, valid for [`LEAF_VALIDITY`].
 pub fn issue(spec: &CertSpec, ca: &CaPair, now: OffsetDateTime) -> Result<Issued, PkiError> {

@@ -23,15 +23,7 @@ fn firstboot(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn root_run_against_an_ec2_metadata_server() {
     let root = tempfile::tempdir().unwrap();
-    let mock = metadata::ec2(
-        metadata::Ec2 {
-            v1_only: false,
-            token_status: None,
-            user_data: Some(NODE_YAML.as_bytes().to_vec()),
-            tags: vec![],
-        },
-        Faults::default(),
-    );
+    let mock = metadata::ec2(metadata::Ec2::serving(Some(NODE_YAML)), Faults::default());
     let r = root.path().to_str().unwrap();
     let (code, stdout, stderr) = firstboot(&[
         "--root",
@@ -173,18 +165,10 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 
 /// Every path under `dir` with its size, sorted.
 fn tree_listing(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = e.metadata().unwrap();
-            if md.is_dir() {
-                todo.push(e.path());
-            }
-            out.push((e.path(), md.len()));
-        }
-    }
+    let mut out: Vec<_> = test_support::files::walk(dir)
+        .into_iter()
+        .map(|(p, md)| (p, md.len()))
+        .collect();
     out.sort();
     out
 }

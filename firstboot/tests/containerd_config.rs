@@ -76,9 +76,9 @@ fn golden_config_v3_and_hosts() {
     let (changed, summary) =
         write_config_for(root.path(), &node_with_mirrors(), ConfigSchema::V3).unwrap();
     assert!(changed);
-    assert!(
-        summary.contains("config version 3") && summary.contains("registry.k8s.io/pause:3.10.1"),
-        "{summary}"
+    test_support::assert_contains(
+        &summary,
+        &["config version 3", "registry.k8s.io/pause:3.10.1"],
     );
     let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
     check_golden("config-v3.toml", &read("etc/containerd/config.toml"));
@@ -155,10 +155,7 @@ fn import_checks_archives_for_the_role_when_not_live() {
     let e = import_images(root.path(), false, Role::Master)
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("image `coredns`") && e.contains("coredns.tar is missing"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["image `coredns`", "coredns.tar is missing"]);
 }
 
 #[test]
@@ -179,40 +176,35 @@ fn bad_registry_host_is_refused() {
 /// settings in its merged view (`containerd config dump`).
 #[test]
 fn debian_containerd_reads_the_v2_config() {
-    if !test_support::Needs::new("debian_containerd_reads_the_v2_config")
-        .tool("containerd", "containerd")
-        .met()
-    {
+    if !test_support::needs_tool(
+        "debian_containerd_reads_the_v2_config",
+        "containerd",
+        "containerd",
+    ) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("config.toml");
     let s = ContainerdSettings::new(Some("registry.k8s.io/pause:3.10.1".into()));
     fs::write(&file, render_config(&s, ConfigSchema::V2)).unwrap();
-    let out = Command::new("containerd")
-        .arg("--config")
-        .arg(&file)
-        .args(["config", "dump"])
-        .output()
-        .unwrap();
-    let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = test_support::cmd::stdout_ok(
+        "containerd config dump",
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "dump"]),
     );
-    for want in [
-        "sandbox_image = \"registry.k8s.io/pause:3.10.1\"",
-        "SystemdCgroup = true",
-        "config_path = \"/etc/containerd/certs.d\"",
-        "bin_dir = \"/opt/cni/bin\"",
-        "default_runtime_name = \"runc\"",
-    ] {
-        assert!(
-            dump.contains(want),
-            "containerd config dump lacks `{want}`:\n{dump}"
-        );
-    }
+    let dump = String::from_utf8_lossy(&out);
+    test_support::assert_contains(
+        &dump,
+        &[
+            "sandbox_image = \"registry.k8s.io/pause:3.10.1\"",
+            "SystemdCgroup = true",
+            "config_path = \"/etc/containerd/certs.d\"",
+            "bin_dir = \"/opt/cni/bin\"",
+            "default_runtime_name = \"runc\"",
+        ],
+    );
     assert!(
         !dump.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]")
             && !dump.contains("disabled_plugins = [\"cri\"]")

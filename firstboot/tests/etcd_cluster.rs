@@ -43,15 +43,7 @@ fn environment_ready() -> bool {
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_support::cmd::stdout_ok(&format!("{args:?}"), Command::new(args[0]).args(&args[1..]));
 }
 
 /// Namespaces, bridge and addresses; removed on drop.
@@ -193,7 +185,7 @@ fn run_step(m: &Master) -> Result<JoinOutcome, EtcdError> {
     join_cluster(&m.spec, &api, &m.svc, &opts())
 }
 
-fn etcdctl(m: &Master, endpoints: &str, args: &[&str]) -> std::process::Output {
+fn etcdctl(m: &Master, endpoints: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &m.netns, ETCDCTL])
         .env("ETCDCTL_API", "3")
@@ -203,7 +195,7 @@ fn etcdctl(m: &Master, endpoints: &str, args: &[&str]) -> std::process::Output {
         .arg(format!("--key={}", m.tls.client_key.display()))
         .arg("--dial-timeout=3s")
         .args(args);
-    c.output().expect("etcdctl")
+    c
 }
 
 fn all_endpoints() -> String {
@@ -230,20 +222,14 @@ struct MemberJson {
 
 /// Three healthy, started members named m1..m3.
 fn assert_three_healthy(m: &Master) -> Vec<(String, u64)> {
-    let h = etcdctl(m, &all_endpoints(), &["endpoint", "health"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&h.stdout),
-        String::from_utf8_lossy(&h.stderr)
-    );
-    assert!(
-        h.status.success(),
-        "etcdctl endpoint health failed:\n{text}"
-    );
+    let text =
+        test_support::cmd::run_ok(&mut etcdctl(m, &all_endpoints(), &["endpoint", "health"]));
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
-    let l = etcdctl(m, &all_endpoints(), &["member", "list", "-w", "json"]);
-    assert!(l.status.success(), "{}", String::from_utf8_lossy(&l.stderr));
-    let list: MemberListJson = serde_json::from_slice(&l.stdout).unwrap();
+    let list = test_support::cmd::stdout_ok(
+        "etcdctl member list",
+        &mut etcdctl(m, &all_endpoints(), &["member", "list", "-w", "json"]),
+    );
+    let list: MemberListJson = serde_json::from_slice(&list).unwrap();
     let mut v: Vec<(String, u64)> = list
         .members
         .iter()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use nodeimage_core::fat::{self, BootSector, FatImage, FatOptions, FatType, FileChanges};
-use test_support::cmd::tool;
+use test_support::cmd::{stdout_ok, tool};
 use test_support::images::{fsck_fat, mkfs_fat};
 
 /// `fsck.fat -n -v` must exit 0 and report nothing to fix.
@@ -22,18 +22,13 @@ fn fsck(path: &Path) {
 }
 
 fn mtype(img: &Path, path: &str) -> Vec<u8> {
-    let out = tool("mtype", "mtools")
-        .arg("-i")
-        .arg(img)
-        .arg(format!("::/{path}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mtype {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    stdout_ok(
+        &format!("mtype {path}"),
+        tool("mtype", "mtools")
+            .arg("-i")
+            .arg(img)
+            .arg(format!("::/{path}")),
+    )
 }
 
 /// Files (not directories) mtools lists, as paths without the `::/` prefix.
@@ -249,16 +244,12 @@ fn builds_are_byte_identical_and_depend_on_inputs() {
 fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("mk.img");
-    let out = tool("mkfs.fat", "dosfstools")
-        .args(["-C", "-F", "16", "-n", "NODECONFIG", "-i", "DEADBEEF"])
-        .arg(&img)
-        .arg("16384")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.fat: {}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_ok(
+        "mkfs.fat",
+        tool("mkfs.fat", "dosfstools")
+            .args(["-C", "-F", "16", "-n", "NODECONFIG", "-i", "DEADBEEF"])
+            .arg(&img)
+            .arg("16384"),
     );
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join("Some Directory")).unwrap();
@@ -268,19 +259,15 @@ fn reads_and_rebuilds_a_volume_made_by_mkfs_fat_and_mcopy() {
         b"{\"ignition\":{\"version\":\"3.4.0\"}}",
     )
     .unwrap();
-    let out = tool("mcopy", "mtools")
-        .arg("-s")
-        .arg("-i")
-        .arg(&img)
-        .arg(src.join("Some Directory"))
-        .arg(src.join("config.ign"))
-        .arg("::/")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mcopy: {}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_ok(
+        "mcopy",
+        tool("mcopy", "mtools")
+            .arg("-s")
+            .arg("-i")
+            .arg(&img)
+            .arg(src.join("Some Directory"))
+            .arg(src.join("config.ign"))
+            .arg("::/"),
     );
     let bytes = std::fs::read(&img).unwrap();
     let mut r = FatImage::open(std::io::Cursor::new(&bytes), 0, bytes.len() as u64).unwrap();

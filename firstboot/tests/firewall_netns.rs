@@ -45,12 +45,9 @@ fn environment_ready(test: &str) -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
+    test_support::cmd::stdout_ok(
+        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(args),
     );
 }
 

@@ -21,6 +21,22 @@ fn st(cfg: Value) -> StagedIgnition {
     stage("test", cfg.to_string().as_bytes(), t).unwrap()
 }
 
+/// Applying `cfg` to `root` fails with an error that contains `want`.
+fn apply_refused(cfg: Value, root: &Path, want: &str) {
+    let e = st(cfg).apply(root).unwrap_err();
+    assert!(e.to_string().contains(want), "{e}");
+}
+
+/// Why staging `config` (with default timeouts) fails.
+fn stage_err(config: &[u8]) -> IgnitionError {
+    stage("t", config, Timeouts::default()).unwrap_err()
+}
+
+/// The mode of `p` (type and permission bits).
+fn mode(p: impl AsRef<Path>) -> u32 {
+    fs::metadata(p).unwrap().mode()
+}
+
 fn tree() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let etc = d.path().join("etc");
@@ -50,21 +66,10 @@ fn tree() -> tempfile::TempDir {
 }
 
 fn list(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            out.push(format!(
-                "{} {:o}",
-                e.path().strip_prefix(root).unwrap().display(),
-                e.metadata().map(|m| m.mode()).unwrap_or(0)
-            ));
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
+    let mut out: Vec<String> = test_support::files::walk(root)
+        .into_iter()
+        .map(|(p, m)| format!("{} {:o}", p.strip_prefix(root).unwrap().display(), m.mode()))
+        .collect();
     out.sort();
     out
 }
@@ -114,26 +119,14 @@ fn appends_defaults_and_reapplying_changes_nothing() {
         "127.0.0.1 localhost\n10.0.0.1 master\n"
     );
     assert_eq!(fs::read(root.join("etc/empty")).unwrap(), b"");
-    assert_eq!(
-        fs::metadata(root.join("etc/empty")).unwrap().mode() & 0o7777,
-        0o644
-    );
+    assert_eq!(mode(root.join("etc/empty")) & 0o7777, 0o644);
     assert_eq!(
         fs::read_to_string(root.join("etc/app.conf")).unwrap(),
         "a=1\nb=2\n"
     );
-    assert_eq!(
-        fs::metadata(root.join("etc/app.conf")).unwrap().mode() & 0o7777,
-        0o640
-    );
-    assert_eq!(
-        fs::metadata(root.join("var/lib/app")).unwrap().mode() & 0o7777,
-        0o700
-    );
-    assert_eq!(
-        fs::metadata(root.join("var/lib")).unwrap().mode() & 0o7777,
-        0o755
-    );
+    assert_eq!(mode(root.join("etc/app.conf")) & 0o7777, 0o640);
+    assert_eq!(mode(root.join("var/lib/app")) & 0o7777, 0o700);
+    assert_eq!(mode(root.join("var/lib")) & 0o7777, 0o755);
     assert_eq!(
         fs::read_link(root.join("etc/app-link.conf")).unwrap(),
         Path::new("app.conf")
@@ -162,45 +155,30 @@ fn appends_defaults_and_reapplying_changes_nothing() {
 fn type_conflicts_and_bad_links_fail_in_planning() {
     let t = tree();
     fs::write(t.path().join("etc/notadir"), "x").unwrap();
-    let e = st(json!({"storage": {"directories": [{"path": "/etc/notadir"}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(e.to_string().contains("is not a directory"), "{e}");
+    apply_refused(
+        json!({"storage": {"directories": [{"path": "/etc/notadir"}]}}),
+        t.path(),
+        "is not a directory",
+    );
     st(json!({"storage": {"directories": [{"path": "/etc/notadir", "overwrite": true}]}}))
         .apply(t.path())
         .unwrap();
     assert!(t.path().join("etc/notadir").is_dir());
-    let e = st(
+    apply_refused(
         json!({"storage": {"links": [{"path": "/etc/h", "target": "/etc/missing", "hard": true}]}}),
-    )
-    .apply(t.path())
-    .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("hard link target /etc/missing does not exist"),
-        "{e}"
+        t.path(),
+        "hard link target /etc/missing does not exist",
     );
-    let e = stage(
-        "t",
-        json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/x"}], "links": [{"path": "/etc/x", "target": "y"}]}})
-            .to_string()
-            .as_bytes(),
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let cfg = json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/x"}], "links": [{"path": "/etc/x", "target": "y"}]}});
+    let e = stage_err(cfg.to_string().as_bytes());
     assert!(e.to_string().contains("more than once"), "{e}");
-    let e = stage("t", br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","overwrite":true}]}}"#, Timeouts::default())
-        .unwrap_err();
+    let e = stage_err(br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/x","overwrite":true}]}}"#);
     assert!(
         e.to_string().contains("overwrite needs contents.source"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e =
+        stage_err(br#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"etc/x"}]}}"#);
     assert!(e.to_string().contains("storage.files[etc/x].path"), "{e}");
 }
 
@@ -243,24 +221,14 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
         passwd.contains("daemon1:x:998:100::/home/daemon1:/usr/sbin/nologin\n"),
         "{passwd}"
     );
-    assert!(
-        group.contains("docker:x:1001:core,svc\n") && group.contains("sudo:x:27:svc,core\n"),
-        "{group}"
+    test_support::assert_contains(
+        &group,
+        &["docker:x:1001:core,svc\n", "sudo:x:27:svc,core\n"],
     );
-    assert!(
-        group.contains("sysgrp:x:999:\n") && group.contains("core:x:1002:\n"),
-        "{group}"
-    );
+    test_support::assert_contains(&group, &["sysgrp:x:999:\n", "core:x:1002:\n"]);
     assert!(shadow.contains("core:$6$salt$hash:"), "{shadow}");
-    assert_eq!(
-        fs::metadata(root.join("etc/shadow")).unwrap().mode() & 0o777,
-        0o640,
-        "mode kept"
-    );
-    assert!(
-        gshadow.contains("docker:!::core,svc") && gshadow.contains("sudo:*::svc,core"),
-        "{gshadow}"
-    );
+    assert_eq!(mode(root.join("etc/shadow")) & 0o777, 0o640, "mode kept");
+    test_support::assert_contains(&gshadow, &["docker:!::core,svc", "sudo:*::svc,core"]);
     assert_eq!(
         fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap(),
         "ssh-ed25519 AAAAold old@host\nssh-ed25519 AAAAnew new@host\n"
@@ -270,15 +238,9 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
         fs::read_to_string(&keys).unwrap(),
         "ssh-ed25519 AAAAcore core@host\n"
     );
-    assert_eq!(fs::metadata(&keys).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(
-        fs::metadata(root.join("home/core/.ssh")).unwrap().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        fs::metadata(root.join("home/core")).unwrap().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(mode(&keys) & 0o777, 0o600);
+    assert_eq!(mode(root.join("home/core/.ssh")) & 0o777, 0o700);
+    assert_eq!(mode(root.join("home/core")) & 0o777, 0o700);
     assert!(!root.join("home/daemon1").exists());
     assert_eq!(r.users_created, ["core", "daemon1"]);
     assert_eq!(r.users_updated, ["svc"]);
@@ -307,25 +269,21 @@ fn users_groups_and_keys_in_a_tree_with_account_files() {
 #[test]
 fn changing_an_existing_user_is_refused() {
     let t = tree();
-    let e = st(json!({"passwd": {"users": [{"name": "svc", "shell": "/bin/zsh"}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("changing shell of an existing user is not supported"),
-        "{e}"
+    apply_refused(
+        json!({"passwd": {"users": [{"name": "svc", "shell": "/bin/zsh"}]}}),
+        t.path(),
+        "changing shell of an existing user is not supported",
     );
-    let e = st(json!({"passwd": {"users": [{"name": "new", "groups": ["nosuch"]}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("group `nosuch` does not exist"),
-        "{e}"
+    apply_refused(
+        json!({"passwd": {"users": [{"name": "new", "groups": ["nosuch"]}]}}),
+        t.path(),
+        "group `nosuch` does not exist",
     );
-    let e = st(json!({"storage": {"files": [{"path": "/x", "user": {"name": "ghost"}}]}}))
-        .apply(t.path())
-        .unwrap_err();
-    assert!(e.to_string().contains("unknown user `ghost`"), "{e}");
+    apply_refused(
+        json!({"storage": {"files": [{"path": "/x", "user": {"name": "ghost"}}]}}),
+        t.path(),
+        "unknown user `ghost`",
+    );
 }
 
 #[test]
@@ -408,50 +366,36 @@ fn units_enable_disable_mask_unmask_and_dropins() {
     assert_eq!(r.units_disabled, ["old.timer"]);
     assert_eq!(r.units_unmasked, ["masked.service"]);
 
-    let e = st(json!({"systemd": {"units": [{"name": "static.service", "enabled": true}]}}))
-        .apply(root)
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("has no WantedBy=, RequiredBy= or Alias="),
-        "{e}"
+    apply_refused(
+        json!({"systemd": {"units": [{"name": "static.service", "enabled": true}]}}),
+        root,
+        "has no WantedBy=, RequiredBy= or Alias=",
     );
-    let e = st(json!({"systemd": {"units": [{"name": "ghost.service", "enabled": true}]}}))
-        .apply(root)
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("cannot enable ghost.service: no unit file"),
-        "{e}"
+    apply_refused(
+        json!({"systemd": {"units": [{"name": "ghost.service", "enabled": true}]}}),
+        root,
+        "cannot enable ghost.service: no unit file",
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","mask":true,"contents":"[Unit]"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e = stage_err(br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","mask":true,"contents":"[Unit]"}]}}"#);
     assert!(
         e.to_string()
             .contains("masked unit cannot also have contents"),
         "{e}"
     );
-    let e = stage(
-        "t",
-        br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"nosuffix"}]}}"#,
-        Timeouts::default(),
-    )
-    .unwrap_err();
+    let e =
+        stage_err(br#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"nosuffix"}]}}"#);
     assert!(e.to_string().contains("systemd.units[nosuffix]"), "{e}");
 }
 
 #[test]
 fn a_storage_file_and_a_unit_writing_the_same_path_conflict() {
     let t = tree();
-    let e = st(json!({
-        "storage": {"files": [{"path": "/etc/systemd/system/a.service", "contents": {"source": "data:,x"}}]},
-        "systemd": {"units": [{"name": "a.service", "contents": "[Unit]\n"}]}
-    }))
-    .apply(t.path())
-    .unwrap_err();
-    assert!(e.to_string().contains("written twice"), "{e}");
+    apply_refused(
+        json!({
+            "storage": {"files": [{"path": "/etc/systemd/system/a.service", "contents": {"source": "data:,x"}}]},
+            "systemd": {"units": [{"name": "a.service", "contents": "[Unit]\n"}]}
+        }),
+        t.path(),
+        "written twice",
+    );
 }

@@ -126,9 +126,9 @@ fn unknown_versions_and_keys_are_refused() {
     let e = stage("t", br#"{"ignition":{"version":"2.2.0"}}"#, fast())
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("spec version 2.2.0 is not supported") && e.contains("3.0.0 to 3.6.0"),
-        "{e}"
+    test_support::assert_contains(
+        &e,
+        &["spec version 2.2.0 is not supported", "3.0.0 to 3.6.0"],
     );
     let e = stage("t", br#"{"ignition":{"version":"3.7.0"}}"#, fast())
         .unwrap_err()
@@ -386,13 +386,7 @@ fn a_missing_referenced_config_is_an_error() {
 }
 
 fn fw_cfg_root(content: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let item = d
-        .path()
-        .join("sys/firmware/qemu_fw_cfg/by_name/opt/org.nodeimage/config");
-    fs::create_dir_all(&item).unwrap();
-    fs::write(item.join("raw"), content).unwrap();
-    d
+    test_support::files::fw_cfg_root(firstboot::source::FW_CFG_NAME, content)
 }
 
 #[test]
@@ -419,10 +413,7 @@ fn ignition_without_a_node_config_is_refused() {
         .with_devices(DeviceSet::files(Vec::<PathBuf>::new()))
         .with_timeouts(fast());
     let e = acquire(&ctx).unwrap_err().to_string();
-    assert!(
-        e.contains("qemu-fw-cfg") && e.contains("/etc/nodeimage/node.yaml"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["qemu-fw-cfg", "/etc/nodeimage/node.yaml"]);
     // And an invalid node config inside Ignition names the path.
     let bad = json!({"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/etc/nodeimage/node.yaml",
         "contents": {"source": "data:,version%3A%201%0Arole%3A%20worker%0Acolour%3A%20blue%0A"}}]}});
@@ -431,8 +422,5 @@ fn ignition_without_a_node_config_is_refused() {
         .with_devices(DeviceSet::files(Vec::<PathBuf>::new()))
         .with_timeouts(fast());
     let e = acquire(&ctx).unwrap_err().to_string();
-    assert!(
-        e.contains("qemu-fw-cfg: /etc/nodeimage/node.yaml") && e.contains("colour"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["qemu-fw-cfg: /etc/nodeimage/node.yaml", "colour"]);
 }

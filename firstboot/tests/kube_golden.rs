@@ -119,6 +119,13 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
+/// MASTER with `from` replaced by `to` (which must change it), parsed.
+fn master_with(from: &str, to: &str) -> NodeConfig {
+    let text = MASTER.replace(from, to);
+    assert_ne!(text, MASTER);
+    NodeConfig::parse("master", &text).unwrap()
+}
+
 fn inputs<'a>(node: &'a NodeConfig, host: &'a str, ip: &str) -> KubeInputs<'a> {
     KubeInputs::new(node, host, ip.parse::<IpAddr>().unwrap(), "/usr/bin").unwrap()
 }
@@ -412,12 +419,10 @@ fn cluster_manifests_and_addons() {
 /// the VXLAN port and pod network from the port table and the cluster config.
 #[test]
 fn flannel_replaces_weave_net() {
-    let text = MASTER.replace(
+    let node = master_with(
         "  network:\n    trusted_subnets:",
         "  network:\n    provider: flannel\n    pod_network_cidr: 10.244.0.0/16\n    trusted_subnets:",
     );
-    assert_ne!(text, MASTER);
-    let node = NodeConfig::parse("master", &text).unwrap();
     let inp = inputs(&node, "master-0", "10.133.0.10");
     let ms = cluster_manifests(&inp, &images()).unwrap();
     let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
@@ -456,12 +461,10 @@ fn flannel_replaces_weave_net() {
 /// their configuration fields replace the kubelet's and kube-proxy's.
 #[test]
 fn components_extra_args_and_config() {
-    let text = MASTER.replace(
+    let node = master_with(
         "  addons:\n",
         "  components:\n    kube-apiserver: {extra_args: {etcd-healthcheck-timeout: 30s, secure-port: \"7443\"}}\n    kube-scheduler: {extra_args: {leader-elect: \"false\"}}\n    kubelet:\n      extra_args: {v: \"2\"}\n      config: {nodeLeaseDurationSeconds: 120, runtimeRequestTimeout: 10m}\n    kube-proxy: {config: {mode: nftables}}\n  addons:\n",
     );
-    assert_ne!(text, MASTER);
-    let node = NodeConfig::parse("master", &text).unwrap();
     let inp = inputs(&node, "master-0", "10.133.0.10");
     let a = apiserver_flags(&inp);
     assert_eq!(a.get("etcd-healthcheck-timeout"), Some("30s"));

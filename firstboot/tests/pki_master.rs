@@ -78,27 +78,13 @@ fn parse(pem_text: &str, ca_pem: &str) -> Parsed {
     let eku = c.extended_key_usage().unwrap().map(|e| e.value.clone());
     let v = c.validity();
     let parsed = Parsed {
-        subject_cn: c
-            .subject()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string(),
+        subject_cn: common_name(c.subject()),
         orgs: c
             .subject()
             .iter_organization()
             .map(|o| o.as_str().unwrap().to_string())
             .collect(),
-        issuer_cn: c
-            .issuer()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string(),
+        issuer_cn: common_name(c.issuer()),
         dns,
         ips,
         server_auth: eku.as_ref().is_some_and(|e| e.server_auth),
@@ -107,6 +93,24 @@ fn parse(pem_text: &str, ca_pem: &str) -> Parsed {
         days: (v.not_after.to_datetime() - v.not_before.to_datetime()).whole_days(),
     };
     parsed
+}
+
+/// The first CN of a certificate's subject or issuer.
+fn common_name(name: &x509_parser::x509::X509Name) -> String {
+    name.iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Each of `private` is 0600, `public` 0644.
+fn assert_private_and_public(root: &Path, private: &[&str], public: &str) {
+    for k in private {
+        assert_eq!(mode(root, k), 0o600, "{k}");
+    }
+    assert_eq!(mode(root, public), 0o644, "{public}");
 }
 
 fn mode(root: &Path, p: &str) -> u32 {
@@ -145,15 +149,16 @@ fn master_pki_is_complete_correct_and_idempotent() {
 
     // CA files, keys 0600.
     assert_eq!(read(root, paths::CA_CRT), *ca);
-    for k in [
-        paths::CA_KEY,
-        paths::ETCD_CA_KEY,
-        paths::FRONT_PROXY_CA_KEY,
-        paths::SA_KEY,
-    ] {
-        assert_eq!(mode(root, k), 0o600, "{k}");
-    }
-    assert_eq!(mode(root, paths::SA_PUB), 0o644);
+    assert_private_and_public(
+        root,
+        &[
+            paths::CA_KEY,
+            paths::ETCD_CA_KEY,
+            paths::FRONT_PROXY_CA_KEY,
+            paths::SA_KEY,
+        ],
+        paths::SA_PUB,
+    );
     let ca_parsed = parse(ca, ca);
     assert!(ca_parsed.is_ca);
     assert!(ca_parsed.days >= 3650, "{}", ca_parsed.days);
@@ -189,24 +194,25 @@ fn master_pki_is_complete_correct_and_idempotent() {
             a.ips
         );
     }
-    for key in [
-        paths::APISERVER_KEY,
-        paths::APISERVER_KUBELET_CLIENT_KEY,
-        paths::FRONT_PROXY_CLIENT_KEY,
-        paths::APISERVER_ETCD_CLIENT_KEY,
-        paths::ETCD_SERVER_KEY,
-        paths::ETCD_PEER_KEY,
-        paths::ETCD_HEALTHCHECK_CLIENT_KEY,
-        paths::KUBELET_SERVING_KEY,
-        paths::KUBELET_CLIENT_CURRENT,
-        paths::ADMIN_CONF,
-        paths::SUPER_ADMIN_CONF,
-        paths::CONTROLLER_MANAGER_CONF,
-        paths::SCHEDULER_CONF,
-    ] {
-        assert_eq!(mode(root, key), 0o600, "{key}");
-    }
-    assert_eq!(mode(root, paths::APISERVER_CRT), 0o644);
+    assert_private_and_public(
+        root,
+        &[
+            paths::APISERVER_KEY,
+            paths::APISERVER_KUBELET_CLIENT_KEY,
+            paths::FRONT_PROXY_CLIENT_KEY,
+            paths::APISERVER_ETCD_CLIENT_KEY,
+            paths::ETCD_SERVER_KEY,
+            paths::ETCD_PEER_KEY,
+            paths::ETCD_HEALTHCHECK_CLIENT_KEY,
+            paths::KUBELET_SERVING_KEY,
+            paths::KUBELET_CLIENT_CURRENT,
+            paths::ADMIN_CONF,
+            paths::SUPER_ADMIN_CONF,
+            paths::CONTROLLER_MANAGER_CONF,
+            paths::SCHEDULER_CONF,
+        ],
+        paths::APISERVER_CRT,
+    );
 
     let k = parse(&read(root, paths::APISERVER_KUBELET_CLIENT_CRT), ca);
     assert_eq!(k.subject_cn, "kube-apiserver-kubelet-client");

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use test_support::{http, metadata};
 
 use firstboot::net::NetError;
-use firstboot::source::{acquire, DeviceSet, Platform, SourceContext, SourceError, Timeouts};
+use firstboot::source::{
+    acquire, Acquired, Attempt, DeviceSet, Platform, SourceContext, SourceError, Timeouts,
+};
 use sha2::Digest;
 use test_support::http::{Faults, Mock};
 
@@ -30,15 +32,26 @@ fn ctx(root: &Path, platform: Platform, mock: &Mock) -> SourceContext {
         .with_timeouts(fast())
 }
 
+/// What `acquire` finds on `platform` with `mock` as its metadata service, checking the
+/// source that supplied it is `source`.
+fn acquired(root: &Path, platform: Platform, mock: &Mock, source: &str) -> Acquired {
+    let a = acquire(&ctx(root, platform, mock)).unwrap();
+    assert_eq!(a.source, source);
+    a
+}
+
+/// Some source `a` tried and passed over is one `attempted` accepts.
+fn assert_attempted(a: &Acquired, attempted: impl Fn(&Attempt) -> bool) {
+    assert!(a.attempts.iter().any(attempted), "{:?}", a.attempts);
+}
+
 fn ec2_cfg(user_data: Option<&str>) -> metadata::Ec2 {
     metadata::Ec2 {
-        v1_only: false,
-        token_status: None,
-        user_data: user_data.map(|u| u.as_bytes().to_vec()),
         tags: vec![
             ("Name".into(), "worker-1".into()),
             ("team".into(), "k8s".into()),
         ],
+        ..metadata::Ec2::serving(user_data)
     }
 }
 
@@ -46,8 +59,7 @@ fn ec2_cfg(user_data: Option<&str>) -> metadata::Ec2 {
 fn ec2_imdsv2_user_data_and_metadata() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::ec2(ec2_cfg(Some(NODE_YAML)), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    let a = acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("i-0123456789abcdef0"));
@@ -78,13 +90,7 @@ fn ec2_imdsv2_user_data_and_metadata() {
         1,
         "token is fetched once: {hits:?}"
     );
-    assert!(
-        a.attempts
-            .iter()
-            .any(|x| x.source == "nodeconfig-partition"),
-        "{:?}",
-        a.attempts
-    );
+    assert_attempted(&a, |x| x.source == "nodeconfig-partition");
 }
 
 #[test]
@@ -97,8 +103,7 @@ fn ec2_falls_back_to_imdsv1_only_when_the_token_call_is_unsupported() {
         },
         Faults::default(),
     );
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    let a = acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert_eq!(
         a.metadata.instance_id.as_deref(),
         Some("i-0123456789abcdef0")
@@ -137,10 +142,7 @@ fn ec2_without_user_data_is_reported() {
     let e = acquire(&ctx(d.path(), Platform::Ec2, &mock))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("ec2 (present, no user data)") && e.contains("platform ec2"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["ec2 (present, no user data)", "platform ec2"]);
 }
 
 #[test]
@@ -153,8 +155,7 @@ fn ec2_retries_server_errors_then_succeeds() {
             delay: Duration::ZERO,
         },
     );
-    let a = acquire(&ctx(d.path(), Platform::Ec2, &mock)).unwrap();
-    assert_eq!(a.source, "ec2");
+    acquired(d.path(), Platform::Ec2, &mock, "ec2");
     assert!(mock.hits().len() > 3);
 }
 
@@ -202,14 +203,11 @@ fn a_server_that_keeps_failing_is_an_http_error_at_the_deadline() {
 fn connection_refused_is_a_quick_absent() {
     let d = tempfile::tempdir().unwrap();
     let url = http::closed_port_url();
-    for p in [
-        Platform::Ec2,
-        Platform::Gcp,
-        Platform::Azure,
-        Platform::OpenStack,
-        Platform::DigitalOcean,
-        Platform::Hetzner,
-    ] {
+    // Every platform with a metadata service.
+    for p in Platform::ALL
+        .into_iter()
+        .filter(|p| p.default_endpoint().is_some())
+    {
         let c = SourceContext::new(d.path(), "")
             .with_platform(p)
             .with_endpoint(p, &url)
@@ -237,8 +235,7 @@ fn connection_refused_is_a_quick_absent() {
 fn gcp_requires_the_flavor_header_and_reads_attributes() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::gcp(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Gcp, &mock)).unwrap();
-    assert_eq!(a.source, "gcp");
+    let a = acquired(d.path(), Platform::Gcp, &mock, "gcp");
     let m = &a.metadata;
     assert_eq!(m.hostname.as_deref(), Some("node-1.c.project.internal"));
     assert_eq!(m.instance_id.as_deref(), Some("4520031799277581759"));
@@ -261,8 +258,7 @@ fn gcp_requires_the_flavor_header_and_reads_attributes() {
 fn azure_imds_user_data_is_base64_decoded() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::azure(Some(NODE_YAML.as_bytes()), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Azure, &mock)).unwrap();
-    assert_eq!(a.source, "azure");
+    let a = acquired(d.path(), Platform::Azure, &mock, "azure");
     let m = &a.metadata;
     assert_eq!(m.hostname.as_deref(), Some("node-az"));
     assert_eq!(
@@ -303,19 +299,14 @@ fn azure_falls_back_to_custom_data_from_the_agent_or_the_ovf_iso() {
     let a = acquire(&c).unwrap();
     assert_eq!(a.source, "azure-ovf");
     assert_eq!(a.metadata.hostname.as_deref(), Some("node-ovf"));
-    assert!(
-        a.attempts
-            .iter()
-            .any(|x| x.source == "azure" && x.outcome.contains("no user data")),
-        "{:?}",
-        a.attempts
-    );
+    assert_attempted(&a, |x| {
+        x.source == "azure" && x.outcome.contains("no user data")
+    });
 
     // 2. The agent's copy wins when present (base64, as the agent stores it).
     fs::create_dir_all(d.path().join("var/lib/waagent")).unwrap();
     fs::write(d.path().join("var/lib/waagent/CustomData"), &b64).unwrap();
-    let a = acquire(&ctx(d.path(), Platform::Azure, &mock)).unwrap();
-    assert_eq!(a.source, "azure-ovf");
+    let a = acquired(d.path(), Platform::Azure, &mock, "azure-ovf");
     assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
 }
 
@@ -340,8 +331,7 @@ fn azure_refuses_requests_without_metadata_header_so_the_mock_is_strict() {
 fn openstack_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::openstack(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::OpenStack, &mock)).unwrap();
-    assert_eq!(a.source, "openstack-metadata");
+    let a = acquired(d.path(), Platform::OpenStack, &mock, "openstack-metadata");
     let m = &a.metadata;
     assert_eq!(
         m.instance_id.as_deref(),
@@ -355,21 +345,14 @@ fn openstack_metadata_service() {
         m.attributes.get("meta:role").map(String::as_str),
         Some("worker")
     );
-    assert!(
-        a.attempts
-            .iter()
-            .any(|x| x.source == "openstack-config-drive"),
-        "{:?}",
-        a.attempts
-    );
+    assert_attempted(&a, |x| x.source == "openstack-config-drive");
 }
 
 #[test]
 fn digitalocean_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::digitalocean(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::DigitalOcean, &mock)).unwrap();
-    assert_eq!(a.source, "digitalocean");
+    let a = acquired(d.path(), Platform::DigitalOcean, &mock, "digitalocean");
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("2756294"));
     assert_eq!(m.hostname.as_deref(), Some("node-do"));
@@ -383,8 +366,7 @@ fn digitalocean_metadata_service() {
 fn hetzner_metadata_service() {
     let d = tempfile::tempdir().unwrap();
     let mock = metadata::hetzner(Some(NODE_YAML), Faults::default());
-    let a = acquire(&ctx(d.path(), Platform::Hetzner, &mock)).unwrap();
-    assert_eq!(a.source, "hetzner");
+    let a = acquired(d.path(), Platform::Hetzner, &mock, "hetzner");
     let m = &a.metadata;
     assert_eq!(m.instance_id.as_deref(), Some("12345678"));
     assert_eq!(m.hostname.as_deref(), Some("node-hz"));

@@ -426,12 +426,7 @@ fn nodeconfig_partition_wins_over_other_local_sources() {
 
 #[test]
 fn qemu_fw_cfg_item() {
-    let d = tempfile::tempdir().unwrap();
-    let item = d
-        .path()
-        .join("sys/firmware/qemu_fw_cfg/by_name/opt/org.nodeimage/config");
-    fs::create_dir_all(&item).unwrap();
-    fs::write(item.join("raw"), NODE_YAML).unwrap();
+    let d = test_support::files::fw_cfg_root("opt/org.nodeimage/config", NODE_YAML);
     let a = acquire(&ctx_with(d.path(), vec![]).with_platform(Platform::Qemu)).unwrap();
     assert_eq!(a.source, "qemu-fw-cfg");
     assert_eq!(firstboot::source::FW_CFG_NAME, "opt/org.nodeimage/config");
@@ -586,8 +581,5 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
     let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("nodeconfig-partition (NODECONFIG/node.yaml)") && e.contains("role"),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["nodeconfig-partition (NODECONFIG/node.yaml)", "role"]);
 }

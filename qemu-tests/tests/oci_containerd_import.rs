@@ -190,18 +190,17 @@ fn baked_images_import_into_containerd_once() {
     }
 
     // The content is there for this platform: containerd can read the image config.
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.socket)
-        .args(["-n", "k8s.io", "content", "get", &img.config_digest()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let config = test_support::cmd::stdout_ok(
+        "ctr content get",
+        Command::new("ctr").arg("-a").arg(&c.socket).args([
+            "-n",
+            "k8s.io",
+            "content",
+            "get",
+            &img.config_digest(),
+        ]),
     );
-    assert_eq!(out.stdout, img.config);
+    assert_eq!(config, img.config);
 
     // Idempotent: a second run imports nothing; a master needs only pause.
     let again = import_images_with(&root, Role::Worker, &ctr).unwrap();

@@ -104,10 +104,7 @@ fn first_boot_then_reboot() {
         .arg(&node_yaml))
     .unwrap();
     let inspect = run(Command::new(&nodeimage).arg("inspect").arg(&disk_a)).unwrap();
-    assert!(
-        inspect.contains("NODECONFIG") && inspect.contains("test-node-1"),
-        "{inspect}"
-    );
+    test_support::assert_contains(&inspect, &["NODECONFIG", "test-node-1"]);
 
     let slot = vm_slot();
     let r1 = phase("first boot", || {

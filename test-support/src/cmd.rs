@@ -65,6 +65,17 @@ pub fn run(cmd: &mut Command) -> Result<String, CmdError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Run `cmd`, asserting it exits 0 (else the message is `what` and its stderr); its stdout.
+pub fn stdout_ok(what: &str, cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Run `cmd`, panicking with its output when it fails; stdout and stderr together.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd

@@ -19,6 +19,34 @@ pub fn list(dir: &Path) -> Vec<String> {
     }
 }
 
+/// A machine root whose QEMU fw_cfg item `name` (`-fw_cfg name=<name>,...`) holds
+/// `content`, as the kernel shows it under `/sys/firmware/qemu_fw_cfg`.
+pub fn fw_cfg_root(name: &str, content: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let item = d.path().join("sys/firmware/qemu_fw_cfg/by_name").join(name);
+    std::fs::create_dir_all(&item).unwrap();
+    std::fs::write(item.join("raw"), content).unwrap();
+    d
+}
+
+/// Every entry below `dir` (directories too, symlinks not followed) with its metadata,
+/// in no particular order.
+pub fn walk(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m));
+        }
+    }
+    out
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];

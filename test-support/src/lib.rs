@@ -26,4 +26,16 @@ pub mod needs;
 pub mod registry;
 
 pub use cmd::which;
-pub use needs::{in_ci, is_root, Needs};
+pub use needs::{in_ci, is_root, needs_tool, Needs};
+
+/// Assert that `text` contains every one of `parts`; the message names the missing ones
+/// and shows `text`.
+#[track_caller]
+pub fn assert_contains(text: &str, parts: &[&str]) {
+    let missing: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| !text.contains(p))
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+}

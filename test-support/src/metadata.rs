@@ -17,6 +17,18 @@ pub struct Ec2 {
     pub tags: Vec<(String, String)>,
 }
 
+impl Ec2 {
+    /// IMDSv2 with a working token call, `user_data` and no tags.
+    pub fn serving(user_data: Option<&str>) -> Ec2 {
+        Ec2 {
+            v1_only: false,
+            token_status: None,
+            user_data: user_data.map(|u| u.as_bytes().to_vec()),
+            tags: vec![],
+        }
+    }
+}
+
 pub fn ec2(cfg: Ec2, faults: Faults) -> Mock {
     Mock::start(faults, move |r| {
         if r.path == "/latest/api/token" {

@@ -101,6 +101,11 @@ impl Needs {
     }
 }
 
+/// `Needs::new(test).tool(program, package).met()`: a test that needs one program.
+pub fn needs_tool(test: &str, program: &str, package: &str) -> bool {
+    Needs::new(test).tool(program, package).met()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

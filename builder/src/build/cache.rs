@@ -299,10 +299,7 @@ mod tests {
         let _: Entry<usize> = later.get_or_make("s", "k0", |_| unreachable!()).unwrap();
         fs::create_dir(cache.path().join("stages/s/.k9.tmp.4000000000")).unwrap();
         later.prune().unwrap();
-        let mut names: Vec<_> = fs::read_dir(cache.path().join("stages/s"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names = test_support::files::list(&cache.path().join("stages/s"));
         names.sort();
         // Used by the build: k0, k1; the three most recent others: k2, k3, k4 (none older).
         assert_eq!(names, ["k0", "k1", "k2", "k3", "k4"]);
@@ -314,10 +311,7 @@ mod tests {
         let third = StageCache::new(cache.path(), cache.path());
         let _: Entry<usize> = third.get_or_make("s", "k0", |_| unreachable!()).unwrap();
         third.prune().unwrap();
-        let mut names: Vec<_> = fs::read_dir(cache.path().join("stages/s"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names = test_support::files::list(&cache.path().join("stages/s"));
         names.sort();
         assert_eq!(names, ["k0", "k5", "k6", "k7"]);
     }

@@ -208,10 +208,7 @@ pub(crate) mod tests {
 
     #[test]
     fn filesystems_are_made_once_and_then_taken_from_the_cache() {
-        if !test_support::Needs::new("filesystems stage")
-            .tool("mkfs.erofs", "erofs-utils")
-            .met()
-        {
+        if !test_support::needs_tool("filesystems stage", "mkfs.erofs", "erofs-utils") {
             return;
         }
         let d = tempfile::tempdir().unwrap();

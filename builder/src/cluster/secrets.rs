@@ -117,19 +117,16 @@ impl ClusterSecrets {
                 )
             })
         };
+        let pair = |cert: &str, key: &str| -> Result<CaPair> {
+            Ok(CaPair {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            })
+        };
         let s = ClusterSecrets {
-            ca: CaPair {
-                cert_pem: read(CA_CRT)?,
-                key_pem: read(CA_KEY)?,
-            },
-            etcd_ca: CaPair {
-                cert_pem: read(ETCD_CA_CRT)?,
-                key_pem: read(ETCD_CA_KEY)?,
-            },
-            front_proxy_ca: CaPair {
-                cert_pem: read(FRONT_PROXY_CA_CRT)?,
-                key_pem: read(FRONT_PROXY_CA_KEY)?,
-            },
+            ca: pair(CA_CRT, CA_KEY)?,
+            etcd_ca: pair(ETCD_CA_CRT, ETCD_CA_KEY)?,
+            front_proxy_ca: pair(FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY)?,
             service_account: ServiceAccountKey {
                 private_pem: read(SA_KEY)?,
                 public_pem: read(SA_PUB)?,

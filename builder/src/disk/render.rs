@@ -28,6 +28,15 @@ const KEY_PACKAGES: &[&str] = &[
     "iptables",
 ];
 
+/// `items` joined by `, `, or `none`.
+fn joined_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// A nodeimage manifest as a components list: every pinned file and image with its
 /// version and hash, the kernel, firstboot and the key Debian packages. `None` when the
 /// manifest is not one of ours (then the JSON is shown as it is).
@@ -64,16 +73,19 @@ fn components_text(m: &serde_json::Value) -> Option<String> {
             str_of(f, "sha256")
         );
     }
-    let _ = writeln!(s, "\nComponents (pinned files):");
-    let arts = m
-        .get("artifacts")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    if arts.is_empty() {
-        let _ = writeln!(s, "  none");
-    }
-    for a in &arts {
+    let list = |s: &mut String, title: &str, key: &str| {
+        let _ = writeln!(s, "\n{title}:");
+        let items = m
+            .get(key)
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        if items.is_empty() {
+            let _ = writeln!(s, "  none");
+        }
+        items
+    };
+    for a in &list(&mut s, "Components (pinned files)", "artifacts") {
         let _ = writeln!(
             s,
             "  {:<26} {:<10} {:<28} {:>10}  {}",
@@ -84,16 +96,7 @@ fn components_text(m: &serde_json::Value) -> Option<String> {
             str_of(a, "digest")
         );
     }
-    let _ = writeln!(s, "\nImages:");
-    let imgs = m
-        .get("images")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    if imgs.is_empty() {
-        let _ = writeln!(s, "  none");
-    }
-    for i in &imgs {
+    for i in &list(&mut s, "Images", "images") {
         let _ = writeln!(
             s,
             "  {:<26} {:<7} {:>10}  {}@{}",
@@ -185,15 +188,7 @@ pub fn render_text(r: &ImageReport) -> String {
     match (&r.config, &r.config_error) {
         (Some(c), _) => {
             let _ = writeln!(s, "  partition: {}", c.partition);
-            let _ = writeln!(
-                s,
-                "  files:     {}",
-                if c.files.is_empty() {
-                    "none".to_string()
-                } else {
-                    c.files.join(", ")
-                }
-            );
+            let _ = writeln!(s, "  files:     {}", joined_or_none(&c.files));
             match (&c.file, &c.kind) {
                 (Some(f), Some(k)) => {
                     let _ = writeln!(s, "  config:    {f} ({k})");
@@ -211,11 +206,7 @@ pub fn render_text(r: &ImageReport) -> String {
             let _ = writeln!(
                 s,
                 "  secrets present (values not shown): {}",
-                if c.secrets_present.is_empty() {
-                    "none".to_string()
-                } else {
-                    c.secrets_present.join(", ")
-                }
+                joined_or_none(&c.secrets_present)
             );
             if let Some(e) = &c.error {
                 let _ = writeln!(s, "  error: {e}");

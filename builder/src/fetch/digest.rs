@@ -262,10 +262,7 @@ mod tests {
     #[test]
     fn errors_say_what_was_expected() {
         let e = Digest::parse("sha256:abcd").unwrap_err().to_string();
-        assert!(
-            e.contains("4 hex digits") && e.contains("expected 64"),
-            "{e}"
-        );
+        test_support::assert_contains(&e, &["4 hex digits", "expected 64"]);
         let e = Digest::parse(&format!("sha512:{ABC256}"))
             .unwrap_err()
             .to_string();

@@ -35,26 +35,17 @@ pub enum Mirror {
 impl Mirror {
     /// Parses `http(s)://…` as a base URL, `file://…` and anything without `://` as a directory.
     pub fn parse(s: &str) -> Result<Self, FetchError> {
-        let invalid = |reason: String| FetchError::InvalidMirror {
-            mirror: s.to_string(),
-            reason,
-        };
-        if s.trim().is_empty() {
-            return Err(invalid("empty; expected a base URL or a directory".into()));
-        }
-        if !s.contains("://") {
-            return Ok(Mirror::Dir(PathBuf::from(s)));
-        }
-        let url = Url::parse(s).map_err(|e| invalid(e.to_string()))?;
-        match url.scheme() {
-            "http" | "https" => Ok(Mirror::Url(url)),
-            "file" => url
-                .to_file_path()
-                .map(Mirror::Dir)
-                .map_err(|()| invalid("not a local file path".into())),
-            other => Err(invalid(format!(
-                "unsupported scheme `{other}`: expected http, https, file or a directory"
-            ))),
+        match parse_location(
+            s,
+            "empty; expected a base URL or a directory",
+            "a directory",
+        ) {
+            Ok(Source::Http(url)) => Ok(Mirror::Url(url)),
+            Ok(Source::Local(dir)) => Ok(Mirror::Dir(dir)),
+            Err(reason) => Err(FetchError::InvalidMirror {
+                mirror: s.to_string(),
+                reason,
+            }),
         }
     }
 
@@ -114,6 +105,29 @@ impl FromStr for Mirror {
     }
 }
 
+/// `http(s)://` → HTTP, `file://` → local, anything without `://` → local path; otherwise
+/// why not (`empty` when blank; `local` names the non-URL form in the unsupported-scheme
+/// message).
+fn parse_location(s: &str, empty: &str, local: &str) -> Result<Source, String> {
+    if s.trim().is_empty() {
+        return Err(empty.into());
+    }
+    if !s.contains("://") {
+        return Ok(Source::Local(PathBuf::from(s)));
+    }
+    let url = Url::parse(s).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(Source::Http(url)),
+        "file" => url
+            .to_file_path()
+            .map(Source::Local)
+            .map_err(|()| "not a local file path".into()),
+        other => Err(format!(
+            "unsupported scheme `{other}`: expected http, https, file or {local}"
+        )),
+    }
+}
+
 /// One concrete place to read an artifact from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -124,27 +138,10 @@ pub enum Source {
 impl Source {
     /// `http(s)://` → HTTP, `file://` → local, anything without `://` → local path.
     pub fn parse(s: &str) -> Result<Self, FetchError> {
-        let invalid = |reason: String| FetchError::InvalidUrl {
+        parse_location(s, "empty", "a local path").map_err(|reason| FetchError::InvalidUrl {
             url: s.to_string(),
             reason,
-        };
-        if s.trim().is_empty() {
-            return Err(invalid("empty".into()));
-        }
-        if !s.contains("://") {
-            return Ok(Source::Local(PathBuf::from(s)));
-        }
-        let url = Url::parse(s).map_err(|e| invalid(e.to_string()))?;
-        match url.scheme() {
-            "http" | "https" => Ok(Source::Http(url)),
-            "file" => url
-                .to_file_path()
-                .map(Source::Local)
-                .map_err(|()| invalid("not a local file path".into())),
-            other => Err(invalid(format!(
-                "unsupported scheme `{other}`: expected http, https, file or a local path"
-            ))),
-        }
+        })
     }
 
     pub fn is_local(&self) -> bool {

@@ -196,23 +196,16 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
     if let Some(m) = shell_argument(&p.kernel.cmdline) {
         return Err(at(None, format!("kernel.cmdline: {m}")));
     }
-    if p.disk.esp_size_mib < 64 {
-        return Err(at(
-            None,
-            format!(
-                "disk.esp_size_mib: expected at least 64, found {}",
-                p.disk.esp_size_mib
-            ),
-        ));
-    }
-    if p.disk.config_size_mib < 2 {
-        return Err(at(
-            None,
-            format!(
-                "disk.config_size_mib: expected at least 2, found {}",
-                p.disk.config_size_mib
-            ),
-        ));
+    for (field, size, min) in [
+        ("esp_size_mib", p.disk.esp_size_mib, 64),
+        ("config_size_mib", p.disk.config_size_mib, 2),
+    ] {
+        if size < min {
+            return Err(at(
+                None,
+                format!("disk.{field}: expected at least {min}, found {size}"),
+            ));
+        }
     }
     Ok(p)
 }
@@ -280,6 +273,11 @@ sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 install = "/usr/bin/tool"
 "#;
 
+    /// Why `parse` refuses `text` as `p.toml`.
+    fn refused(text: &str) -> String {
+        parse("p.toml", text).unwrap_err().to_string()
+    }
+
     #[test]
     fn good_profile_parses_with_defaults() {
         let p = parse("p.toml", GOOD).unwrap();
@@ -295,31 +293,23 @@ install = "/usr/bin/tool"
 
     #[test]
     fn unknown_key_names_file_and_line() {
-        let e = parse("p.toml", &GOOD.replace("suite =", "suit ="))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&GOOD.replace("suite =", "suit ="));
         assert!(e.starts_with("p.toml:5:1:"), "{e}");
         assert!(e.contains("unknown field `suit`"), "{e}");
     }
 
     #[test]
     fn short_hash_names_line_and_expected_form() {
-        let e = parse("p.toml", &GOOD.replace("\"0000000000", "\"000000000"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&GOOD.replace("\"0000000000", "\"000000000"));
         assert!(e.starts_with("p.toml:10:"), "{e}");
         assert!(e.contains("expected 64 lowercase hex characters"), "{e}");
     }
 
     #[test]
     fn missing_hash_and_bad_arch_are_refused() {
-        let e = parse("p.toml", &GOOD.replace("sha256 = ", "# "))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&GOOD.replace("sha256 = ", "# "));
         assert!(e.contains("expected `sha256` or `sha512`"), "{e}");
-        let e = parse("p.toml", &GOOD.replace("x86_64", "riscv64"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&GOOD.replace("x86_64", "riscv64"));
         assert!(e.starts_with("p.toml:3:"), "{e}");
         assert!(e.contains("x86_64") && e.contains("aarch64"), "{e}");
     }
@@ -337,49 +327,29 @@ install = "/usr/bin/tool"
 
     #[test]
     fn bad_images_are_refused_with_their_line() {
-        let e = parse("p.toml", &format!("{GOOD}{}", IMAGE.replace(":3.10.1", "")))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&format!("{GOOD}{}", IMAGE.replace(":3.10.1", "")));
         assert!(
             e.starts_with("p.toml:14:") && e.contains("expected `registry/repository:tag`"),
             "{e}"
         );
-        let e = parse(
-            "p.toml",
-            &format!("{GOOD}{}", IMAGE.replace("sha256:0", "sha256:")),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&format!("{GOOD}{}", IMAGE.replace("sha256:0", "sha256:")));
         assert!(
             e.starts_with("p.toml:15:") && e.contains("digest: expected `sha256:<64"),
             "{e}"
         );
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}{IMAGE}"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&format!("{GOOD}{IMAGE}{IMAGE}"));
         assert!(e.contains("image `pause`: the name is used twice"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}role = \"worker\"\n"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&format!("{GOOD}{IMAGE}role = \"worker\"\n"));
         assert!(e.contains("role must be `all`"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}{IMAGE}tag = \"x\"\n"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&format!("{GOOD}{IMAGE}tag = \"x\"\n"));
         assert!(e.contains("unknown field `tag`"), "{e}");
     }
 
     #[test]
     fn relative_install_and_bad_mode_are_refused() {
-        let e = parse(
-            "p.toml",
-            &GOOD.replace("\"/usr/bin/tool\"", "\"usr/bin/tool\""),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = refused(&GOOD.replace("\"/usr/bin/tool\"", "\"usr/bin/tool\""));
         assert!(e.contains("install: expected an absolute file path"), "{e}");
-        let e = parse("p.toml", &format!("{GOOD}mode = \"0999\"\n"))
-            .unwrap_err()
-            .to_string();
+        let e = refused(&format!("{GOOD}mode = \"0999\"\n"));
         assert!(e.contains("mode: expected an octal mode"), "{e}");
     }
 

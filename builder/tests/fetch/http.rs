@@ -10,11 +10,27 @@ use test_support::http::*;
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 
+/// `content(len, seed)` served at PATH, and an empty cache directory.
+fn serve_content(len: usize, seed: u8) -> (Vec<u8>, TestServer, tempfile::TempDir) {
+    let body = content(len, seed);
+    let server = TestServer::files(vec![(PATH, body.clone())]);
+    (body, server, tempfile::tempdir().unwrap())
+}
+
+/// Fetch PATH from `server` into a fresh cache with the digest of `body`, and check the
+/// result is `body`; the cache directory.
+fn fetch_body_ok(server: &TestServer, body: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fetcher(dir.path(), test_options())
+        .fetch(&server.url(PATH), &sha256(body))
+        .unwrap();
+    assert_eq!(fs::read(path).unwrap(), body);
+    dir
+}
+
 #[test]
 fn good_download_then_cache_hit_without_request() {
-    let body = content(300_000, 1);
-    let server = TestServer::files(vec![(PATH, body.clone())]);
-    let dir = tempfile::tempdir().unwrap();
+    let (body, server, dir) = serve_content(300_000, 1);
     let digest = sha256(&body);
 
     let f = fetcher(dir.path(), test_options());
@@ -65,11 +81,7 @@ fn two_500s_then_success() {
             Reply::ok(&b)
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = fetcher(dir.path(), test_options())
-        .fetch(&server.url(PATH), &sha256(&body))
-        .unwrap();
-    assert_eq!(fs::read(path).unwrap(), body);
+    let _dir = fetch_body_ok(&server, &body);
     assert_eq!(server.count(), 3);
 }
 
@@ -107,11 +119,7 @@ fn cut_mid_body_is_resumed_with_range() {
             ranged(req, &b, "\"v1\"")
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = fetcher(dir.path(), test_options())
-        .fetch(&server.url(PATH), &sha256(&body))
-        .unwrap();
-    assert_eq!(fs::read(path).unwrap(), body);
+    let dir = fetch_body_ok(&server, &body);
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[0].header("range"), None);
@@ -135,11 +143,7 @@ fn server_ignoring_range_restarts_from_zero() {
             r // 200 with the whole body, whatever the Range said
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = fetcher(dir.path(), test_options())
-        .fetch(&server.url(PATH), &sha256(&body))
-        .unwrap();
-    assert_eq!(fs::read(path).unwrap(), body);
+    let _dir = fetch_body_ok(&server, &body);
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].range_start(), Some(40_000));
@@ -315,9 +319,7 @@ fn unreachable_upstream_without_mirror_explains_mirror() {
 
 #[test]
 fn sha512_over_http() {
-    let body = content(70_000, 10);
-    let server = TestServer::files(vec![(PATH, body.clone())]);
-    let dir = tempfile::tempdir().unwrap();
+    let (body, server, dir) = serve_content(70_000, 10);
     let digest = sha512(&body);
     let path = fetcher(dir.path(), test_options())
         .fetch(&server.url(PATH), &digest)
@@ -330,26 +332,18 @@ fn sha512_over_http() {
         .fetch(&server.url(PATH), &other)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains(&other.to_string()) && msg.contains(&digest.to_string()),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &[&other.to_string(), &digest.to_string()]);
 }
 
 #[test]
 fn size_mismatch_is_reported() {
-    let body = content(1000, 11);
-    let server = TestServer::files(vec![(PATH, body.clone())]);
-    let dir = tempfile::tempdir().unwrap();
+    let (body, server, dir) = serve_content(1000, 11);
     let req = FetchRequest::new(server.url(PATH), sha256(&body)).with_size(999);
     let msg = fetcher(dir.path(), test_options())
         .fetch_with(&req)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains("expected 999 bytes") && msg.contains("1000"),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &["expected 999 bytes", "1000"]);
 }
 
 #[test]
@@ -395,10 +389,7 @@ fn fetch_all_in_parallel_with_duplicates() {
         .unwrap_err()
         .to_string();
     assert!(msg.starts_with("2 downloads failed"), "{msg}");
-    assert!(
-        msg.contains("/missing-a") && msg.contains("/missing-b"),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &["/missing-a", "/missing-b"]);
 }
 
 #[test]

@@ -13,12 +13,22 @@ use test_support::http::UNREACHABLE;
 
 const PATH: &str = "/release/v1.35.1/bin/linux/amd64/kubelet";
 
+/// A directory holding `name` with `content(len, seed)`: the directory, the file, its bytes.
+fn local_file(
+    name: &str,
+    len: usize,
+    seed: u8,
+) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let body = content(len, seed);
+    let file = src.path().join(name);
+    fs::write(&file, &body).unwrap();
+    (src, file, body)
+}
+
 #[test]
 fn file_url_and_plain_path_sources() {
-    let src = tempfile::tempdir().unwrap();
-    let body = content(100_000, 20);
-    let file = src.path().join("kubelet");
-    fs::write(&file, &body).unwrap();
+    let (src, file, body) = local_file("kubelet", 100_000, 20);
     let digest = sha256(&body);
 
     let dir = tempfile::tempdir().unwrap();
@@ -40,10 +50,7 @@ fn file_url_and_plain_path_sources() {
         .fetch(file.to_str().unwrap(), &wrong)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains(file.to_str().unwrap()) && msg.contains(&wrong.to_string()),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &[file.to_str().unwrap(), &wrong.to_string()]);
     assert!(msg.contains(&digest.to_string()), "{msg}");
     assert!(files_below(&dir3.path().join("blobs")).is_empty());
     assert!(list(&dir3.path().join("partial")).is_empty());
@@ -54,10 +61,7 @@ fn file_url_and_plain_path_sources() {
         .fetch(missing.to_str().unwrap(), &wrong)
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.contains(missing.to_str().unwrap()) && msg.contains("No such file"),
-        "{msg}"
-    );
+    test_support::assert_contains(&msg, &[missing.to_str().unwrap(), "No such file"]);
 }
 
 #[test]
@@ -86,10 +90,7 @@ fn mirror_directory_with_host_path_layout() {
 
 #[test]
 fn offline_serves_cached_blob_without_any_server() {
-    let src = tempfile::tempdir().unwrap();
-    let body = content(10_000, 22);
-    let file = src.path().join("blob");
-    fs::write(&file, &body).unwrap();
+    let (_src, file, body) = local_file("blob", 10_000, 22);
     let digest = sha512(&body);
     let dir = tempfile::tempdir().unwrap();
     // Pre-fill the cache from a local file.

@@ -162,6 +162,35 @@ fn start_proxy(backend: String) -> (u16, Arc<Seen>) {
     start_proxy_with_realm(backend, |port| format!("http://127.0.0.1:{port}/token"))
 }
 
+/// A profile with the one image `127.0.0.1:{port}/test/secret:1`, and registry options
+/// taking `127.0.0.1:{port}` as plain HTTP with an auth file that gives USER:PASS to each
+/// of `auth_keys`.
+fn secret_profile(
+    dir: &std::path::Path,
+    port: u16,
+    auth_keys: &[String],
+) -> (nodeimage::profile::LoadedProfile, RegistryOptions) {
+    let lp = write_profile(
+        dir,
+        "s",
+        "x86_64",
+        &image_entry("secret", &format!("127.0.0.1:{port}/test/secret:1"), ""),
+    );
+    let auth_file = dir.join("config.json");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let auths: Vec<String> = auth_keys
+        .iter()
+        .map(|k| format!("\"{k}\":{{\"auth\":\"{encoded}\"}}"))
+        .collect();
+    std::fs::write(&auth_file, format!("{{\"auths\":{{{}}}}}", auths.join(","))).unwrap();
+    let opts = RegistryOptions {
+        plain_http_registries: vec![format!("127.0.0.1:{port}")],
+        auth_file: Some(auth_file),
+        ..Default::default()
+    };
+    (lp, opts)
+}
+
 #[test]
 fn bearer_token_flow_with_credentials() {
     let Some(reg) = TestRegistry::start() else {
@@ -170,24 +199,7 @@ fn bearer_token_flow_with_credentials() {
     let (amd, _, _) = push_multiarch(&reg.base(), "test/secret", "1");
     let (port, tokens) = start_proxy(reg.base());
     let d = tempfile::tempdir().unwrap();
-    let lp = write_profile(
-        d.path(),
-        "s",
-        "x86_64",
-        &image_entry("secret", &format!("127.0.0.1:{port}/test/secret:1"), ""),
-    );
-    let auth_file = d.path().join("config.json");
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
-    std::fs::write(
-        &auth_file,
-        format!("{{\"auths\":{{\"http://127.0.0.1:{port}\":{{\"auth\":\"{encoded}\"}}}}}}"),
-    )
-    .unwrap();
-    let opts = RegistryOptions {
-        plain_http_registries: vec![format!("127.0.0.1:{port}")],
-        auth_file: Some(auth_file),
-        ..Default::default()
-    };
+    let (lp, opts) = secret_profile(d.path(), port, &[format!("http://127.0.0.1:{port}")]);
 
     let lf = oci::lock::lock_profile(&lp, &Registry::new(&opts).unwrap()).unwrap();
     assert_eq!(
@@ -258,26 +270,11 @@ fn credentials_never_go_to_a_foreign_or_plain_http_realm() {
         let (port, seen) = start_proxy_with_realm(reg.base(), realm);
         let seen = realm_server.unwrap_or(seen);
         let d = tempfile::tempdir().unwrap();
-        let lp = write_profile(
+        let (lp, opts) = secret_profile(
             d.path(),
-            "s",
-            "x86_64",
-            &image_entry("secret", &format!("127.0.0.1:{port}/test/secret:1"), ""),
+            port,
+            &[format!("127.0.0.1:{port}"), format!("localhost:{port}")],
         );
-        let auth_file = d.path().join("config.json");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
-        std::fs::write(
-            &auth_file,
-            format!(
-                "{{\"auths\":{{\"127.0.0.1:{port}\":{{\"auth\":\"{encoded}\"}},\"localhost:{port}\":{{\"auth\":\"{encoded}\"}}}}}}"
-            ),
-        )
-        .unwrap();
-        let opts = RegistryOptions {
-            plain_http_registries: vec![format!("127.0.0.1:{port}")],
-            auth_file: Some(auth_file),
-            ..Default::default()
-        };
         let r = oci::lock::lock_profile(&lp, &Registry::new(&opts).unwrap());
         assert!(r.is_err(), "{what}: the lock needs a token");
         assert!(

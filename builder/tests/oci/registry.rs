@@ -240,23 +240,19 @@ fn pull_writes_deterministic_archives_that_skopeo_reads() {
         // skopeo reads the archive and picks this arch's manifest.
         if std::path::Path::new("/usr/bin/skopeo").exists() {
             let goarch = &img.arch;
-            let out = Command::new("skopeo")
-                .args([
-                    "--override-os",
-                    "linux",
-                    "--override-arch",
-                    goarch,
-                    "inspect",
-                ])
-                .arg(format!("oci-archive:{}", p.archive.display()))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "skopeo: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = test_support::cmd::stdout_ok(
+                "skopeo",
+                Command::new("skopeo")
+                    .args([
+                        "--override-os",
+                        "linux",
+                        "--override-arch",
+                        goarch,
+                        "inspect",
+                    ])
+                    .arg(format!("oci-archive:{}", p.archive.display())),
             );
-            let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let info: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(info["Architecture"], goarch.as_str());
             assert_eq!(info["Layers"][0], img.layer_digest().as_str());
         } else {
@@ -295,12 +291,7 @@ fn registry_mirror_serves_another_registrys_images() {
     };
     let (amd, _, _) = push_multiarch(&reg.base(), "test/mirrored", "3");
     let d = tempfile::tempdir().unwrap();
-    let lp = write_profile(
-        d.path(),
-        "m",
-        "x86_64",
-        &image_entry("m", "registry.k8s.io/test/mirrored:3", ""),
-    );
+    let lp = one_image_profile(d.path(), "m", "registry.k8s.io/test/mirrored:3");
     let opts = RegistryOptions {
         registry_mirrors: vec![format!("registry.k8s.io={}", reg.base())],
         ..Default::default()
@@ -330,12 +321,7 @@ fn tampered_blob_is_refused_and_nothing_is_cached() {
     };
     let (amd, _, _) = push_multiarch(&reg.base(), "test/tamper", "1");
     let d = tempfile::tempdir().unwrap();
-    let lp = write_profile(
-        d.path(),
-        "t",
-        "x86_64",
-        &image_entry("t", &format!("{}/test/tamper:1", reg.host()), ""),
-    );
+    let lp = one_image_profile(d.path(), "t", &format!("{}/test/tamper:1", reg.host()));
     let lf = lock(&lp, &plain(&reg)).unwrap();
     // Same length, different bytes: only the digest can tell.
     let file = reg.blob_file(&amd.layer_digest());
@@ -350,10 +336,7 @@ fn tampered_blob_is_refused_and_nothing_is_cached() {
         "{:#}",
         pull(&lp, &lf, &cache, plain(&reg), fetch_opts(), &out).unwrap_err()
     );
-    assert!(
-        e.contains("hash mismatch") && e.contains(&amd.layer_digest()),
-        "{e}"
-    );
+    test_support::assert_contains(&e, &["hash mismatch", &amd.layer_digest()]);
     let layer = digest(&amd.layer_digest());
     assert!(
         cache.get(&layer).is_none(),

@@ -14,6 +14,16 @@ pub fn write_profile(dir: &Path, name: &str, arch: &str, images: &str) -> Loaded
     .unwrap()
 }
 
+/// An x86_64 profile `name` with the one image `name` = `reference`.
+pub fn one_image_profile(dir: &Path, name: &str, reference: &str) -> LoadedProfile {
+    write_profile(
+        dir,
+        name,
+        "x86_64",
+        &test_support::registry::image_entry(name, reference, ""),
+    )
+}
+
 pub fn digest(s: &str) -> Digest {
     Digest::parse(s).unwrap()
 }

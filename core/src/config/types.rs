@@ -53,28 +53,9 @@ where
     d.deserialize_str(V(expecting, std::marker::PhantomData))
 }
 
-/// A string newtype: construction checks `$check`; reading is `&str` (Deref, AsRef,
-/// Borrow, Display), so maps keyed by it are looked up with `&str`.
-macro_rules! checked_string {
-    ($(#[$meta:meta])* $name:ident, $expecting:literal, $check:expr) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = InvalidValue;
-            fn try_from(s: &str) -> Result<Self, InvalidValue> {
-                let check: fn(&str) -> Result<(), InvalidValue> = $check;
-                check(s).map(|()| $name(s.to_string()))
-            }
-        }
-
+/// `TryFrom<String>` and `FromStr` for a type whose `TryFrom<&str>` checks the string.
+macro_rules! from_checked_str {
+    ($name:ident) => {
         impl TryFrom<String> for $name {
             type Error = InvalidValue;
             fn try_from(s: String) -> Result<Self, InvalidValue> {
@@ -88,6 +69,37 @@ macro_rules! checked_string {
                 Self::try_from(s)
             }
         }
+    };
+}
+
+/// A string newtype: construction accepts a string `$s` where `$valid` holds and refuses
+/// the others with `$refusal` (a message); reading is `&str` (Deref, AsRef, Borrow,
+/// Display), so maps keyed by it are looked up with `&str`.
+macro_rules! checked_string {
+    ($(#[$meta:meta])* $name:ident, $expecting:literal, |$s:ident| $valid:expr, $refusal:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: &str) -> Result<Self, InvalidValue> {
+                let $s = s;
+                if $valid {
+                    Ok($name($s.to_string()))
+                } else {
+                    Err(InvalidValue::new($refusal))
+                }
+            }
+        }
+
+        from_checked_str!($name);
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,15 +163,10 @@ checked_string!(
     /// 63 characters each, not starting or ending with `-`; at most 253 in all).
     Hostname,
     "a DNS name",
-    |h| {
-        if valid_dns_name(h) {
-            Ok(())
-        } else {
-            Err(InvalidValue::new(format!(
-                "expected a DNS name of labels [a-z0-9-] (at most 63 characters each, 253 in all), found `{h}`"
-            )))
-        }
-    }
+    |h| valid_dns_name(h),
+    format!(
+        "expected a DNS name of labels [a-z0-9-] (at most 63 characters each, 253 in all), found `{h}`"
+    )
 );
 
 checked_string!(
@@ -168,15 +175,10 @@ checked_string!(
     /// have the same form.
     LabelKey,
     "a label key",
-    |k| {
-        if valid_label_key(k) {
-            Ok(())
-        } else {
-            Err(InvalidValue::new(format!(
-                "`{k}` is not a valid label key: expected [prefix/]name, the prefix a DNS name, the name at most 63 of [A-Za-z0-9._-] starting and ending alphanumeric"
-            )))
-        }
-    }
+    |k| valid_label_key(k),
+    format!(
+        "`{k}` is not a valid label key: expected [prefix/]name, the prefix a DNS name, the name at most 63 of [A-Za-z0-9._-] starting and ending alphanumeric"
+    )
 );
 
 checked_string!(
@@ -184,15 +186,8 @@ checked_string!(
     /// file the node config carries).
     NodePath,
     "an absolute path",
-    |p| {
-        if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
-            Ok(())
-        } else {
-            Err(InvalidValue::new(format!(
-                "expected an absolute path without `..`, found `{p}`"
-            )))
-        }
-    }
+    |p| p.starts_with('/') && !p.split('/').any(|c| c == ".."),
+    format!("expected an absolute path without `..`, found `{p}`")
 );
 
 /// RFC 1123 DNS name, lower case.
@@ -276,19 +271,7 @@ impl TryFrom<&str> for BootstrapToken {
     }
 }
 
-impl TryFrom<String> for BootstrapToken {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        Self::try_from(s.as_str())
-    }
-}
-
-impl FromStr for BootstrapToken {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        Self::try_from(s)
-    }
-}
+from_checked_str!(BootstrapToken);
 
 impl Deref for BootstrapToken {
     type Target = str;
@@ -358,19 +341,7 @@ impl TryFrom<&str> for FileMode {
     }
 }
 
-impl TryFrom<String> for FileMode {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        Self::try_from(s.as_str())
-    }
-}
-
-impl FromStr for FileMode {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        Self::try_from(s)
-    }
-}
+from_checked_str!(FileMode);
 
 impl fmt::Display for FileMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

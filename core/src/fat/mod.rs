@@ -130,6 +130,22 @@ pub enum FatError {
     },
 }
 
+/// Fill `buf` from byte `offset` of `image`; an I/O error says it was `what`.
+pub(super) fn read_exact_at(
+    image: &mut (impl std::io::Read + std::io::Seek),
+    offset: u64,
+    buf: &mut [u8],
+    what: impl FnOnce() -> String,
+) -> Result<(), FatError> {
+    image
+        .seek(std::io::SeekFrom::Start(offset))
+        .and_then(|_| image.read_exact(buf))
+        .map_err(|source| FatError::Io {
+            what: what(),
+            source,
+        })
+}
+
 pub(super) fn fs_err<E: std::fmt::Display>(
     what: impl Into<String>,
     e: hadris_io::Error<E>,

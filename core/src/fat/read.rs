@@ -8,7 +8,7 @@ use hadris_fs::{DirCursor, FileType, MountOptions, Name, NodeId, OpenMode};
 use hadris_storage::{BlockIndex, BlockSize};
 
 use super::bpb::BootSector;
-use super::{fs_err, FatError, FatType, SECTOR_SIZE};
+use super::{fs_err, read_exact_at, FatError, FatType, SECTOR_SIZE};
 
 const SECTOR: BlockSize = match BlockSize::new(SECTOR_SIZE as u32) {
     Some(s) => s,
@@ -109,13 +109,9 @@ impl<R: Read + Seek> FatImage<R> {
     /// Open the volume of `len` bytes at byte `offset` of `reader`.
     pub fn open(mut reader: R, offset: u64, len: u64) -> Result<Self, FatError> {
         let mut sector = [0u8; 512];
-        reader
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| reader.read_exact(&mut sector))
-            .map_err(|source| FatError::Io {
-                what: format!("reading the boot sector at byte {offset}"),
-                source,
-            })?;
+        read_exact_at(&mut reader, offset, &mut sector, || {
+            format!("reading the boot sector at byte {offset}")
+        })?;
         let boot = BootSector::parse(&sector)?;
         // Any sector size FAT allows is read (the filesystem code addresses bytes);
         // [`rebuild`] writes 512-byte sectors only and refuses other volumes.

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use super::build::{build_with, check_path};
 use super::read::FatImage;
-use super::{FatError, FatOptions, FatType, Geometry, SECTOR_SIZE};
+use super::{read_exact_at, FatError, FatOptions, FatType, Geometry, SECTOR_SIZE};
 
 /// A change for [`rebuild`]: `Some(bytes)` creates or replaces the file, `None` removes it
 /// (removing a file that is not there is not an error).
@@ -75,13 +75,9 @@ pub fn replace_files<F: Read + Write + Seek>(
 ) -> Result<(), FatError> {
     let size = usize::try_from(len).map_err(|_| FatError::BadSize { size: len })?;
     let mut old = vec![0u8; size];
-    image
-        .seek(SeekFrom::Start(offset))
-        .and_then(|_| image.read_exact(&mut old))
-        .map_err(|source| FatError::Io {
-            what: format!("reading {len} bytes at byte {offset}"),
-            source,
-        })?;
+    read_exact_at(image, offset, &mut old, || {
+        format!("reading {len} bytes at byte {offset}")
+    })?;
     let new = rebuild(&old, changes, timestamp)?;
     // Read the result back before touching the image: a bad rebuild must not replace a
     // good volume.

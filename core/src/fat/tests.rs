@@ -26,11 +26,17 @@ fn auto_type_by_size() {
     assert_eq!(img.len(), 260 << 20);
 }
 
-#[test]
-fn roundtrip_and_case_insensitive_lookup() {
+/// `node.yaml` and `EFI/BOOT/BOOTX64.EFI` (5000 bytes of 1).
+fn two_files() -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     files.insert("node.yaml".to_string(), b"version: 1\n".to_vec());
     files.insert("EFI/BOOT/BOOTX64.EFI".to_string(), vec![1u8; 5000]);
+    files
+}
+
+#[test]
+fn roundtrip_and_case_insensitive_lookup() {
+    let files = two_files();
     let img = build(&files, &opts(8 << 20)).unwrap();
     let mut r = FatImage::open(std::io::Cursor::new(&img), 0, img.len() as u64).unwrap();
     assert_eq!(r.label(), Some("NODECONFIG"));
@@ -174,10 +180,7 @@ fn probe_accepts_a_zero_jump_and_rejects_what_is_not_fat() {
 
 #[test]
 fn stat_tells_files_directories_and_nothing_apart() {
-    let mut files = BTreeMap::new();
-    files.insert("node.yaml".to_string(), b"version: 1\n".to_vec());
-    files.insert("EFI/BOOT/BOOTX64.EFI".to_string(), vec![1u8; 5000]);
-    let img = build(&files, &opts(8 << 20)).unwrap();
+    let img = build(&two_files(), &opts(8 << 20)).unwrap();
     let mut r = FatImage::open(std::io::Cursor::new(&img), 0, img.len() as u64).unwrap();
     assert_eq!(r.stat("").unwrap(), Some(Stat::Dir));
     assert_eq!(r.stat("/").unwrap(), Some(Stat::Dir));

@@ -115,28 +115,17 @@ fn etcd_localhost_only_and_external() {
 fn bind_addresses_follow_the_rows() {
     let p = PortPolicy::new(facts(Role::Master)).unwrap();
     let b = |s| p.bind_address(s).unwrap().map(|a| a.to_string());
-    assert_eq!(
-        b(Service::KubeletHealthz).as_deref(),
-        Some("127.0.0.1:10248")
-    );
-    assert_eq!(
-        b(Service::KubeProxyMetrics).as_deref(),
-        Some("127.0.0.1:10249")
-    );
-    assert_eq!(
-        b(Service::KubeProxyHealthz).as_deref(),
-        Some("0.0.0.0:10256")
-    );
-    assert_eq!(
-        b(Service::KubeScheduler).as_deref(),
-        Some("127.0.0.1:10259")
-    );
-    assert_eq!(
-        b(Service::KubeControllerManager).as_deref(),
-        Some("127.0.0.1:10257")
-    );
-    assert_eq!(b(Service::WeaveStatus).as_deref(), Some("0.0.0.0:6782"));
-    assert_eq!(b(Service::WeaveApi).as_deref(), Some("127.0.0.1:6784"));
+    for (service, want) in [
+        (Service::KubeletHealthz, "127.0.0.1:10248"),
+        (Service::KubeProxyMetrics, "127.0.0.1:10249"),
+        (Service::KubeProxyHealthz, "0.0.0.0:10256"),
+        (Service::KubeScheduler, "127.0.0.1:10259"),
+        (Service::KubeControllerManager, "127.0.0.1:10257"),
+        (Service::WeaveStatus, "0.0.0.0:6782"),
+        (Service::WeaveApi, "127.0.0.1:6784"),
+    ] {
+        assert_eq!(b(service).as_deref(), Some(want), "{service:?}");
+    }
     assert_eq!(b(Service::KubeletReadOnly), None);
     assert_eq!(
         b(Service::Kubelet).as_deref(),

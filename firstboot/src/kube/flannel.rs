@@ -94,19 +94,7 @@ pub fn flannel(inp: &KubeInputs, image: &str) -> Vec<yaml_serde::Value> {
         meta_ns("kube-flannel", NS).labels(labels.clone()),
         labels.clone(),
         PodSpec {
-            service_account_name: Some("flannel".into()),
-            priority_class_name: Some("system-node-critical".into()),
-            host_network: Some(true),
-            restart_policy: Some("Always".into()),
             node_selector: linux(),
-            tolerations: ["NoSchedule", "NoExecute"]
-                .into_iter()
-                .map(|effect| Toleration {
-                    key: None,
-                    operator: Some("Exists".into()),
-                    effect: Some(effect.into()),
-                })
-                .collect(),
             containers: vec![Container {
                 command: strings(["/bin/sh", "-c", LAUNCH, "flannel"]),
                 env: vec![
@@ -150,7 +138,7 @@ pub fn flannel(inp: &KubeInputs, image: &str) -> Vec<yaml_serde::Value> {
                 },
                 host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
             ],
-            ..Default::default()
+            ..node_network_daemon("flannel")
         },
     );
     ds.body.spec.update_strategy = Some(rolling_update(None));
@@ -212,12 +200,7 @@ mod tests {
                 "exec /opt/bin/flanneld --kube-subnet-mgr --ip-masq --iface=\"$NODE_IP\" \"$@\"",
                 "wait",
             );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        test_support::cmd::stdout_ok("sh", Command::new("sh").arg("-c").arg(&script));
         let conf: serde_json::Value = serde_json::from_slice(
             &std::fs::read(root.join("etc/cni/net.d/10-flannel.conflist")).unwrap(),
         )

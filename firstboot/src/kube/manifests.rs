@@ -337,20 +337,8 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
         meta_ns("weave-net", ns).labels(name.clone()),
         name.clone(),
         PodSpec {
-            service_account_name: Some("weave-net".into()),
-            priority_class_name: Some("system-node-critical".into()),
-            host_network: Some(true),
             dns_policy: Some("ClusterFirstWithHostNet".into()),
-            restart_policy: Some("Always".into()),
             security_context: Some(PodSecurityContext::default()),
-            tolerations: ["NoSchedule", "NoExecute"]
-                .into_iter()
-                .map(|effect| Toleration {
-                    key: None,
-                    operator: Some("Exists".into()),
-                    effect: Some(effect.into()),
-                })
-                .collect(),
             init_containers: vec![Container {
                 command: strings(["/home/weave/init.sh"]),
                 security_context: privileged(),
@@ -402,7 +390,7 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
                 host_path("lib-modules", "/lib/modules", None),
                 host_path("xtables-lock", "/run/xtables.lock", Some("FileOrCreate")),
             ],
-            ..Default::default()
+            ..node_network_daemon("weave-net")
         },
     );
     daemonset.body.spec.min_ready_seconds = Some(5);

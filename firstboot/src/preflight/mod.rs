@@ -203,9 +203,9 @@ mod tests {
         let f = failed(&r, Check::Disk);
         let line = f[0].line();
         assert!(line.starts_with("preflight disk: FAILED: requirement: at least 1099511627776 GiB free for /var; found: "), "{line}");
-        assert!(
-            line.contains("GiB free on the filesystem of") && line.contains("fix: grow the disk"),
-            "{line}"
+        test_support::assert_contains(
+            &line,
+            &["GiB free on the filesystem of", "fix: grow the disk"],
         );
     }
 

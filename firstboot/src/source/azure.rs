@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use base64::Engine;
 
 use super::endpoint::Endpoint;
-use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
+use super::{
+    json_document, non_empty_str, DataSource, Metadata, Platform, SourceContext, SourceError,
+};
 
 pub(crate) const SOURCE_NAME: &str = "azure";
 pub(crate) const OVF_SOURCE_NAME: &str = "azure-ovf";
@@ -75,14 +77,8 @@ impl DataSource for AzureImdsSource {
         let Some(raw) = self.get(&format!("instance?api-version={API_VERSION}"))? else {
             return Ok(Metadata::default());
         };
-        let doc: serde_json::Value = serde_json::from_slice(&raw)
-            .map_err(|e| SourceError::format(SOURCE_NAME, format!("instance: {e}")))?;
-        let s = |p: &str| {
-            doc.pointer(p)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
+        let doc = json_document(SOURCE_NAME, "instance", &raw)?;
+        let s = |p: &str| non_empty_str(doc.pointer(p));
         let ip = |p: &str| s(p).and_then(|v| v.parse().ok());
         let mut attributes = BTreeMap::new();
         if let Some(tags) = doc.pointer("/compute/tagsList").and_then(|v| v.as_array()) {

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::endpoint::Endpoint;
-use super::{DataSource, Metadata, Platform, SourceContext, SourceError};
+use super::{
+    json_document, non_empty_str, DataSource, Metadata, Platform, SourceContext, SourceError,
+};
 
 pub(crate) const SOURCE_NAME: &str = "digitalocean";
 
@@ -39,14 +41,8 @@ impl DataSource for DigitalOceanSource {
         let Some(raw) = self.endpoint.get("v1.json")? else {
             return Ok(Metadata::default());
         };
-        let doc: serde_json::Value = serde_json::from_slice(&raw)
-            .map_err(|e| SourceError::format(SOURCE_NAME, format!("v1.json: {e}")))?;
-        let s = |p: &str| {
-            doc.pointer(p)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
+        let doc = json_document(SOURCE_NAME, "v1.json", &raw)?;
+        let s = |p: &str| non_empty_str(doc.pointer(p));
         let mut attributes = BTreeMap::new();
         if let Some(tags) = doc.get("tags").and_then(|v| v.as_array()) {
             for t in tags.iter().filter_map(|t| t.as_str()) {

@@ -393,6 +393,23 @@ impl SourceError {
     }
 }
 
+/// `raw` as the JSON document `what` of source `source_name` (a format error names both).
+pub(crate) fn json_document(
+    source_name: &str,
+    what: &str,
+    raw: &[u8],
+) -> Result<serde_json::Value, SourceError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| SourceError::format(source_name, format!("{what}: {e}")))
+}
+
+/// The string `v` holds, unless it is absent, not a string or empty.
+pub(crate) fn non_empty_str(v: Option<&serde_json::Value>) -> Option<String> {
+    v.and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// Read one file from the first volume carrying one of `labels` (shared by the
 /// label-based sources). `Err(Absent)` when no such volume exists.
 pub(crate) fn read_labelled(

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::endpoint::Endpoint;
-use super::{read_labelled, DataSource, Metadata, Platform, SourceContext, SourceError};
+use super::{
+    json_document, non_empty_str, read_labelled, DataSource, Metadata, Platform, SourceContext,
+    SourceError,
+};
 
 pub(crate) const DRIVE_SOURCE_NAME: &str = "openstack-config-drive";
 pub(crate) const SERVICE_SOURCE_NAME: &str = "openstack-metadata";
@@ -19,14 +22,8 @@ const LABELS: &[&str] = &["config-2"];
 
 /// Fields of `meta_data.json` firstboot uses.
 fn parse_meta_data(source_name: &str, raw: &[u8]) -> Result<Metadata, SourceError> {
-    let doc: serde_json::Value = serde_json::from_slice(raw)
-        .map_err(|e| SourceError::format(source_name, format!("meta_data.json: {e}")))?;
-    let s = |k: &str| {
-        doc.get(k)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+    let doc = json_document(source_name, "meta_data.json", raw)?;
+    let s = |k: &str| non_empty_str(doc.get(k));
     let mut keys: Vec<String> = doc
         .get("public_keys")
         .and_then(|v| v.as_object())

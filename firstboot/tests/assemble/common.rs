@@ -129,25 +129,18 @@ pub fn mode(root: &Path, node_path: &str) -> u32 {
 /// some are private keys).
 pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, u64, i64, Contents)> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-                out.insert(
-                    rel,
-                    (
-                        m.permissions().mode() & 0o7777,
-                        m.ino(),
-                        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                        Contents(std::fs::read(e.path()).unwrap()),
-                    ),
-                );
-            }
+    for (p, m) in test_support::files::walk(root) {
+        if m.is_file() {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            out.insert(
+                rel,
+                (
+                    m.permissions().mode() & 0o7777,
+                    m.ino(),
+                    m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                    Contents(std::fs::read(&p).unwrap()),
+                ),
+            );
         }
     }
     out

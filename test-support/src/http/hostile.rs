@@ -4,11 +4,11 @@
 //! when the client goes away. Every request is recorded.
 
 use std::io::Write;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::raw::{read_request, Request};
+use super::raw::{read_request, spawn_recording, Request};
 
 /// How the server answers one request.
 #[derive(Debug, Clone)]
@@ -27,8 +27,6 @@ pub enum Behaviour {
     Status(u16),
 }
 
-type Handler = dyn Fn(&Request) -> Behaviour + Send + Sync;
-
 pub struct Hostile {
     pub base: String,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -36,24 +34,12 @@ pub struct Hostile {
 
 impl Hostile {
     pub fn start(handler: impl Fn(&Request) -> Behaviour + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        let handler: Arc<Handler> = Arc::new(handler);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let recorded = recorded.clone();
-                let handler = handler.clone();
-                std::thread::spawn(move || {
-                    let Some(req) = read_request(&stream) else {
-                        return;
-                    };
-                    recorded.lock().unwrap().push(req.clone());
-                    answer(stream, handler(&req));
-                });
-            }
+        let (base, requests) = spawn_recording(move |stream, recorded| {
+            let Some(req) = read_request(&stream) else {
+                return;
+            };
+            recorded.lock().unwrap().push(req.clone());
+            answer(stream, handler(&req));
         });
         Hostile { base, requests }
     }

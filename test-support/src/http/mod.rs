@@ -16,6 +16,14 @@ pub use hostile::{gzip_bomb, Behaviour, Hostile};
 pub use mock::{closed_port_url, Faults, Mock, Req, Resp};
 pub use raw::{ranged, Reply, Request, TestServer, UNREACHABLE};
 
+/// The value of header `name` (any case) among `headers`.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

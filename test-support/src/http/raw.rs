@@ -16,10 +16,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header(&self.headers, name)
     }
 
     /// The start of a `Range: bytes=N-` header.
@@ -97,8 +94,6 @@ pub fn ranged(req: &Request, body: &[u8], etag: &str) -> Reply {
     }
 }
 
-type Handler = dyn Fn(&Request, usize) -> Reply + Send + Sync;
-
 pub struct TestServer {
     pub base: String,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -107,20 +102,8 @@ pub struct TestServer {
 impl TestServer {
     /// `handler(request, index)` with `index` counting requests from 0.
     pub fn start(handler: impl Fn(&Request, usize) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        let handler: Arc<Handler> = Arc::new(handler);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let recorded = recorded.clone();
-                let handler = handler.clone();
-                // One thread per connection so parallel fetches are served in parallel.
-                std::thread::spawn(move || serve(stream, &recorded, &*handler));
-            }
-        });
+        let (base, requests) =
+            spawn_recording(move |stream, recorded| serve(stream, recorded, &handler));
         TestServer { base, requests }
     }
 
@@ -148,6 +131,28 @@ impl TestServer {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+}
+
+/// Bind 127.0.0.1 on a free port and hand every connection, on a thread of its own (so
+/// parallel clients are served in parallel), to `on_connection` with the shared request
+/// log. Returns the base URL and that log.
+pub(super) fn spawn_recording(
+    on_connection: impl Fn(TcpStream, &Mutex<Vec<Request>>) + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<Request>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let recorded = requests.clone();
+    let on_connection = Arc::new(on_connection);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let recorded = recorded.clone();
+            let on_connection = on_connection.clone();
+            std::thread::spawn(move || on_connection(stream, &recorded));
+        }
+    });
+    (base, requests)
 }
 
 /// Read one request's head (request line and headers) from `stream`.
@@ -182,7 +187,11 @@ pub(super) fn read_request(stream: &TcpStream) -> Option<Request> {
     })
 }
 
-fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, handler: &Handler) {
+fn serve(
+    stream: TcpStream,
+    recorded: &Mutex<Vec<Request>>,
+    handler: impl Fn(&Request, usize) -> Reply,
+) {
     let Some(req) = read_request(&stream) else {
         return;
     };

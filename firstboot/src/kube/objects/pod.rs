@@ -149,6 +149,27 @@ pub struct Toleration {
     pub effect: Option<String>,
 }
 
+/// The pod spec of a network plugin's host-network daemon on every node: its service
+/// account, `system-node-critical`, `restartPolicy: Always` and tolerating every
+/// `NoSchedule` and `NoExecute` taint.
+pub fn node_network_daemon(service_account: &str) -> PodSpec {
+    PodSpec {
+        service_account_name: Some(service_account.into()),
+        priority_class_name: Some("system-node-critical".into()),
+        host_network: Some(true),
+        restart_policy: Some("Always".into()),
+        tolerations: ["NoSchedule", "NoExecute"]
+            .into_iter()
+            .map(|effect| Toleration {
+                key: None,
+                operator: Some("Exists".into()),
+                effect: Some(effect.into()),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Tolerate the control-plane taint (`key: node-role.kubernetes.io/control-plane`,
 /// `effect: NoSchedule`).
 pub fn tolerate_control_plane() -> Toleration {
