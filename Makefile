@@ -9,7 +9,7 @@ LOCK_ARGS ?=
 BUILD_ARGS ?=
 CARGO ?= cargo
 
-.PHONY: image test deps bins lint check-deps
+.PHONY: image test deps bins lint check-deps e2e
 
 deps:
 	.ci/install-deps
@@ -34,6 +34,11 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) machete
 	.ci/lint-shell
+
+# The two-node Kubernetes cluster under QEMU (upstream built from Go modules; about 40 min
+# under TCG). Not yet part of `make test`: see qemu-tests/tests/k8s_e2e.rs.
+e2e: deps bins
+	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e -- --ignored --nocapture
 
 # Prove .ci/install-deps in fresh Debian 12 trees (mmdebstrap + chroot); not part of `make test`.
 check-deps:

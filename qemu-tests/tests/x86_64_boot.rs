@@ -122,6 +122,16 @@ fn first_boot_then_reboot() {
     assert_eq!(r1["root_fs"], "erofs");
     assert_eq!(r1["var_fs"], "ext4");
     assert_eq!(r1["etc_fs"], "overlay");
+    // The system around firstboot: a tmpfs /tmp (sandboxed units need it on the
+    // read-only root), systemd-resolved running, no failed unit.
+    let system = b64(r1["system-state"]
+        .as_str()
+        .expect("the report carries the system state"));
+    eprintln!("guest system state:\n{system}");
+    assert!(system.contains("tmp tmpfs"), "{system}");
+    assert!(system.contains("systemd-resolved active"), "{system}");
+    assert!(system.contains("resolv.conf present"), "{system}");
+    assert!(!system.contains("failed "), "failed units: {system}");
     let status = &r1["status"];
     assert_eq!(status["state"], "ok");
     assert_eq!(status["role"], "worker");
