@@ -81,15 +81,6 @@ pub fn restart_no_block(unit: &str) -> Result<(), SystemdError> {
     systemctl(&["restart", "--no-block", unit]).map(drop)
 }
 
-/// Whether the unit is active (`systemctl is-active --quiet`); false when systemctl
-/// cannot be asked.
-pub fn is_active(unit: &str) -> bool {
-    Command::new("systemctl")
-        .args(["is-active", "--quiet", unit])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Whether a unit's process runs or is starting: `active`, `reloading`, or `activating`
 /// other than waiting to be restarted (`auto-restart`). A `Type=notify` service is
 /// `activating` until it reports ready, which for an etcd member can take as long as
