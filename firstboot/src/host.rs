@@ -15,6 +15,8 @@ use nodeimage_core::ports::PortPolicy;
 
 /// Where the node's ruleset is kept; `nodeimage-firewall.service` loads it on every boot.
 pub const FIREWALL_RULESET: &str = "/etc/nodeimage/firewall.nft";
+/// The unit that loads it (closed ruleset first); every component unit requires it.
+pub const FIREWALL_UNIT: &str = "nodeimage-firewall.service";
 
 /// Nothing is changed before the host is known to meet the requirements.
 pub const PREFLIGHT: FnStep = FnStep::new("preflight", preflight_plan, |c| {

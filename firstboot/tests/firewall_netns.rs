@@ -455,36 +455,56 @@ struct Lab {
     _guard: Namespaces,
 }
 
-fn build_lab() -> Lab {
+/// A namespace `label` with `eth0` on the switch's bridge, addresses `v4`/24 and `v6`/64
+/// and on-link `routes`.
+fn attach(
+    g: &mut Namespaces,
+    sw: &str,
+    label: &str,
+    v4: &str,
+    v6: &str,
+    routes: &[&str],
+) -> String {
     let pid = std::process::id();
-    let mut g = Namespaces { names: Vec::new() };
-    let sw = g.add(&format!("nifw{pid}-sw"));
+    let ns = g.add(&format!("nifw{pid}-{label}"));
+    let port = format!("v-{label}");
+    ip(&[
+        "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ]);
+    ip(&["-n", sw, "link", "set", &port, "master", "br0", "up"]);
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    for r in routes {
+        ip(&["-n", &ns, "route", "add", r, "dev", "eth0"]);
+    }
+    ns
+}
+
+/// The switch: a namespace holding bridge `br0` (`tag` tells apart the tests running at
+/// once in this process).
+fn switch(g: &mut Namespaces, tag: &str) -> String {
+    let sw = g.add(&format!("nifw{}-{tag}", std::process::id()));
     ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", &sw, "link", "set", "br0", "up"]);
-    let mut attach = |label: &'static str, v4: &str, v6: &str, routes: &[&str]| -> String {
-        let ns = g.add(&format!("nifw{pid}-{label}"));
-        let port = format!("v-{label}");
-        ip(&[
-            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        for r in routes {
-            ip(&["-n", &ns, "route", "add", r, "dev", "eth0"]);
-        }
-        ns
+    sw
+}
+
+fn build_lab() -> Lab {
+    let mut g = Namespaces { names: Vec::new() };
+    let sw = switch(&mut g, "sw");
+    let mut attach = |label: &str, v4: &str, v6: &str, routes: &[&str]| {
+        attach(&mut g, &sw, label, v4, v6, routes)
     };
     // The node reaches the trusted subnet on the same link (on-link routes).
     let node = attach("node", NODE_V4, NODE_V6, &["10.98.0.0/24", "fd98::/64"]);
@@ -835,4 +855,231 @@ fn text_and_json_load_to_the_same_ruleset() {
             "{role}: text and JSON rulesets differ once loaded"
         );
     }
+}
+
+/// Pods on the node reach neither the cloud metadata service nor the node-only ports of
+/// the cluster's nodes, while the rest of the pod network passes.
+///
+/// A "pod" namespace behind the "node" namespace (its default gateway; the node forwards
+/// and masquerades pod traffic like the pod network does: a stand-in nft NAT rule, named
+/// as one) probes: a "meta" namespace answering on 169.254.169.254:80 (the metadata
+/// service), a cluster node "peer" with a listener on every port of the table and no
+/// firewall of its own, a host "outside" the cluster, and the node itself. Before the
+/// node's ruleset is loaded every probe must pass (so each block below is the
+/// firewall's); with it: metadata blocked from the pod but reached by the node; on the
+/// peer exactly the ports some row opens to anyone; on the node what the port table
+/// admits from a pod address (none of the cluster-only ports). IPv4; the forward rules
+/// of both families are the same shape.
+#[test]
+fn pods_reach_neither_the_metadata_service_nor_node_only_ports() {
+    if !environment_ready("pods_reach_neither_the_metadata_service_nor_node_only_ports") {
+        return;
+    }
+    let pid = std::process::id();
+    let mut g = Namespaces { names: Vec::new() };
+    let sw = switch(&mut g, "fsw");
+    let node = attach(&mut g, &sw, "fnode", NODE_V4, NODE_V6, &[]);
+    let peer = attach(&mut g, &sw, "fpeer", "10.99.0.3", "fd99::3", &[]);
+    let outside = attach(&mut g, &sw, "fout", "10.99.0.100", "fd99::100", &[]);
+    let meta = attach(&mut g, &sw, "fmeta", "10.99.0.50", "fd99::50", &[]);
+    ip(&[
+        "-n",
+        &meta,
+        "addr",
+        "add",
+        "169.254.169.254/32",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &node,
+        "route",
+        "add",
+        "169.254.169.254/32",
+        "via",
+        "10.99.0.50",
+    ]);
+    // The pod: 10.32.0.2 in the default pod network 10.32.0.0/12, gateway the node.
+    let pod = g.add(&format!("nifw{pid}-fpod"));
+    ip(&[
+        "-n", &node, "link", "add", "cni0", "type", "veth", "peer", "name", "eth0", "netns", &pod,
+    ]);
+    ip(&["-n", &node, "addr", "add", "10.32.0.1/12", "dev", "cni0"]);
+    ip(&["-n", &node, "link", "set", "cni0", "up"]);
+    ip(&["-n", &pod, "link", "set", "lo", "up"]);
+    ip(&["-n", &pod, "addr", "add", "10.32.0.2/12", "dev", "eth0"]);
+    ip(&["-n", &pod, "link", "set", "eth0", "up"]);
+    ip(&["-n", &pod, "route", "add", "default", "via", "10.32.0.1"]);
+    let nft = firewall::nft_binary();
+    in_netns(&node, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the node");
+        // Stand-in for the pod network's masquerade (flannel and Weave both masquerade
+        // pod traffic leaving the pod network), in a table of its own.
+        for cmd in [
+            "add table ip podnat",
+            "add chain ip podnat post { type nat hook postrouting priority srcnat; }",
+            "add rule ip podnat post ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade",
+        ] {
+            test_support::cmd::stdout_ok(
+                &format!("nft {cmd} (stand-in masquerade)"),
+                Command::new(&nft).arg(cmd),
+            );
+        }
+    });
+
+    let ports = probe_ports();
+    let _peer_listeners = start_listeners(&peer, &ports);
+    let _node_listeners = start_listeners(&node, &ports);
+    let web = |n: u16| ProbePort {
+        protocol: Protocol::Tcp,
+        port: n,
+        service: "web".into(),
+    };
+    let _meta_listener = start_listeners(&meta, &[web(80)]);
+    let _outside_listener = start_listeners(&outside, &[web(8080)]);
+    let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+    let peer_ip: IpAddr = "10.99.0.3".parse().unwrap();
+    let node_ip: IpAddr = NODE_V4.parse().unwrap();
+    let outside_ip: IpAddr = "10.99.0.100".parse().unwrap();
+
+    // (what, from namespace, port, target)
+    type Probe<'a> = (String, &'a str, ProbePort, IpAddr);
+    let mut probes: Vec<Probe> = vec![
+        ("pod -> metadata".into(), &pod, web(80), metadata),
+        ("node -> metadata".into(), &node, web(80), metadata),
+        ("pod -> outside".into(), &pod, web(8080), outside_ip),
+    ];
+    for p in &ports {
+        probes.push((
+            format!("pod -> peer {}", p.label()),
+            &pod,
+            p.clone(),
+            peer_ip,
+        ));
+        probes.push((
+            format!("pod -> node {}", p.label()),
+            &pod,
+            p.clone(),
+            node_ip,
+        ));
+    }
+    let run_all = |probes: &[Probe]| -> Vec<bool> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = probes
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ns, p, t))| {
+                    s.spawn(move || {
+                        enter(ns);
+                        probe(p, *t, &format!("f{i}"))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("probe")).collect()
+        })
+    };
+    // Warm up neighbour caches along every path.
+    let _ = run_all(&probes[..3]);
+    let open = run_all(&probes);
+    let blocked: Vec<&str> = probes
+        .iter()
+        .zip(&open)
+        .filter(|(_, ok)| !**ok)
+        .map(|(p, _)| p.0.as_str())
+        .collect();
+    assert!(
+        blocked.is_empty(),
+        "without a firewall these failed: {blocked:?}"
+    );
+
+    let policy = PortPolicy::for_node(&node_config("master")).expect("policy");
+    let ruleset = firewall::render_nft(&policy);
+    in_netns(&node, || {
+        firewall::apply(&ruleset, &nft).expect("load ruleset")
+    });
+    let seen = run_all(&probes);
+    let anyone: BTreeSet<(Protocol, u16)> = PORT_TABLE
+        .iter()
+        .filter(|r| r.reach == nodeimage_core::ports::Reach::Anyone)
+        .flat_map(|r| match r.port {
+            PortSpec::Port(p) => vec![(r.protocol, p)],
+            PortSpec::NodePortRange => vec![(r.protocol, 30000), (r.protocol, 32767)],
+            PortSpec::None => vec![],
+        })
+        .collect();
+    let pod_peer = Peer::Remote {
+        addr: "10.32.0.2".parse().unwrap(),
+        ipsec: false,
+    };
+    let mut failures = Vec::new();
+    let mut report = String::from("pod reachability with the master ruleset on the node:\n");
+    for ((what, _, p, _), got) in probes.iter().zip(&seen) {
+        let want = if what == "pod -> metadata" {
+            false
+        } else if what == "node -> metadata" || what == "pod -> outside" {
+            true
+        } else if what.starts_with("pod -> peer") {
+            // The forward chain closes the table's node-only ports; a port in no row is
+            // left to the destination's own input chain.
+            anyone.contains(&(p.protocol, p.port)) || p.port == NOT_IN_TABLE
+        } else {
+            policy.decide(p.protocol, p.port_opt(), pod_peer)
+        };
+        report += &format!(
+            "  {what:<28} {}\n",
+            if *got { "reached" } else { "blocked" }
+        );
+        if *got != want {
+            failures.push(format!(
+                "{what} ({}): reached {got}, expected {want}",
+                p.service
+            ));
+        }
+    }
+    println!("{report}");
+    // The model itself must close the cluster-only ports to pods.
+    for port in [6782, 10250, 10256, 2379] {
+        assert!(
+            !policy.decide(Protocol::Tcp, Some(port), pod_peer),
+            "the port table admits a pod to tcp/{port}"
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The closed ruleset the firewall unit loads first (overlays/base) is valid, keeps SSH
+/// open and closes everything else.
+#[test]
+fn the_closed_ruleset_admits_only_ssh() {
+    if !environment_ready("the_closed_ruleset_admits_only_ssh") {
+        return;
+    }
+    let closed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../overlays/base/usr/lib/nodeimage/firewall-closed.nft"),
+    )
+    .expect("overlays/base/usr/lib/nodeimage/firewall-closed.nft");
+    let mut g = Namespaces { names: Vec::new() };
+    let sw = switch(&mut g, "csw");
+    let node = attach(&mut g, &sw, "cnode", NODE_V4, NODE_V6, &[]);
+    let peer = attach(&mut g, &sw, "cpeer", "10.99.0.2", "fd99::2", &[]);
+    let ports: Vec<ProbePort> = [22u16, 6443, 10250]
+        .iter()
+        .map(|&port| ProbePort {
+            protocol: Protocol::Tcp,
+            port,
+            service: "probe".into(),
+        })
+        .collect();
+    let _l = start_listeners(&node, &ports);
+    let nft = firewall::nft_binary();
+    in_netns(&node, || {
+        firewall::apply(&closed, &nft).expect("load the closed ruleset")
+    });
+    let target: IpAddr = NODE_V4.parse().unwrap();
+    let seen: Vec<bool> = in_netns(&peer, || {
+        ports.iter().map(|p| probe(p, target, "c")).collect()
+    });
+    assert_eq!(seen, [true, false, false], "22, 6443, 10250 from a peer");
 }

@@ -5,20 +5,25 @@
 //! * One table of our own, `table inet nodeimage`, so loading it never touches the
 //!   tables kube-proxy and Weave manage (iptables-nft or nft). Both families at once
 //!   (`inet`), IPv4 and IPv6 source sets side by side.
-//! * Only an `input` chain (hook input, priority filter). Pod-to-pod, NodePort-to-pod
-//!   and service traffic is *forwarded* (DNAT happens in prerouting, before input), so
-//!   we never add a forward chain and cannot break the pod network.
-//! * Policy accept with a final counted `drop`: the input hook only sees packets
-//!   addressed to this host, so the final drop closes everything not in the table while
-//!   a flush of our table leaves the host open rather than unreachable.
+//! * An `input` chain (hook input, priority filter) for what is addressed to this host:
+//!   policy drop (a flushed chain fails closed) and a final counted `drop`. Loopback,
+//!   replies (`ct state established,related`), ICMP/ICMPv6 (neighbour discovery, PMTU)
+//!   and DHCP client replies are accepted first; then localhost-only and disabled ports
+//!   are dropped with a counter *before* any accept, so a NodePort range or another rule
+//!   can never open them; then each port is accepted from exactly its sources (nft sets
+//!   `<set>_v4` / `<set>_v6`, so automation may add members with `nft add element`
+//!   without re-rendering). Pods are not cluster nodes: a pod on this node arrives from
+//!   its pod address and matches no set.
 //!   (kube-proxy in IPVS mode delivers service VIPs locally; it is not used here. If it
 //!   ever is, its VIPs need an accept before the final drop.)
-//! * Loopback, replies (`ct state established,related`), ICMP/ICMPv6 (neighbour
-//!   discovery, PMTU) and DHCP client replies are accepted first; then localhost-only
-//!   and disabled ports are dropped with a counter *before* any accept, so a NodePort
-//!   range or another rule can never open them; then each port is accepted from
-//!   exactly its sources (nft sets `<set>_v4` / `<set>_v6`, so automation may add
-//!   members with `nft add element` without re-rendering).
+//! * A `forward` chain (policy accept: pod-to-pod, NodePort-to-pod and service traffic
+//!   is forwarded and must pass) with drops only: nothing this node forwards, i.e. pod
+//!   traffic, reaches the link-local range (the cloud metadata service, which hands out
+//!   the node's join secrets) or a port of a cluster node that the port table does not
+//!   open to anyone (etcd, the kubelet, Weave's unauthenticated status ports, ...). The
+//!   forward hook sees a pod's packet before the pod network masquerades it to this
+//!   node's address, the only point where it is still known to come from a pod.
+//!   Host-network pods are the node itself and are not told apart.
 //! * Loading is idempotent and atomic: `table inet nodeimage {}` + `delete table` +
 //!   the new table in one `nft -f` transaction (`destroy table` needs nft >= 1.0.8,
 //!   Debian 12 ships 1.0.6).
@@ -35,14 +40,17 @@
 mod nft;
 mod render;
 
-pub use nft::{apply, check, nft_binary};
+pub use nft::{apply, check, nft_binary, verify_loaded};
 pub use render::{render_json, render_nft};
 
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-use crate::ports::{Carrier, PortPolicy, PortRange, Protocol, ResolvedRule, SourceSet, Sources};
+use crate::ports::{
+    Carrier, PortPolicy, PortRange, PortSpec, Protocol, Reach, ResolvedRule, SourceSet, Sources,
+    PORT_TABLE,
+};
 
 /// nftables table family and name owned by this product.
 pub const TABLE_FAMILY: &str = "inet";
@@ -110,6 +118,10 @@ enum Match {
     Dport(Protocol, PortRange),
     SaddrSet(Family, String),
     SaddrPrefix(IpNet),
+    DaddrSet(Family, String),
+    DaddrPrefix(IpNet),
+    /// `tcp dport { a, b }`: more than one port of a protocol.
+    DportSet(Protocol, Vec<u16>),
     IpsecExists,
 }
 
@@ -139,8 +151,25 @@ struct SetDef {
 pub struct Ruleset {
     role: String,
     sets: Vec<SetDef>,
+    /// The input chain.
     rules: Vec<Rule>,
+    /// The forward chain.
+    forward: Vec<Rule>,
 }
+
+/// Destinations no forwarded (pod) packet may reach: the IPv4 link-local range, where
+/// every supported cloud serves its metadata (169.254.169.254), and EC2's IPv6 metadata
+/// address. Link-local is never routed, so nothing legitimate is forwarded there.
+pub const METADATA_DESTINATIONS: &[(&str, &str)] = &[
+    (
+        "169.254.0.0/16",
+        "pods never reach link-local addresses (cloud metadata holds the join secrets)",
+    ),
+    (
+        "fd00:ec2::254/128",
+        "pods never reach the EC2 metadata service over IPv6",
+    ),
+];
 
 fn set_name(set: SourceSet, family: Family) -> String {
     format!("{}_{}", set.name(), family.suffix())
@@ -261,8 +290,76 @@ impl Ruleset {
             role: policy.role.to_string(),
             sets,
             rules,
+            forward: forward_rules(),
         }
     }
+}
+
+/// The forward chain: pod traffic to the metadata service and to the node-only ports of
+/// every cluster node (rows of any role, condition or option whose reach is not
+/// `anyone`; a port that some row opens to anyone is left out).
+fn forward_rules() -> Vec<Rule> {
+    use std::collections::BTreeSet;
+    let mut rules: Vec<Rule> = METADATA_DESTINATIONS
+        .iter()
+        .map(|(d, why)| {
+            let net: IpNet = d.parse().expect("constant prefix");
+            rule(vec![Match::DaddrPrefix(net)], true, Verdict::Drop, *why)
+        })
+        .collect();
+    let open: BTreeSet<(Protocol, u16)> = PORT_TABLE
+        .iter()
+        .filter(|r| r.reach == Reach::Anyone)
+        .filter_map(|r| match r.port {
+            PortSpec::Port(p) => Some((r.protocol, p)),
+            _ => None,
+        })
+        .collect();
+    let mut closed: BTreeSet<(Protocol, u16)> = BTreeSet::new();
+    let mut esp = false;
+    for r in PORT_TABLE.iter().filter(|r| r.reach != Reach::Anyone) {
+        match (r.protocol, r.port) {
+            (Protocol::Esp, _) => esp = true,
+            (proto, PortSpec::Port(p)) if !open.contains(&(proto, p)) => {
+                closed.insert((proto, p));
+            }
+            _ => {}
+        }
+    }
+    for family in [Family::V4, Family::V6] {
+        let nodes = set_name(SourceSet::ClusterNodes, family);
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let ports: Vec<u16> = closed
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, n)| *n)
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            rules.push(rule(
+                vec![
+                    Match::DaddrSet(family, nodes.clone()),
+                    Match::DportSet(proto, ports),
+                ],
+                true,
+                Verdict::Drop,
+                format!("pods never reach node-only {proto} ports of cluster nodes"),
+            ));
+        }
+        if esp {
+            rules.push(rule(
+                vec![
+                    Match::DaddrSet(family, nodes.clone()),
+                    Match::L4Proto("esp"),
+                ],
+                true,
+                Verdict::Drop,
+                "pods never send ESP to cluster nodes",
+            ));
+        }
+    }
+    rules
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{FirewallError, DEFAULT_NFT, TABLE_NAME};
+use super::{FirewallError, DEFAULT_NFT, TABLE_FAMILY, TABLE_NAME};
 
 /// Check, then load a ruleset: `nft -c -f -`, then `nft -f -` (with `-j` when the
 /// ruleset is JSON, i.e. starts with `{`). Loading is one transaction; the ruleset
@@ -12,7 +12,34 @@ use super::{FirewallError, DEFAULT_NFT, TABLE_NAME};
 pub fn apply(ruleset: &str, nft: &Path) -> Result<(), FirewallError> {
     check(ruleset, nft)?;
     run_nft(nft, ruleset, false)?;
+    verify_loaded(nft)?;
     tracing::info!(table = TABLE_NAME, nft = %nft.display(), "firewall loaded");
+    Ok(())
+}
+
+/// The kernel holds our table with both chains (`nft list chain`), so nothing that
+/// follows runs on a node whose ruleset did not load.
+pub fn verify_loaded(nft: &Path) -> Result<(), FirewallError> {
+    for chain in ["input", "forward"] {
+        let args = ["list", "chain", TABLE_FAMILY, TABLE_NAME, chain];
+        let out = Command::new(nft)
+            .args(args)
+            .output()
+            .map_err(|source| FirewallError::Spawn {
+                nft: nft.to_path_buf(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(FirewallError::Rejected {
+                command: format!("{} {}", nft.display(), args.join(" ")),
+                status: out.status.to_string(),
+                stderr: format!(
+                    "the ruleset was accepted but chain {chain} is not loaded: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use super::{Family, Match, Ruleset, Verdict, TABLE_FAMILY, TABLE_NAME};
+use super::{Family, Match, Rule, Ruleset, Verdict, TABLE_FAMILY, TABLE_NAME};
 use crate::ports::PortPolicy;
 
 impl Ruleset {
@@ -21,11 +21,11 @@ impl Ruleset {
         );
         let _ = writeln!(
             s,
-            "# (core/src/ports/table.rs). Input hook only: forwarded pod and service"
+            "# (core/src/ports/table.rs). Input: this host's ports. Forward: pods never reach"
         );
         let _ = writeln!(
             s,
-            "# traffic and the tables of kube-proxy and Weave are left alone."
+            "# the metadata service or node-only ports; the rest of the pod network passes."
         );
         let _ = writeln!(
             s,
@@ -44,24 +44,9 @@ impl Ruleset {
             }
             let _ = writeln!(s, "\t}}\n");
         }
-        let _ = writeln!(s, "\tchain input {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook input priority filter; policy accept;"
-        );
-        for r in &self.rules {
-            let mut parts: Vec<String> = r.matches.iter().map(match_text).collect();
-            if r.counter {
-                parts.push("counter".into());
-            }
-            parts.push(match r.verdict {
-                Verdict::Accept => "accept".into(),
-                Verdict::Drop => "drop".into(),
-            });
-            parts.push(format!("comment \"{}\"", r.comment));
-            let _ = writeln!(s, "\t\t{}", parts.join(" "));
-        }
-        let _ = writeln!(s, "\t}}");
+        chain_text(&mut s, "input", "drop", &self.rules);
+        let _ = writeln!(s);
+        chain_text(&mut s, "forward", "accept", &self.forward);
         let _ = writeln!(s, "}}");
         s
     }
@@ -85,23 +70,28 @@ impl Ruleset {
             }
             cmds.push(json!({"add": {"set": v}}));
         }
-        cmds.push(json!({"add": {"chain": {
-            "family": TABLE_FAMILY, "table": TABLE_NAME, "name": "input",
-            "type": "filter", "hook": "input", "prio": 0, "policy": "accept",
-        }}}));
-        for r in &self.rules {
-            let mut expr: Vec<Value> = r.matches.iter().map(match_json).collect();
-            if r.counter {
-                expr.push(json!({"counter": null}));
-            }
-            expr.push(match r.verdict {
-                Verdict::Accept => json!({"accept": null}),
-                Verdict::Drop => json!({"drop": null}),
-            });
-            cmds.push(json!({"add": {"rule": {
-                "family": TABLE_FAMILY, "table": TABLE_NAME, "chain": "input",
-                "expr": expr, "comment": r.comment,
+        for (chain, hook, policy, rules) in [
+            ("input", "input", "drop", &self.rules),
+            ("forward", "forward", "accept", &self.forward),
+        ] {
+            cmds.push(json!({"add": {"chain": {
+                "family": TABLE_FAMILY, "table": TABLE_NAME, "name": chain,
+                "type": "filter", "hook": hook, "prio": 0, "policy": policy,
             }}}));
+            for r in rules {
+                let mut expr: Vec<Value> = r.matches.iter().map(match_json).collect();
+                if r.counter {
+                    expr.push(json!({"counter": null}));
+                }
+                expr.push(match r.verdict {
+                    Verdict::Accept => json!({"accept": null}),
+                    Verdict::Drop => json!({"drop": null}),
+                });
+                cmds.push(json!({"add": {"rule": {
+                    "family": TABLE_FAMILY, "table": TABLE_NAME, "chain": chain,
+                    "expr": expr, "comment": r.comment,
+                }}}));
+            }
         }
         json!({ "nftables": cmds })
     }
@@ -122,6 +112,28 @@ pub fn render_nft(policy: &PortPolicy) -> String {
 /// Render the `nft -j -f` JSON for a node.
 pub fn render_json(policy: &PortPolicy) -> String {
     Ruleset::from_policy(policy).to_json_string()
+}
+
+/// One base chain of the table: `chain` on the hook of the same name.
+fn chain_text(s: &mut String, chain: &str, policy: &str, rules: &[Rule]) {
+    let _ = writeln!(s, "\tchain {chain} {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype filter hook {chain} priority filter; policy {policy};"
+    );
+    for r in rules {
+        let mut parts: Vec<String> = r.matches.iter().map(match_text).collect();
+        if r.counter {
+            parts.push("counter".into());
+        }
+        parts.push(match r.verdict {
+            Verdict::Accept => "accept".into(),
+            Verdict::Drop => "drop".into(),
+        });
+        parts.push(format!("comment \"{}\"", r.comment));
+        let _ = writeln!(s, "\t\t{}", parts.join(" "));
+    }
+    let _ = writeln!(s, "\t}}");
 }
 
 fn element_text(net: &IpNet) -> String {
@@ -149,6 +161,12 @@ fn match_text(m: &Match) -> String {
         Match::Dport(p, r) => format!("{p} dport {r}"),
         Match::SaddrSet(f, name) => format!("{} saddr @{name}", f.payload()),
         Match::SaddrPrefix(n) => format!("{} saddr {n}", Family::of(n).payload()),
+        Match::DaddrSet(f, name) => format!("{} daddr @{name}", f.payload()),
+        Match::DaddrPrefix(n) => format!("{} daddr {}", Family::of(n).payload(), element_text(n)),
+        Match::DportSet(p, ports) => {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!("{p} dport {{ {} }}", list.join(", "))
+        }
         Match::IpsecExists => "meta ipsec exists".into(),
     }
 }
@@ -182,6 +200,9 @@ fn match_json(m: &Match) -> Value {
             payload(Family::of(n).payload(), "saddr"),
             json!({"prefix": {"addr": n.network().to_string(), "len": n.prefix_len()}}),
         ),
+        Match::DaddrSet(f, name) => eq(payload(f.payload(), "daddr"), json!(format!("@{name}"))),
+        Match::DaddrPrefix(n) => eq(payload(Family::of(n).payload(), "daddr"), element_json(n)),
+        Match::DportSet(p, ports) => eq(payload(p.as_str(), "dport"), json!({"set": ports})),
         Match::IpsecExists => eq(json!({"meta": {"key": "ipsec"}}), json!(true)),
     }
 }

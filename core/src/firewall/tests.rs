@@ -107,9 +107,31 @@ fn structure_of_the_master_ruleset() {
         text.contains("elements = { 10.0.0.1, 10.0.0.2/31 }"),
         "masters aggregated"
     );
+    assert!(text.contains("type filter hook input priority filter; policy drop;"));
+    // Forward: drops only, policy accept (the pod network passes).
+    assert!(text.contains("type filter hook forward priority filter; policy accept;"));
+    let forward = lines[pos("chain forward")..].join("\n");
+    assert!(forward.contains("ip daddr 169.254.0.0/16 counter drop"));
+    assert!(forward.contains("ip6 daddr fd00:ec2::254 counter drop"));
+    let tcp = forward
+        .lines()
+        .find(|l| l.contains("ip daddr @cluster_nodes_v4 tcp dport {"))
+        .expect("node-only tcp ports in the forward chain");
+    for port in ["2379", "6781", "6782", "10250", "10256"] {
+        assert!(tcp.contains(&format!(" {port},")), "{port}: {tcp}");
+    }
+    for open in ["22", "80", "443", "6443"] {
+        assert!(
+            !tcp.contains(&format!(" {open},")),
+            "{open} is open to anyone: {tcp}"
+        );
+    }
     assert!(
-        !text.contains("hook forward") && !text.contains("chain forward"),
-        "no forward chain"
+        forward
+            .lines()
+            .filter(|l| !l.contains("policy accept"))
+            .all(|l| !l.contains("accept")),
+        "the forward chain only drops"
     );
     assert!(!text.contains("dport 80 "), "no ingress without the addon");
     // Every comment fits nft's 128-byte limit.

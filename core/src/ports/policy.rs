@@ -284,9 +284,10 @@ impl PortPolicy {
         let mut cluster = masters.clone();
         cluster.extend(facts.nodes.iter().copied());
         cluster.extend(facts.network.node_subnets.iter().copied());
-        // Pods on this node reach the host from the pod network without masquerading;
-        // pods elsewhere arrive masqueraded to their node's address anyway.
-        cluster.push(facts.network.pod_network_cidr);
+        // Not the pod network: pods are not cluster nodes. A pod on this node arrives
+        // from its pod address and is dropped here; a pod elsewhere would arrive
+        // masqueraded to its node's address, so every node also drops forwarded pod
+        // traffic to these ports of the cluster's nodes (the firewall's forward chain).
         cluster.extend(own.iter().copied());
         if facts.masters.is_empty()
             && facts.nodes.is_empty()
@@ -294,7 +295,7 @@ impl PortPolicy {
         {
             tracing::warn!(
                 role = %facts.role,
-                "no masters, nodes or node_subnets known: cluster-only ports admit only the pod network and this node"
+                "no masters, nodes or node_subnets known: cluster-only ports admit only this node"
             );
         }
         let mut sets = BTreeMap::new();

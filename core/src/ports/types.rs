@@ -102,7 +102,8 @@ impl Roles {
 pub enum Reach {
     /// Any source (the service authenticates, or it is meant to be public).
     Anyone,
-    /// Cluster nodes: masters, `cluster.nodes`, `network.node_subnets`, the pod network.
+    /// Cluster nodes: masters, `cluster.nodes`, `network.node_subnets` (not pods: a pod
+    /// runs on a node but is not one).
     ClusterNodes,
     /// Master nodes only.
     Masters,

@@ -264,8 +264,9 @@ pub fn etcd_unit(etcd_bin: &str) -> String {
         "[Unit]
 Description=etcd member of the cluster's stacked etcd (configured by firstboot)
 Documentation=https://etcd.io/docs/
-After=network-online.target
+After=network-online.target nodeimage-firewall.service
 Wants=network-online.target
+Requires=nodeimage-firewall.service
 
 [Service]
 Type=notify

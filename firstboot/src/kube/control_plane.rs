@@ -29,6 +29,18 @@ fn set_bind(f: &mut Flags, bind: Option<std::net::SocketAddr>) {
     }
 }
 
+/// As [`set_bind`] for a component that serves only health and metrics: without a row
+/// in the port table it binds 127.0.0.1 (fail closed), never its upstream default
+/// 0.0.0.0.
+fn set_bind_local(f: &mut Flags, bind: Option<std::net::SocketAddr>) {
+    match bind {
+        Some(_) => set_bind(f, bind),
+        None => {
+            f.set("bind-address", "127.0.0.1");
+        }
+    }
+}
+
 /// kube-apiserver flags.
 pub fn apiserver_flags(inp: &KubeInputs) -> Flags {
     let c = &inp.node.cluster;
@@ -139,7 +151,7 @@ pub fn controller_manager_flags(inp: &KubeInputs) -> Flags {
         )
         .set("use-service-account-credentials", "true");
     // Health and metrics on localhost only (the port table's row).
-    set_bind(&mut f, inp.binds.controller_manager);
+    set_bind_local(&mut f, inp.binds.controller_manager);
     if c.cloud.is_some() {
         f.set("cloud-provider", "external");
     }
@@ -161,7 +173,7 @@ pub fn scheduler_flags(inp: &KubeInputs) -> Flags {
         .set("kubeconfig", paths::SCHEDULER_CONF)
         .set("leader-elect", "true");
     // Health and metrics on localhost only (the port table's row).
-    set_bind(&mut f, inp.binds.scheduler);
+    set_bind_local(&mut f, inp.binds.scheduler);
     f.extend_from(&inp.node.cluster.components.kube_scheduler.extra_args);
     f
 }
@@ -345,4 +357,22 @@ pub fn control_plane_files(inp: &KubeInputs) -> Vec<GeneratedFile> {
         ));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_only_components_bind_loopback_without_a_port_table_row() {
+        let mut f = Flags::default();
+        set_bind_local(&mut f, None);
+        assert_eq!(f.to_args(), ["--bind-address=127.0.0.1"]);
+        let mut f = Flags::default();
+        set_bind_local(&mut f, Some("127.0.0.1:10259".parse().unwrap()));
+        assert_eq!(
+            f.to_args(),
+            ["--bind-address=127.0.0.1", "--secure-port=10259"]
+        );
+    }
 }

@@ -234,15 +234,17 @@ impl ServiceUnit<'_> {
             "Description={}\nDocumentation={}\n",
             self.description, self.documentation
         ));
-        if !self.after.is_empty() {
-            s.push_str(&format!("After={}\n", self.after.join(" ")));
-        }
+        // Every component listens on ports: none starts without the firewall (fail
+        // closed; see nodeimage-firewall.service).
+        let mut after = self.after.to_vec();
+        after.push(crate::host::FIREWALL_UNIT);
+        let mut requires = self.requires.to_vec();
+        requires.push(crate::host::FIREWALL_UNIT);
+        s.push_str(&format!("After={}\n", after.join(" ")));
         if !self.wants.is_empty() {
             s.push_str(&format!("Wants={}\n", self.wants.join(" ")));
         }
-        if !self.requires.is_empty() {
-            s.push_str(&format!("Requires={}\n", self.requires.join(" ")));
-        }
+        s.push_str(&format!("Requires={}\n", requires.join(" ")));
         s.push_str("\n[Service]\nExecStart=");
         s.push_str(&exec_word(&self.exec));
         for a in self.flags.to_args() {
