@@ -46,6 +46,8 @@ enum ClusterCommand {
     New(nodeimage::cluster::ClusterNewArgs),
     /// Write a kubeconfig with a client certificate from the cluster CA (for kubectl on a workstation).
     Kubeconfig(nodeimage::cluster::KubeconfigArgs),
+    /// Create a new bootstrap token on the running cluster (for workers that boot after the first token expired) and record it for node-config.
+    Token(nodeimage::cluster::TokenArgs),
 }
 
 fn main() {
@@ -72,6 +74,7 @@ fn main() {
         Command::Ports(a) => nodeimage::ports::run(a),
         Command::Cluster(ClusterCommand::New(a)) => nodeimage::cluster::cluster_new(a),
         Command::Cluster(ClusterCommand::Kubeconfig(a)) => nodeimage::cluster::kubeconfig(a),
+        Command::Cluster(ClusterCommand::Token(a)) => nodeimage::cluster::cluster_token(a),
         Command::NodeConfig(a) => nodeimage::cluster::node_config(a),
     };
     if let Err(e) = result {

@@ -473,3 +473,35 @@ fn cluster_kubeconfig_signs_a_short_lived_admin_credential() {
         .unwrap();
     assert!(!later.success(), "expires within about 2 h");
 }
+
+/// `cluster token` refuses a bad ttl, and when the API server does not answer it says
+/// which URL and leaves the recorded token alone (the success path runs against the real
+/// API server in the Kubernetes e2e).
+#[test]
+fn cluster_token_errors_name_the_ttl_or_the_url_and_keep_the_old_token() {
+    use nodeimage::cluster::{cluster_token, TokenArgs};
+    let (d, c) = setup(CLUSTER_YML);
+    let token_file = d.path().join("secrets").join(secret_files::BOOTSTRAP_TOKEN);
+    let before = std::fs::read_to_string(&token_file).unwrap();
+    let args = |ttl: &str, server: &str| TokenArgs {
+        config: c.clone(),
+        secrets: None,
+        ttl: Some(ttl.into()),
+        server: Some(server.into()),
+    };
+    // A listener that closes at once: nothing answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", l.local_addr().unwrap());
+    drop(l);
+    let e = format!("{:#}", cluster_token(&args("1 day", &url)).unwrap_err());
+    assert!(e.contains("--ttl") && e.contains("`1 day`"), "{e}");
+    let e = format!("{:#}", cluster_token(&args("9000h", &url)).unwrap_err());
+    assert!(e.contains("at most a year"), "{e}");
+    let e = format!("{:#}", cluster_token(&args("2h", &url)).unwrap_err());
+    assert!(
+        e.contains(&format!("POST {url}/api/v1/namespaces/kube-system/secrets")),
+        "{e}"
+    );
+    assert!(!e.contains(before.trim()), "the old token in an error: {e}");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), before);
+}

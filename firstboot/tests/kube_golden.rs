@@ -298,11 +298,51 @@ fn worker_units_and_configs() {
     );
 }
 
+/// When the bootstrap master made the manifests (the token's expiration counts from it).
+fn made_at() -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("2026-01-01T00:00:00Z")
+}
+
+#[test]
+fn the_bootstrap_token_expires_after_its_ttl() {
+    let node = NodeConfig::parse("master", MASTER).unwrap();
+    let inp = inputs(&node, "master-0", "10.133.0.10");
+    let ms = cluster_manifests(&inp, &images(), made_at()).unwrap();
+    let token = parse(&ms[0].yaml);
+    assert_eq!(
+        token["stringData"]["expiration"],
+        json!("2026-01-02T00:00:00Z"),
+        "the default ttl is 24h"
+    );
+    for (ttl, want) in [("90m", json!("2026-01-01T01:30:00Z")), ("0", json!(null))] {
+        let text = MASTER.replacen(
+            "\ncluster:\n",
+            &format!("\ncluster:\n  bootstrap_token_ttl: {ttl}\n"),
+            1,
+        );
+        let node = NodeConfig::parse("master", &text).unwrap();
+        let inp = inputs(&node, "master-0", "10.133.0.10");
+        let ms = cluster_manifests(&inp, &images(), made_at()).unwrap();
+        let v = parse(&ms[0].yaml);
+        assert_eq!(v["stringData"]["expiration"], want, "ttl {ttl}");
+    }
+    let bad = MASTER.replacen(
+        "\ncluster:\n",
+        "\ncluster:\n  bootstrap_token_ttl: 1 day\n",
+        1,
+    );
+    let e = NodeConfig::parse("master", &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("cluster.bootstrap_token_ttl") && e.contains("`1 day`"),
+        "{e}"
+    );
+}
+
 #[test]
 fn cluster_manifests_and_addons() {
     let node = NodeConfig::parse("master", MASTER).unwrap();
     let inp = inputs(&node, "master-0", "10.133.0.10");
-    let ms = cluster_manifests(&inp, &images()).unwrap();
+    let ms = cluster_manifests(&inp, &images(), made_at()).unwrap();
     let plan = addon_manifests(&inp, &images());
     let mut all_kinds = Vec::new();
     for m in ms.iter().chain(plan.manifests.iter()) {
@@ -424,7 +464,7 @@ fn flannel_replaces_weave_net() {
         "  network:\n    provider: flannel\n    pod_network_cidr: 10.244.0.0/16\n    trusted_subnets:",
     );
     let inp = inputs(&node, "master-0", "10.133.0.10");
-    let ms = cluster_manifests(&inp, &images()).unwrap();
+    let ms = cluster_manifests(&inp, &images(), made_at()).unwrap();
     let names: Vec<&str> = ms.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
@@ -521,7 +561,7 @@ fn a_cloud_provider_without_its_controller_is_reported() {
         "the fixture sets cloud.provider"
     );
     let inp = inputs(&node, "master-0", "10.133.0.10");
-    let (_, notes) = firstboot::assemble::bootstrap_manifests(&inp, &images()).unwrap();
+    let (_, notes) = firstboot::assemble::bootstrap_manifests(&inp, &images(), made_at()).unwrap();
     assert!(
         notes.iter().any(
             |n| n.contains("node.cloudprovider.kubernetes.io/uninitialized")
@@ -588,7 +628,7 @@ fn bootstrap_token_values_stay_strings() {
         "000000.0000000000000000",
     ] {
         let t: BootstrapToken = token.parse().unwrap();
-        let secret = bootstrap_token_secret(&t);
+        let secret = bootstrap_token_secret(&t, None);
         let debug = format!("{secret:?}");
         assert!(
             !debug.contains(t.secret()),

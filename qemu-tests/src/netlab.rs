@@ -172,6 +172,54 @@ impl NetLab {
         ]
     }
 
+    /// A stand-in for a cloud's metadata service: `169.254.169.254` on the lab bridge
+    /// (the nodes' default gateway, so a node reaches it as it would in a cloud) with
+    /// Python's `http.server` serving `body` at `/`. Each request it answers is a line of
+    /// its log ([`MetadataServer::requests`]).
+    pub fn serve_metadata(&self, body: &str) -> Result<MetadataServer> {
+        let dir = self.dir.join("metadata");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("index.html"), body)?;
+        run(Command::new("ip").args([
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{METADATA_ADDR}/32"),
+            "dev",
+            &self.bridge,
+        ]))?;
+        let log = self.dir.join("metadata.log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+            ])
+            .arg("--bind")
+            .arg(METADATA_ADDR)
+            .arg("--directory")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting python3 -m http.server in the lab")?;
+        let server = MetadataServer { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.listening(&self.ns) {
+            if Instant::now() > deadline {
+                bail!("the metadata stand-in did not listen on {METADATA_ADDR}:80 within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(server)
+    }
+
     /// The DHCP log so far (for failure messages).
     pub fn dhcp_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
@@ -186,6 +234,41 @@ impl Drop for NetLab {
         }
         quiet(Command::new("ip").args(["link", "del", &self.host_veth]));
         quiet(Command::new("ip").args(["netns", "del", &self.ns]));
+    }
+}
+
+/// The link-local address every supported cloud serves its metadata on.
+pub const METADATA_ADDR: &str = "169.254.169.254";
+
+/// The metadata stand-in of [`NetLab::serve_metadata`]; stopped on drop.
+pub struct MetadataServer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl MetadataServer {
+    /// Requests answered so far (`http.server` logs one line per request).
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET "))
+            .count()
+    }
+
+    fn listening(&self, ns: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Hltn", "src", METADATA_ADDR])
+            .output()
+            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -80,6 +80,9 @@ const TCG_COMPONENTS: &str = "components:
       election-timeout: \"5000\"
 ";
 
+/// What the metadata stand-in serves.
+const METADATA_BODY: &str = "nodeimage-e2e-metadata\n";
+
 /// firstboot's last console line (its progress lines also start with `firstboot: `).
 const FIRSTBOOT_END: &[&str] = &["firstboot: ok", "firstboot: error"];
 
@@ -153,6 +156,7 @@ registry_mirrors:
 addons:
   ingress-nginx:
     enabled: false
+bootstrap_token_ttl: 2h
 {TCG_COMPONENTS}",
         master = lab_ip(MASTER.2),
         worker = lab_ip(WORKER.2),
@@ -164,7 +168,8 @@ addons:
     )
 }
 
-/// Pods of the checks: a client on the worker, a web server on the master.
+/// Pods of the checks: a client on the worker, a web server on the master, and a
+/// host-network pod on the worker (the node's own network, for the metadata check).
 fn workload_manifest() -> String {
     format!(
         "apiVersion: v1
@@ -190,6 +195,18 @@ spec:
       image: {WORKLOAD}
       imagePullPolicy: Never
       command: [/bin/sh, -c, 'mkdir -p /www && echo hello-from-the-master > /www/index.html && exec httpd -f -p 8080 -h /www']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet, namespace: default, labels: {{app: hostnet}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {w}}}
+  hostNetwork: true
+  containers:
+    - name: hostnet
+      image: {WORKLOAD}
+      imagePullPolicy: Never
+      command: [/bin/sh, -c, 'exec sleep 86400']
 ",
         w = WORKER.0,
         m = MASTER.0,
@@ -315,6 +332,9 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     )
     .unwrap();
     let registry = TestRegistry::start_on(lab.host_addr().into()).expect("docker-registry");
+    let metadata = lab
+        .serve_metadata(METADATA_BODY)
+        .expect("the metadata stand-in");
     let reg = registry.base();
 
     phase("e2e profile, test images, lock, build", t0);
@@ -512,6 +532,81 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         ["v1.36.0", "v1.36.0"]
     );
     firewall_enforced("after joining");
+
+    phase("bootstrap tokens expire; a new one for later workers", t0);
+    let secrets_dir = cdir.join("secrets");
+    let read_token = || {
+        std::fs::read_to_string(secrets_dir.join("bootstrap-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let first = read_token();
+    let expiration = k
+        .run(&[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            &format!("bootstrap-token-{}", &first[..6]),
+            "-o",
+            "go-template={{.data.expiration | base64decode}}",
+        ])
+        .expect("the first token's Secret");
+    eprintln!(
+        "e2e: the first bootstrap token expires {expiration} (ttl 2h from the master's first boot)"
+    );
+    assert!(
+        expiration.starts_with("20") && expiration.ends_with('Z'),
+        "expiration: {expiration:?}"
+    );
+    nodeimage(&["cluster", "token", "-c", cy, "--ttl", "3m"]);
+    let minted = read_token();
+    assert_ne!(minted, first, "cluster token records a new token");
+    let minted_at = Instant::now();
+    let as_token = |token: &str| {
+        let kc = cdir.join("token.conf");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\nusers:\n- name: t\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context: {{cluster: e2e, user: t}}\ncurrent-context: t\n",
+            lab_ip(MASTER.2),
+            secrets_dir.join("ca.crt").display()
+        );
+        std::fs::write(&kc, text).unwrap();
+        let r = Kubectl {
+            bin: up.bin("kubectl"),
+            kubeconfig: kc.clone(),
+        }
+        .run(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]);
+        let _ = std::fs::remove_file(&kc);
+        r
+    };
+    let who = as_token(&minted).expect("the minted token authenticates");
+    assert_eq!(who, format!("system:bootstrap:{}", &minted[..6]));
+    let later = cdir.join("later-worker.yaml");
+    nodeimage(&[
+        "node-config",
+        "-c",
+        cy,
+        "--host",
+        "10.231.10.31",
+        "--role",
+        "worker",
+        "-o",
+        later.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read_to_string(&later).unwrap().contains(&minted),
+        "a worker config made now carries the new token"
+    );
+    eprintln!(
+        "e2e: minted bootstrap token {} (ttl 3m) authenticates as {who}",
+        &minted[..6]
+    );
     let baked_on_worker = node_images(&k, WORKER.0);
     assert!(
         baked_on_worker.iter().any(|n| n.contains("flannel")),
@@ -564,7 +659,11 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         || {
             let (c, _) = pod_phase(&k, "client").unwrap_or_default();
             let (w, ip) = pod_phase(&k, "web").unwrap_or_default();
-            Ok((c == "Running" && w == "Running" && !ip.is_empty()).then_some(ip))
+            let (h, _) = pod_phase(&k, "hostnet").unwrap_or_default();
+            Ok(
+                (c == "Running" && w == "Running" && h == "Running" && !ip.is_empty())
+                    .then_some(ip),
+            )
         },
     )
     .unwrap();
@@ -578,12 +677,19 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         .unwrap();
     assert!(ns.contains("10.96.0.1"), "{ns}");
     // The API server through its service IP (kube-proxy's rules on the worker).
-    k.exec(
-        "default",
-        "client",
-        &["nc", "-z", "-w", "10", "10.96.0.1", "443"],
-    )
-    .expect("the API server through the service IP");
+    // (BusyBox nc has no -z: connect with an empty stdin, which exits 0 once connected.)
+    let connected = k
+        .exec(
+            "default",
+            "client",
+            &[
+                "sh",
+                "-c",
+                "nc -w 10 10.96.0.1 443 </dev/null && echo connected",
+            ],
+        )
+        .expect("the API server through the service IP");
+    assert!(connected.contains("connected"), "{connected}");
     // A pod on the master across the pod network.
     let page = eventually(
         "the master's pod across flannel",
@@ -613,6 +719,37 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     let logs = k.run(&["logs", "-n", "default", "client"]).unwrap();
     assert!(logs.contains("client started on client"), "{logs}");
     firewall_enforced("with the workload running");
+
+    phase("pods cannot reach the metadata service", t0);
+    // The metadata stand-in answers at 169.254.169.254 behind the nodes' gateway, as a
+    // cloud's does. The node reaches it (a host-network pod is the node); a pod on the
+    // same node does not, and its request never arrives.
+    let wget_metadata = [
+        "wget",
+        "-q",
+        "-T",
+        "10",
+        "-O",
+        "-",
+        "http://169.254.169.254/",
+    ];
+    let before = metadata.requests();
+    let from_pod = k.exec("default", "client", &wget_metadata);
+    assert!(
+        from_pod.is_err(),
+        "a pod read the metadata service: {from_pod:?}"
+    );
+    assert_eq!(
+        metadata.requests(),
+        before,
+        "a pod's request reached the metadata stand-in"
+    );
+    let from_node = k
+        .exec("default", "hostnet", &wget_metadata)
+        .expect("the worker itself reaches the metadata service");
+    assert!(from_node.contains(METADATA_BODY.trim()), "{from_node}");
+    assert_eq!(metadata.requests(), before + 1);
+    eprintln!("e2e: the worker reaches 169.254.169.254, its pod does not");
 
     phase("image GC leaves the baked images", t0);
     // With the thresholds at 1 % / 0 %, every GC run on the worker tries to free the whole
@@ -649,6 +786,20 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     eprintln!(
         "e2e: image GC ran on the worker and left all {} baked image names",
         baked_on_worker.len()
+    );
+
+    // The minted token's 3 minutes are over: the API refuses it.
+    if let Some(left) = Duration::from_secs(200).checked_sub(minted_at.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let refused = as_token(&minted);
+    assert!(
+        refused.is_err(),
+        "an expired bootstrap token still authenticates: {refused:?}"
+    );
+    eprintln!(
+        "e2e: the minted token is refused {:.0} s after it was made",
+        minted_at.elapsed().as_secs_f64()
     );
 
     phase("worker reboot", t0);

@@ -7,18 +7,21 @@
 //! * [`secrets`]: the secrets and their directory.
 //! * [`node_config`]: one node's config from cluster.yml and the secrets.
 //! * [`terraform`]: hosts from `terraform output -json`.
+//! * [`token`]: `cluster token`, a new bootstrap token for later workers.
 //! * this module: the commands' arguments and what they do (`cluster new`,
 //!   `cluster kubeconfig`, `node-config`).
 
 mod node_config;
 mod secrets;
 mod terraform;
+mod token;
 
 pub use node_config::{
     build_node_config, host_file_name, ignition_wrap, render, NodeConfigFormat, NodeSpec,
 };
 pub use secrets::{new_bootstrap_token, new_weave_password, secret_files, ClusterSecrets};
 pub use terraform::hosts_from_terraform;
+pub use token::{cluster_token, TokenArgs};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -115,32 +118,7 @@ pub fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
             args.valid_hours
         );
     }
-    let server = match &args.server {
-        Some(s) => s.clone(),
-        None => {
-            let endpoint = cluster
-                .api_endpoint
-                .clone()
-                .or_else(|| {
-                    cluster
-                        .hosts
-                        .iter()
-                        .find(|h| h.role == Role::Master)
-                        .map(|h| {
-                            h.private_address
-                                .clone()
-                                .unwrap_or_else(|| h.address.clone())
-                        })
-                })
-                .with_context(|| {
-                    format!(
-                        "{}: no api_endpoint and no master: give --server",
-                        args.config.display()
-                    )
-                })?;
-            nodeimage_core::layout::api_server_url(&endpoint)
-        }
-    };
+    let server = api_server(&cluster, &args.config, &args.server)?;
     let spec = CertSpec {
         name: format!("kubeconfig for {}", args.user),
         ca: CaKind::Cluster,
@@ -186,6 +164,35 @@ pub fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(())
+}
+
+/// The API server's URL: `server` if given, else cluster.yml's `api_endpoint`, else the
+/// first master's address.
+fn api_server(cluster: &ClusterConfig, config: &Path, server: &Option<String>) -> Result<String> {
+    if let Some(s) = server {
+        return Ok(s.clone());
+    }
+    let endpoint = cluster
+        .api_endpoint
+        .clone()
+        .or_else(|| {
+            cluster
+                .hosts
+                .iter()
+                .find(|h| h.role == Role::Master)
+                .map(|h| {
+                    h.private_address
+                        .clone()
+                        .unwrap_or_else(|| h.address.clone())
+                })
+        })
+        .with_context(|| {
+            format!(
+                "{}: no api_endpoint and no master: give --server",
+                config.display()
+            )
+        })?;
+    Ok(nodeimage_core::layout::api_server_url(&endpoint))
 }
 
 fn cluster_dir(config: &Path) -> PathBuf {

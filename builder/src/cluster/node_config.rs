@@ -171,6 +171,11 @@ pub fn build_node_config(
             taint_masters: cluster.taint_masters,
             registry_mirrors: cluster.registry_mirrors.clone(),
             components: cluster.components.clone(),
+            bootstrap_token_ttl: if master {
+                cluster.bootstrap_token_ttl.clone()
+            } else {
+                None
+            },
         },
         labels: node.labels.clone(),
         taints: Vec::new(),

@@ -82,7 +82,16 @@ pub struct ClusterConfig {
     /// Per-component settings beyond the product's (see [`Components`]).
     #[serde(default)]
     pub components: Components,
+    /// How long the bootstrap token (the join secret in every worker's user data) is
+    /// valid after the bootstrap master creates it: a Go duration, default
+    /// [`DEFAULT_BOOTSTRAP_TOKEN_TTL`]; `0` never expires. Workers booting later need a
+    /// config with a new token: `nodeimage cluster token`, then `nodeimage node-config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_ttl: Option<String>,
 }
+
+/// kubeadm's default token lifetime.
+pub const DEFAULT_BOOTSTRAP_TOKEN_TTL: &str = "24h";
 
 /// Settings of the cluster's components the product does not choose itself, kubeadm's
 /// `extraArgs` in spirit: flags added to (or replacing) the ones firstboot renders, and
@@ -664,6 +673,16 @@ addons:
             valid_go_duration("1h30m") && valid_go_duration("300ms") && valid_go_duration("1.5h")
         );
         assert!(!valid_go_duration("5") && !valid_go_duration("m") && !valid_go_duration("5 m"));
+        use std::time::Duration;
+        let d = crate::config::validate::go_duration;
+        assert_eq!(d("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(d("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(d("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        assert_eq!(d("24h"), Some(Duration::from_secs(86400)));
+        assert_eq!(d("5"), None);
+        assert_eq!(d("-1h"), None);
+        assert_eq!(d("9999999h"), None, "beyond an int64 of nanoseconds");
         assert!(valid_label_key("node-role.kubernetes.io/master") && valid_label_key("disk"));
         assert!(!valid_label_key("/x") && !valid_label_key("a/b/c") && !valid_label_key("-x"));
         assert!(valid_label_value("") && valid_label_value("ssd") && !valid_label_value("a b"));

@@ -89,6 +89,10 @@ pub struct NodeCluster {
     /// Per-component flags and configuration fields, from cluster.yml.
     #[serde(default)]
     pub components: Components,
+    /// cluster.yml's `bootstrap_token_ttl` (the bootstrap master sets the token's
+    /// expiration from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_ttl: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -498,6 +502,7 @@ registry_mirrors:
 components:
   kube-apiserver: {extra_args: {etcd-healthcheck-timeout: 30s}}
   kubelet: {config: {nodeLeaseDurationSeconds: 120}}
+bootstrap_token_ttl: 2h
 "#,
         )
         .unwrap();
@@ -514,6 +519,7 @@ components:
             taint_masters,
             registry_mirrors,
             components,
+            bootstrap_token_ttl,
         } = c.clone();
         // Every shared field differs from its default, so a dropped one shows.
         assert_ne!(network, Network::default());
@@ -542,6 +548,7 @@ components:
             taint_masters: n_taint_masters,
             registry_mirrors: n_registry_mirrors,
             components: n_components,
+            bootstrap_token_ttl: n_bootstrap_token_ttl,
         } = n;
         assert_eq!(n_name, name);
         assert_eq!(Some(n_api_endpoint), api_endpoint);
@@ -559,6 +566,8 @@ components:
         assert!(!registry_mirrors.is_empty() && components != Components::default());
         assert_eq!(n_registry_mirrors, registry_mirrors);
         assert_eq!(n_components, components);
+        assert_eq!(n_bootstrap_token_ttl, bootstrap_token_ttl);
+        assert_eq!(bootstrap_token_ttl.as_deref(), Some("2h"));
         // The node config's own fields (from hosts and the workstation) keep defaults.
         assert!(masters.is_empty() && nodes.is_empty());
     }

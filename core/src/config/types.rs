@@ -251,6 +251,59 @@ impl BootstrapToken {
     pub fn secret(&self) -> &str {
         &self.0[7..]
     }
+
+    /// The name of its Secret in `kube-system`.
+    pub fn secret_name(&self) -> String {
+        format!("bootstrap-token-{}", self.id())
+    }
+
+    /// The `stringData` of its `bootstrap.kubernetes.io/token` Secret (secret material):
+    /// authentication and signing, the kubeadm node-token group (bound to CSR creation
+    /// and auto-approval), and `expiration` (RFC 3339) unless it never expires.
+    pub fn secret_string_data(
+        &self,
+        description: &str,
+        expiration: Option<time::OffsetDateTime>,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut m: std::collections::BTreeMap<String, String> = [
+            ("description", description),
+            ("token-id", self.id()),
+            ("token-secret", self.secret()),
+            ("usage-bootstrap-authentication", "true"),
+            ("usage-bootstrap-signing", "true"),
+            ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if let Some(t) = expiration {
+            let t = t
+                .to_offset(time::UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .expect("0 is a valid nanosecond");
+            m.insert(
+                "expiration".into(),
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .expect("a UTC time formats as RFC 3339"),
+            );
+        }
+        m
+    }
+}
+
+/// The group bootstrap tokens authenticate into (kubeadm's name), besides
+/// `system:bootstrappers`.
+pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+/// The Secret type of bootstrap tokens.
+pub const BOOTSTRAP_TOKEN_SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+
+/// When a bootstrap token made at `now` with `ttl` (a Go duration, `0`: never) expires.
+pub fn bootstrap_token_expiration(
+    now: time::OffsetDateTime,
+    ttl: &str,
+) -> Option<time::OffsetDateTime> {
+    let d = super::go_duration(ttl)?;
+    (!d.is_zero()).then(|| now + d)
 }
 
 impl TryFrom<&str> for BootstrapToken {

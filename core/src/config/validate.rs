@@ -67,10 +67,33 @@ fn validate_components(src: &str, prefix: &str, c: &super::Components) -> Result
     Ok(())
 }
 
+/// `bootstrap_token_ttl`: a Go duration of at most a year (`0`: never expires).
+fn validate_token_ttl(src: &str, field: &str, ttl: Option<&str>) -> Result<(), ConfigError> {
+    let Some(ttl) = ttl else { return Ok(()) };
+    match go_duration(ttl) {
+        Some(d) if d <= std::time::Duration::from_secs(366 * 86400) => Ok(()),
+        Some(_) => Err(ConfigError::invalid(
+            src,
+            field,
+            format!("expected at most a year (8784h), found `{ttl}`; `0` never expires"),
+        )),
+        None => Err(ConfigError::invalid(
+            src,
+            field,
+            format!("expected a duration like `24h` or `90m` (`0`: never expires), found `{ttl}`"),
+        )),
+    }
+}
+
 impl ClusterConfig {
     /// Checks that serde cannot express. Each error names the key.
     pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
         validate_components(src, "", &self.components)?;
+        validate_token_ttl(
+            src,
+            "bootstrap_token_ttl",
+            self.bootstrap_token_ttl.as_deref(),
+        )?;
         if self.name.is_empty()
             || !self
                 .name
@@ -313,6 +336,11 @@ impl NodeConfig {
     /// Checks that the types cannot express. Each error names the key.
     pub fn validate(&self, src: &str) -> Result<(), ConfigError> {
         validate_components(src, "cluster.", &self.cluster.components)?;
+        validate_token_ttl(
+            src,
+            "cluster.bootstrap_token_ttl",
+            self.cluster.bootstrap_token_ttl.as_deref(),
+        )?;
         if self.version != NODE_CONFIG_VERSION {
             return Err(ConfigError::invalid(
                 src,
@@ -445,13 +473,20 @@ fn check_url(s: &str, schemes: &[&str]) -> Result<(), String> {
 
 /// A Go `time.ParseDuration` string without sign: `300ms`, `5m`, `1h30m`, `1.5h`.
 pub fn valid_go_duration(s: &str) -> bool {
+    go_duration(s).is_some()
+}
+
+/// The length of a Go `time.ParseDuration` string without sign (`0`, `300ms`, `1h30m`,
+/// `1.5h`), to the nanosecond; `None` when it is not one.
+pub fn go_duration(s: &str) -> Option<std::time::Duration> {
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    if s.is_empty() {
+        return None;
+    }
     let mut rest = s;
-    if rest.is_empty() {
-        return false;
-    }
-    if rest == "0" {
-        return true;
-    }
+    let mut nanos: f64 = 0.0;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -462,19 +497,26 @@ pub fn valid_go_duration(s: &str) -> bool {
             || num.ends_with('.')
             || num.matches('.').count() > 1
         {
-            return false;
+            return None;
         }
         rest = &rest[num_len..];
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .into_iter()
-            .filter(|u| rest.starts_with(u))
-            .max_by_key(|u| u.len());
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
+        let (unit, scale) = [
+            ("ns", 1.0),
+            ("us", 1e3),
+            ("µs", 1e3),
+            ("ms", 1e6),
+            ("s", 1e9),
+            ("m", 60e9),
+            ("h", 3600e9),
+        ]
+        .into_iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())?;
+        rest = &rest[unit.len()..];
+        nanos += num.parse::<f64>().ok()? * scale;
     }
-    true
+    // Go's limit: an int64 of nanoseconds (about 290 years).
+    (nanos <= i64::MAX as f64).then(|| std::time::Duration::from_nanos(nanos.round() as u64))
 }
 
 /// Pharos' host-upgrades interval: a Go duration or whole days (`7d`).

@@ -56,14 +56,16 @@ pub fn cloud_provider_note(provider: &str) -> String {
     )
 }
 
-/// The bootstrap master's manifests in apply order: bootstrap token, RBAC (with the
-/// approver's), Weave Net, CoreDNS, then the enabled addons. kube-proxy runs as a
-/// service on every node; its RBAC binding is part of the RBAC manifest.
+/// The bootstrap master's manifests in apply order, made at `now`: bootstrap token
+/// (expiring `bootstrap_token_ttl` later), RBAC (with the approver's), Weave Net,
+/// CoreDNS, then the enabled addons. kube-proxy runs as a service on every node; its
+/// RBAC binding is part of the RBAC manifest.
 pub fn bootstrap_manifests(
     inp: &KubeInputs,
     images: &kube::manifests::Images,
+    now: time::OffsetDateTime,
 ) -> Result<(Vec<kube::manifests::Manifest>, Vec<String>)> {
-    let mut ms = kube::manifests::cluster_manifests(inp, images).ok_or_else(|| {
+    let mut ms = kube::manifests::cluster_manifests(inp, images, now).ok_or_else(|| {
         anyhow!("the node config lacks secrets.bootstrap_token or secrets.weave_password")
     })?;
     ms.push(approver_rbac());
@@ -97,7 +99,7 @@ fn cluster_objects_step(c: &StepContext) -> Result<String> {
     let addr = node_address(c)?;
     let inp = inputs(c, addr.ip)?;
     let (images, image_source) = resolve_images(root, cfg)?;
-    let (manifests, notes) = bootstrap_manifests(&inp, &images)?;
+    let (manifests, notes) = bootstrap_manifests(&inp, &images, time::OffsetDateTime::now_utc())?;
 
     // An audit copy of what is applied.
     let mut files: Vec<GeneratedFile> = manifests

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 
 use super::objects::*;
 use super::KubeInputs;
-use nodeimage_core::config::{BootstrapToken, CniProvider};
+use nodeimage_core::config::{
+    bootstrap_token_expiration, BootstrapToken, CniProvider, BOOTSTRAP_TOKEN_SECRET_TYPE,
+    DEFAULT_BOOTSTRAP_TOKEN_TTL,
+};
 use nodeimage_core::layout::CLUSTER_ADMINS_GROUP;
 use nodeimage_core::yaml;
 
 /// The group a bootstrap token authenticates into (kubeadm's name, so tooling that
 /// knows kubeadm recognises it).
-pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+pub use nodeimage_core::config::BOOTSTRAPPERS_GROUP;
 
 /// Container images of the cluster addons; the profile supplies them (pinned by digest).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,24 +64,17 @@ pub(crate) fn manifest(name: &str, docs: Vec<yaml_serde::Value>, secret: bool) -
     }
 }
 
-/// The bootstrap token as a `bootstrap.kubernetes.io/token` Secret. It does not expire:
-/// node configs carrying it may boot long after `cluster new` (autoscaling). Replace it
-/// with `nodeimage cluster new --force` and new node configs.
-pub fn bootstrap_token_secret(token: &BootstrapToken) -> Secret {
+/// The bootstrap token as a `bootstrap.kubernetes.io/token` Secret, expiring at
+/// `expiration` (`cluster.bootstrap_token_ttl` after the bootstrap master made it; `None`
+/// for a ttl of `0`). Later workers join with a token from `nodeimage cluster token`.
+pub fn bootstrap_token_secret(
+    token: &BootstrapToken,
+    expiration: Option<time::OffsetDateTime>,
+) -> Secret {
     secret(
-        meta_ns(&format!("bootstrap-token-{}", token.id()), "kube-system"),
-        "bootstrap.kubernetes.io/token",
-        Some(map([
-            (
-                "description",
-                "Node join token made by nodeimage cluster new",
-            ),
-            ("token-id", token.id()),
-            ("token-secret", token.secret()),
-            ("usage-bootstrap-authentication", "true"),
-            ("usage-bootstrap-signing", "true"),
-            ("auth-extra-groups", BOOTSTRAPPERS_GROUP),
-        ])),
+        meta_ns(&token.secret_name(), "kube-system"),
+        BOOTSTRAP_TOKEN_SECRET_TYPE,
+        Some(token.secret_string_data("Node join token made by nodeimage cluster new", expiration)),
         None,
     )
 }
@@ -446,11 +442,24 @@ pub fn weave(inp: &KubeInputs, images: &Images, password: &str) -> Vec<yaml_serd
     .concat()
 }
 
-/// The manifests the bootstrap master applies, in order. `None` when the node config
-/// lacks a secret they need (bootstrap token, weave password).
-pub fn cluster_manifests(inp: &KubeInputs, images: &Images) -> Option<Vec<Manifest>> {
+/// The manifests the bootstrap master applies at `now`, in order. `None` when the node
+/// config lacks a secret they need (bootstrap token, weave password).
+pub fn cluster_manifests(
+    inp: &KubeInputs,
+    images: &Images,
+    now: time::OffsetDateTime,
+) -> Option<Vec<Manifest>> {
     let s = &inp.node.secrets;
-    let token = bootstrap_token_secret(s.bootstrap_token.as_ref()?);
+    let ttl = inp
+        .node
+        .cluster
+        .bootstrap_token_ttl
+        .as_deref()
+        .unwrap_or(DEFAULT_BOOTSTRAP_TOKEN_TTL);
+    let token = bootstrap_token_secret(
+        s.bootstrap_token.as_ref()?,
+        bootstrap_token_expiration(now, ttl),
+    );
     let network = match inp.node.cluster.network.provider {
         CniProvider::Weave => {
             let password = s.weave_password.as_deref()?;
