@@ -44,6 +44,53 @@ fn nodeconfig_partition_supplies_the_node_config() {
     assert!(a.ignition.is_none());
 }
 
+/// Only the boot disk's own NODECONFIG counts: another device with the same label that
+/// sorts first (a stick as `sda` before the boot disk `vda`) is ignored, and with none on
+/// the boot disk the source is absent rather than the stranger's.
+#[test]
+fn only_the_boot_disks_nodeconfig_counts() {
+    let d = tempfile::tempdir().unwrap();
+    let rogue_yaml = NODE_YAML.replace("node-1", "rogue");
+    let rogue = fat_image(
+        d.path(),
+        "sda1.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[("node.yaml", rogue_yaml.as_bytes())],
+    );
+    let own = fat_image(
+        d.path(),
+        "vda3.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[("node.yaml", NODE_YAML.as_bytes())],
+    );
+    let with_boot = |files: Vec<PathBuf>, boot: Vec<PathBuf>| {
+        SourceContext::new(d.path(), "")
+            .with_devices(DeviceSet::FilesWithBootDisk { files, boot })
+            .with_platform(Platform::Metal)
+    };
+    // Without a known boot disk the first by name wins (the old behaviour, kept for
+    // netboot and --root trees).
+    let a = acquire(
+        &ctx_with(d.path(), vec![rogue.clone(), own.clone()]).with_platform(Platform::Metal),
+    )
+    .unwrap();
+    assert_eq!(a.node_config.hostname.as_deref(), Some("rogue"));
+    let a = acquire(&with_boot(
+        vec![rogue.clone(), own.clone()],
+        vec![own.clone()],
+    ))
+    .unwrap();
+    assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
+    let e = acquire(&with_boot(vec![rogue.clone()], vec![own.clone()])).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("no NODECONFIG on the boot disk"), "{s}");
+    assert!(!s.contains("rogue"), "{s}");
+}
+
 #[test]
 fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
     let d = tempfile::tempdir().unwrap();

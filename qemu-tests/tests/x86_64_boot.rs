@@ -106,9 +106,32 @@ fn first_boot_then_reboot() {
     let inspect = run(Command::new(&nodeimage).arg("inspect").arg(&disk_a)).unwrap();
     test_support::assert_contains(&inspect, &["NODECONFIG", "test-node-1"]);
 
+    // A stranger's NODECONFIG on a second disk that sorts first (AHCI `sda` before the
+    // boot disk `vda`): firstboot must take the boot disk's own.
+    let rogue = test_support::images::fat_image(
+        &base,
+        "rogue-nodeconfig.img",
+        "NODECONFIG",
+        16,
+        8192,
+        &[(
+            "node.yaml",
+            format!("{TEST_NODE}hostname: rogue-node\n").as_bytes(),
+        )],
+    );
+    let rogue_disk = vec![
+        "-drive".to_string(),
+        format!(
+            "file={},format=raw,if=none,id=rogue,readonly=on",
+            rogue.display()
+        ),
+        "-device".to_string(),
+        "ide-hd,drive=rogue,bus=ide.0".to_string(),
+    ];
+
     let slot = vm_slot();
     let r1 = phase("first boot", || {
-        let (line, r1) = boot(&disk_a, "boot1", vec![]);
+        let (line, r1) = boot(&disk_a, "boot1", rogue_disk.clone());
         assert!(
             line.starts_with("firstboot: ok role=worker hostname=test-node-1 in "),
             "{line}"

@@ -83,6 +83,18 @@ pub enum DeviceSet {
     System { root: PathBuf, include_loop: bool },
     /// Exactly these files (image files in tests, or device nodes).
     Files(Vec<PathBuf>),
+    /// These files, of which `boot` play the boot disk's partitions (tests).
+    FilesWithBootDisk {
+        files: Vec<PathBuf>,
+        boot: Vec<PathBuf>,
+    },
+}
+
+/// The disk the node booted from: its name and the device paths of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootDisk {
+    pub name: String,
+    pub devices: Vec<PathBuf>,
 }
 
 /// A probed filesystem with its label.
@@ -117,10 +129,37 @@ impl DeviceSet {
         DeviceSet::Files(paths.into_iter().map(Into::into).collect())
     }
 
+    /// The disk holding the running root filesystem, on a live node (`root` is `/`);
+    /// `None` in a `--root` tree, or when `/` is not on a disk partition (netboot).
+    pub fn boot_disk(&self) -> Option<BootDisk> {
+        match self {
+            DeviceSet::Files(_) => None,
+            DeviceSet::FilesWithBootDisk { boot, .. } => Some(BootDisk {
+                name: "(test boot disk)".into(),
+                devices: boot.clone(),
+            }),
+            DeviceSet::System { root, .. } => {
+                if root != Path::new("/") {
+                    return None;
+                }
+                let (_, name) = crate::state::disk_of_mount(Path::new("/")).ok()?;
+                let mut devices = vec![PathBuf::from("/dev").join(&name)];
+                let dir = Path::new("/sys/block").join(&name);
+                for e in std::fs::read_dir(&dir).ok()?.flatten() {
+                    if e.path().join("partition").exists() {
+                        devices.push(PathBuf::from("/dev").join(e.file_name()));
+                    }
+                }
+                Some(BootDisk { name, devices })
+            }
+        }
+    }
+
     /// Candidate device paths, in a stable order.
     pub fn candidates(&self) -> Vec<PathBuf> {
         match self {
             DeviceSet::Files(v) => v.clone(),
+            DeviceSet::FilesWithBootDisk { files, .. } => files.clone(),
             DeviceSet::System { root, include_loop } => {
                 let dir = nodeimage_core::files::rooted(root, "/sys/class/block");
                 let Ok(rd) = std::fs::read_dir(&dir) else {

@@ -9,7 +9,8 @@ use nodeimage_core::config::NODE_CONFIG_FILE_NAME;
 /// The Ignition config's file name on the partition (what `nodeimage write-config` writes).
 pub const IGNITION_FILE_NAME: &str = "config.ign";
 
-use super::{read_labelled, DataSource, SourceContext, SourceError};
+use super::blockdev::Volume;
+use super::{DataSource, SourceContext, SourceError};
 
 /// Label of the configuration partition.
 pub const NODECONFIG_LABEL: &str = "NODECONFIG";
@@ -36,9 +37,52 @@ impl DataSource for NodeConfigPartition {
         SOURCE_NAME
     }
 
+    /// On a node that knows its boot disk, only that disk's own NODECONFIG counts: a
+    /// stick or a second disk with the same label (which may sort first, `sda` before
+    /// `vda`) is ignored with a warning, never read.
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        let mut vols = self.ctx.devices.find_by_label(&[NODECONFIG_LABEL]);
+        if let Some(disk) = self.ctx.devices.boot_disk() {
+            let (own, others): (Vec<Volume>, Vec<Volume>) = vols
+                .into_iter()
+                .partition(|v| disk.devices.contains(&v.path));
+            for o in &others {
+                tracing::warn!(device = %o.path.display(), boot_disk = %disk.name, "ignoring a NODECONFIG volume that is not on the boot disk");
+            }
+            if own.is_empty() && !others.is_empty() {
+                return Err(SourceError::absent(
+                    SOURCE_NAME,
+                    format!(
+                        "no {NODECONFIG_LABEL} on the boot disk {}; ignored {} on other devices",
+                        disk.name,
+                        others
+                            .iter()
+                            .map(|v| v.path.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            vols = own;
+        }
+        if vols.is_empty() {
+            return Err(SourceError::absent(
+                SOURCE_NAME,
+                format!("no filesystem labelled {NODECONFIG_LABEL}"),
+            ));
+        }
+        if vols.len() > 1 {
+            tracing::warn!(count = vols.len(), first = %vols[0].path.display(), "several NODECONFIG volumes; using the first");
+        }
+        let vol = &vols[0];
         for file in [NODE_CONFIG_FILE_NAME, IGNITION_FILE_NAME] {
-            let (vol, data) = read_labelled(&self.ctx, SOURCE_NAME, &[NODECONFIG_LABEL], file)?;
+            let data = vol.fs.read_file(file).map_err(|e| {
+                SourceError::io(
+                    SOURCE_NAME,
+                    format!("reading {file} on {}", vol.path.display()),
+                    e,
+                )
+            })?;
             tracing::debug!(device = %vol.path.display(), file, found = data.is_some(), "config partition");
             if data.is_some() {
                 *self.found.borrow_mut() = Some(format!("{NODECONFIG_LABEL}/{file}"));
