@@ -18,6 +18,7 @@
 
 pub mod assemble;
 pub mod containerd;
+pub mod erase;
 pub mod etcd;
 pub mod fault;
 pub mod host;

@@ -65,6 +65,11 @@ enum Command {
     /// days, or the last third of a shorter lifetime) and restart the components that
     /// read them (run daily by nodeimage-cert-renewal.timer on masters).
     RenewCerts,
+    /// Once firstboot has succeeded: overwrite the boot disk's NODECONFIG partition (the
+    /// join secrets, a master's CA keys) with a volume holding only a note, and remove the
+    /// bootstrap kubeconfig once the kubelet has its own certificate (run by
+    /// nodeimage-erase-secrets.service until it has finished once).
+    EraseSecrets,
 }
 
 fn main() {
@@ -95,6 +100,19 @@ fn main() {
             }
         }
         Command::Run => run_firstboot(&cli.run),
+        Command::EraseSecrets => {
+            let devices = firstboot::source::DeviceSet::system(&cli.run.root);
+            match firstboot::erase::erase_secrets(&cli.run.root, &devices) {
+                Ok(report) => {
+                    eprintln!("firstboot: erase-secrets: {report}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("firstboot: erase-secrets: {}", run::error_line(&e));
+                    1
+                }
+            }
+        }
         Command::ApproveCsrs => match firstboot::assemble::approve_csrs(&cli.run.root) {
             Ok(n) => {
                 tracing::info!(approved = n, "approve-csrs done");

@@ -804,6 +804,18 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
 
     phase("worker reboot", t0);
     worker.powerdown(Duration::from_secs(300)).unwrap();
+    // The joined worker erased its NODECONFIG (the bootstrap token) on the way.
+    let inspected: serde_json::Value = serde_json::from_str(&nodeimage(&[
+        "inspect",
+        "--json",
+        nodes[1].disk.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(
+        inspected["config"]["files"],
+        serde_json::json!(["erased.txt"]),
+        "the worker's NODECONFIG after joining: {inspected}"
+    );
     let mut worker = start(&nodes[1], &lab, &work, "boot2");
     eventually(
         "the worker NotReady or Ready again",

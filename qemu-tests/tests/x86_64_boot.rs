@@ -140,6 +140,19 @@ fn first_boot_then_reboot() {
         r1[0].clone()
     });
     assert_eq!(r1["hostname"], "test-node-1");
+    // After a successful first boot the config (and its secrets) left NODECONFIG.
+    let after: serde_json::Value = serde_json::from_str(
+        &run(Command::new(&nodeimage)
+            .args(["inspect", "--json"])
+            .arg(&disk_a))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        after["config"]["files"],
+        serde_json::json!(["erased.txt"]),
+        "NODECONFIG after the first boot: {after}"
+    );
     assert_eq!(r1["firstboot_result"], "success");
     assert_eq!(r1["done"], true);
     assert_eq!(r1["root_fs"], "erofs");

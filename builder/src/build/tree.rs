@@ -13,12 +13,13 @@ use crate::profile::LoadedProfile;
 use crate::rootfs::{self, BaseSpec, BaseTar, Install};
 
 /// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
-const CUSTOMIZE_STAGE_VERSION: u32 = 3;
+const CUSTOMIZE_STAGE_VERSION: u32 = 4;
 
 /// Units every image enables.
 pub const ENABLED_UNITS: &[&str] = &[
     "firstboot.service",
     "nodeimage-firewall.service",
+    "nodeimage-erase-secrets.service",
     "nodeimage-ssh-host-keys.service",
     "systemd-networkd.service",
 ];

@@ -9,7 +9,7 @@ use nodeimage_core::config::NODE_CONFIG_FILE_NAME;
 /// The Ignition config's file name on the partition (what `nodeimage write-config` writes).
 pub const IGNITION_FILE_NAME: &str = "config.ign";
 
-use super::blockdev::Volume;
+use super::blockdev::{DeviceSet, Volume};
 use super::{DataSource, SourceContext, SourceError};
 
 /// Label of the configuration partition.
@@ -37,40 +37,11 @@ impl DataSource for NodeConfigPartition {
         SOURCE_NAME
     }
 
-    /// On a node that knows its boot disk, only that disk's own NODECONFIG counts: a
-    /// stick or a second disk with the same label (which may sort first, `sda` before
-    /// `vda`) is ignored with a warning, never read.
+    /// On a node that knows its boot disk, only that disk's own NODECONFIG counts (see
+    /// [`nodeconfig_volumes`]).
     fn user_data(&self) -> Result<Option<Vec<u8>>, SourceError> {
-        let mut vols = self.ctx.devices.find_by_label(&[NODECONFIG_LABEL]);
-        if let Some(disk) = self.ctx.devices.boot_disk() {
-            let (own, others): (Vec<Volume>, Vec<Volume>) = vols
-                .into_iter()
-                .partition(|v| disk.devices.contains(&v.path));
-            for o in &others {
-                tracing::warn!(device = %o.path.display(), boot_disk = %disk.name, "ignoring a NODECONFIG volume that is not on the boot disk");
-            }
-            if own.is_empty() && !others.is_empty() {
-                return Err(SourceError::absent(
-                    SOURCE_NAME,
-                    format!(
-                        "no {NODECONFIG_LABEL} on the boot disk {}; ignored {} on other devices",
-                        disk.name,
-                        others
-                            .iter()
-                            .map(|v| v.path.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-            vols = own;
-        }
-        if vols.is_empty() {
-            return Err(SourceError::absent(
-                SOURCE_NAME,
-                format!("no filesystem labelled {NODECONFIG_LABEL}"),
-            ));
-        }
+        let vols = nodeconfig_volumes(&self.ctx.devices)
+            .map_err(|reason| SourceError::absent(SOURCE_NAME, reason))?;
         if vols.len() > 1 {
             tracing::warn!(count = vols.len(), first = %vols[0].path.display(), "several NODECONFIG volumes; using the first");
         }
@@ -98,4 +69,39 @@ impl DataSource for NodeConfigPartition {
             None => SOURCE_NAME.to_string(),
         }
     }
+}
+
+/// The NODECONFIG volumes to read: on a node that knows its boot disk only that disk's
+/// own (a stick or a second disk with the same label, which may sort first, `sda` before
+/// `vda`, is ignored with a warning, never read); elsewhere every one, in name order.
+/// `Err` says why there is none.
+pub fn nodeconfig_volumes(devices: &DeviceSet) -> Result<Vec<Volume>, String> {
+    let vols = devices.find_by_label(&[NODECONFIG_LABEL]);
+    let vols = match devices.boot_disk() {
+        None => vols,
+        Some(disk) => {
+            let (own, others): (Vec<Volume>, Vec<Volume>) = vols
+                .into_iter()
+                .partition(|v| disk.devices.contains(&v.path));
+            for o in &others {
+                tracing::warn!(device = %o.path.display(), boot_disk = %disk.name, "ignoring a NODECONFIG volume that is not on the boot disk");
+            }
+            if own.is_empty() && !others.is_empty() {
+                return Err(format!(
+                    "no {NODECONFIG_LABEL} on the boot disk {}; ignored {} on other devices",
+                    disk.name,
+                    others
+                        .iter()
+                        .map(|v| v.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            own
+        }
+    };
+    if vols.is_empty() {
+        return Err(format!("no filesystem labelled {NODECONFIG_LABEL}"));
+    }
+    Ok(vols)
 }
