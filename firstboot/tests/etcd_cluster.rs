@@ -9,8 +9,8 @@
 //! Checks: the bootstrap master and two joiners started at the same moment form a
 //! healthy three-member cluster (`etcdctl endpoint health` / `member list`); a member
 //! killed with its data wiped rejoins (removed and added again); a member added but
-//! never started (crash mid-join) starts; the bootstrap master losing its data rejoins
-//! rather than starting a second cluster.
+//! never started (crash mid-join) starts; the bootstrap master losing its data while cut
+//! off from its peers refuses to form a new cluster, and rejoins once reconnected.
 //!
 //! Needs root and etcd-server + etcd-client; skipped with a message otherwise.
 
@@ -440,8 +440,44 @@ fn three_masters_form_and_repair_an_etcd_cluster() {
     assert!(matches!(r, JoinOutcome::StartedUnstarted { .. }), "{r:?}");
     assert_three_healthy(&masters[0]);
 
-    // 5. The bootstrap master loses its data: it must rejoin, not start a second cluster.
+    // 5. The bootstrap master loses its data while cut off from its peers (its bridge
+    // port down: no route to them, nothing refuses): it must not start a second, empty
+    // cluster, and says so by its deadline.
     wipe(&masters[0]);
+    sh(&["ip", "-n", &net.hub, "link", "set", "p1", "down"]);
+    let t = Instant::now();
+    let cut_off = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&masters[0].netns);
+            let api = HttpEtcdClient::from_tls(&masters[0].tls, Duration::from_secs(3)).unwrap();
+            let short = JoinOptions {
+                deadline: Duration::from_secs(15),
+                ..opts()
+            };
+            join_cluster(&masters[0].spec, &api, &masters[0].svc, &short)
+        })
+        .join()
+        .unwrap()
+    });
+    let e = match cut_off {
+        Ok(r) => panic!("a bootstrap master cut off from its peers came up: {r:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("forms a new etcd cluster") && e.contains(&addr(1)),
+        "{e}"
+    );
+    assert!(
+        !masters[0].spec.has_data(),
+        "etcd must not have started a new member"
+    );
+    eprintln!(
+        "TIMING: cut-off bootstrap master refused to form a cluster after {:.1}s: {e}",
+        t.elapsed().as_secs_f64()
+    );
+    sh(&["ip", "-n", &net.hub, "link", "set", "p1", "up"]);
+
+    // Reconnected, it rejoins the running cluster.
     let r = std::thread::scope(|s| s.spawn(|| run_step(&masters[0])).join().unwrap());
     let r = r.unwrap_or_else(|e| {
         dump_logs();

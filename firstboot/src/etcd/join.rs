@@ -146,19 +146,15 @@ pub fn join_cluster(
     }
     let others = spec.other_endpoints();
     if spec.bootstrap {
-        // A running cluster means this bootstrap master lost its data: rejoin it.
-        let existing = others
-            .iter()
-            .find_map(|ep| api.member_list(ep).ok().map(|m| (ep.clone(), m)));
-        match existing {
-            None => {
+        match bootstrap_decision(spec, api, opts, &deadline, &others)? {
+            BootstrapDecision::New => {
                 let ic = format!("{}={}", spec.name, spec.peer_url());
                 tracing::info!(member = %spec.name, initial_cluster = %ic, "bootstrap master: starting a new etcd cluster");
                 svc.start(&etcd_env(spec, &ic, ClusterState::New))?;
                 wait_healthy(spec, api, svc, &deadline)?;
                 return Ok(JoinOutcome::NewCluster);
             }
-            Some((ep, _)) => {
+            BootstrapDecision::Rejoin(ep) => {
                 tracing::info!(member = %spec.name, endpoint = %ep, "bootstrap master without data: a cluster is running, rejoining it");
             }
         }
@@ -189,6 +185,54 @@ pub fn join_cluster(
             last: t.last,
         }),
     }
+}
+
+/// What a bootstrap master without etcd data does.
+enum BootstrapDecision {
+    /// No other master runs etcd: form the cluster.
+    New,
+    /// A member at this endpoint answered: the cluster exists, this master was re-imaged.
+    Rejoin(String),
+}
+
+/// A bootstrap master without data forms a new cluster only when every other master
+/// is known to run no etcd: it answers, and its etcd port refuses the connection (the
+/// first formation, where the others wait to join it). A member that answers means a
+/// running cluster, which it rejoins. An unreachable master (timeout, no route, its
+/// closed firewall before its first boot loads the real one) may be a running member
+/// behind a partition: starting a second, empty cluster behind the same API endpoint
+/// would be split brain, so it waits, and past the deadline it fails naming them.
+fn bootstrap_decision(
+    spec: &EtcdMemberSpec,
+    api: &dyn EtcdApi,
+    opts: &JoinOptions,
+    deadline: &Deadline,
+    others: &[String],
+) -> Result<BootstrapDecision, EtcdError> {
+    let mut backoff = Backoff::new(opts.initial_backoff, opts.max_backoff);
+    let decided = wait_until(deadline, &mut backoff, |attempt| {
+        let mut unknown = Vec::new();
+        for ep in others {
+            match api.member_list(ep) {
+                Ok(_) => return Poll::Ready(BootstrapDecision::Rejoin(ep.clone())),
+                Err(e) if e.is_refused() => {}
+                Err(e) => unknown.push(format!("{ep}: {e}")),
+            }
+        }
+        if unknown.is_empty() {
+            return Poll::Ready(BootstrapDecision::New);
+        }
+        tracing::info!(member = %spec.name, attempt, unknown = %unknown.join("; "), "bootstrap master without data: waiting until every other master is reachable (a new cluster only when none runs etcd)");
+        Poll::Pending(unknown.join("; "))
+    });
+    decided.map_err(|t| EtcdError::Deadline {
+        waited: deadline.elapsed(),
+        doing: format!(
+            "deciding whether {} forms a new etcd cluster: a bootstrap master without data starts one only when every other master is up without etcd, and these did not answer (bring them up, or fix the network; a re-imaged bootstrap master rejoins a running cluster)",
+            spec.name
+        ),
+        last: t.last,
+    })
 }
 
 /// The state of a join between its attempts.

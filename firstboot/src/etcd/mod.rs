@@ -53,6 +53,10 @@ pub const DATA_DIR: &str = "/var/lib/etcd";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
+    /// Nothing listens on the member's etcd port (for [`EtcdApi`] implementations that
+    /// are not HTTP clients; the HTTP client reports [`EtcdError::Request`]).
+    #[error("etcd API {endpoint}: connection refused")]
+    Refused { endpoint: String },
     /// etcd's JSON gateway could not be reached, or the answer could not be read.
     #[error("etcd API {endpoint}: {}", error_chain(.source))]
     Request {
@@ -96,4 +100,27 @@ pub enum EtcdError {
     Ports(#[from] PortsError),
     #[error("{0}")]
     Config(String),
+}
+
+impl EtcdError {
+    /// The member's host answered and refused the connection: nothing listens on its
+    /// etcd port (as opposed to a timeout or no route, which say nothing).
+    pub fn is_refused(&self) -> bool {
+        match self {
+            EtcdError::Request { source, .. } => {
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(e) = cur {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                            return true;
+                        }
+                    }
+                    cur = e.source();
+                }
+                false
+            }
+            EtcdError::Refused { .. } => true,
+            _ => false,
+        }
+    }
 }
