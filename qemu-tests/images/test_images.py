@@ -687,7 +687,8 @@ def lock_through_mirrors(t: unittest.TestCase, url: str):
     sys.path.insert(0, HERE)
     import ocilib
     mirrors = sorted({ocilib.parse_reference(i["reference"])[0] for i in Env.doc1["images"]})
-    cmd = [nodeimage, "lock", path]
+    # The registry here is where these test images come from: trusting its tags is the point.
+    cmd = [nodeimage, "lock", path, "--trust-mirror-tags"]
     for m in mirrors:
         cmd += ["--registry-mirror", f"{m}={url}"]
     run(cmd)

@@ -169,7 +169,8 @@ bootstrap_token_ttl: 2h
 }
 
 /// Pods of the checks: a client on the worker, a web server on the master, and a
-/// host-network pod on the worker (the node's own network, for the metadata check).
+/// host-network pod on each node (the node's own network, for the metadata check; with
+/// the node's root at /host, for the diagnostics of a failed check).
 fn workload_manifest() -> String {
     format!(
         "apiVersion: v1
@@ -207,6 +208,26 @@ spec:
       image: {WORKLOAD}
       imagePullPolicy: Never
       command: [/bin/sh, -c, 'exec sleep 86400']
+      securityContext: {{privileged: true}}
+      volumeMounts: [{{name: host, mountPath: /host}}]
+  volumes: [{{name: host, hostPath: {{path: /}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet-master, namespace: default, labels: {{app: hostnet}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {m}}}
+  tolerations:
+    - {{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}
+  hostNetwork: true
+  containers:
+    - name: hostnet
+      image: {WORKLOAD}
+      imagePullPolicy: Never
+      command: [/bin/sh, -c, 'exec sleep 86400']
+      securityContext: {{privileged: true}}
+      volumeMounts: [{{name: host, mountPath: /host}}]
+  volumes: [{{name: host, hostPath: {{path: /}}}}]
 ",
         w = WORKER.0,
         m = MASTER.0,
@@ -251,6 +272,43 @@ fn node_images(k: &Kubectl, name: &str) -> std::collections::BTreeSet<String> {
             })
         })
         .unwrap_or_default()
+}
+
+/// What the nodes and pods say when a network check fails: pods with their nodes and
+/// addresses, and from each node (its host-network pod, chrooted into the node's root)
+/// the firewall table with its counters, routes, links and the iptables rules of
+/// kube-proxy and the pod network.
+fn diagnose(k: &Kubectl, pod_ip: &str) {
+    let show = |what: &str, r: anyhow::Result<String>| match r {
+        Ok(s) => eprintln!("e2e: diag: {what}:\n{s}"),
+        Err(e) => eprintln!("e2e: diag: {what}: {e:#}"),
+    };
+    show("pods", k.run(&["get", "pods", "-A", "-o", "wide"]));
+    for pod in ["hostnet", "hostnet-master"] {
+        for cmd in [
+            "nft list table inet nodeimage",
+            "ip route; ip -d link show flannel.1; ip addr show cni0",
+            "iptables-save 2>&1 | head -150",
+            "journalctl -u kubelet --no-pager -n 30 2>&1",
+        ] {
+            show(
+                &format!("{pod}: {cmd}"),
+                k.exec("default", pod, &["chroot", "/host", "/bin/sh", "-c", cmd]),
+            );
+        }
+    }
+    show(
+        "client: ip route; ping",
+        k.exec(
+            "default",
+            "client",
+            &[
+                "sh",
+                "-c",
+                &format!("ip route; ping -c 2 -W 3 {pod_ip} 2>&1"),
+            ],
+        ),
+    );
 }
 
 /// The firewall is loaded and enforcing on both nodes: from the test (on the lab, not a
@@ -383,7 +441,8 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         .flat_map(|h| ["--registry-mirror".to_string(), format!("{h}={reg}")])
         .collect();
     let mirror_args: Vec<&str> = mirrors.iter().map(String::as_str).collect();
-    let mut lock = vec!["lock", profile.to_str().unwrap()];
+    // The lab registry is where the test images come from (tags only): trusted here.
+    let mut lock = vec!["lock", profile.to_str().unwrap(), "--trust-mirror-tags"];
     lock.extend(&mirror_args);
     nodeimage(&lock);
     let tb = Instant::now();
@@ -660,10 +719,9 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
             let (c, _) = pod_phase(&k, "client").unwrap_or_default();
             let (w, ip) = pod_phase(&k, "web").unwrap_or_default();
             let (h, _) = pod_phase(&k, "hostnet").unwrap_or_default();
-            Ok(
-                (c == "Running" && w == "Running" && h == "Running" && !ip.is_empty())
-                    .then_some(ip),
-            )
+            let (hm, _) = pod_phase(&k, "hostnet-master").unwrap_or_default();
+            let all = [c, w, h, hm].iter().all(|p| p == "Running");
+            Ok((all && !ip.is_empty()).then_some(ip))
         },
     )
     .unwrap();
@@ -713,7 +771,10 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
             .filter(|p| p.contains("hello-from-the-master")))
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| {
+        diagnose(&k, &web_ip);
+        panic!("{e:#}")
+    });
     assert!(page.contains("hello-from-the-master"));
     // logs and exec reach the worker's kubelet: its serving certificate was approved.
     let logs = k.run(&["logs", "-n", "default", "client"]).unwrap();

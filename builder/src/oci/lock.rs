@@ -335,7 +335,9 @@ pub fn check(lp: &LoadedProfile) -> Result<Option<LockFile>, LockError> {
 }
 
 /// Resolves one image for `arch`: from each endpoint in turn (mirrors first), the first
-/// that answers wins.
+/// that answers wins. An image pinned by tag only is not resolved through a mirror
+/// unless the registry options trust mirror tags (then with a warning: trust on first
+/// use); a pinned digest is checked wherever it comes from.
 pub fn resolve(reg: &Registry, image: &Image, arch: Arch) -> Result<LockedImage> {
     let r = Reference::parse(image.reference.get_ref())
         .map_err(|e| anyhow!("image `{}`: {e}", image.name))?;
@@ -347,8 +349,26 @@ pub fn resolve(reg: &Registry, image: &Image, arch: Arch) -> Result<LockedImage>
     let mut errors = Vec::new();
     let endpoints = reg.endpoints(&r, false);
     for ep in &endpoints {
+        if ep.mirror && pinned.is_none() && !reg.trust_mirror_tags {
+            errors.push(format!(
+                "{ep}: not asked: `{}` is pinned by tag only, and a tag resolved through a mirror is trust on first use (pin `digest` in the profile, or pass --trust-mirror-tags after checking what the mirror serves)",
+                image.reference.get_ref()
+            ));
+            continue;
+        }
         match resolve_at(reg, ep, image, &r, pinned.as_ref(), arch) {
-            Ok(l) => return Ok(l),
+            Ok(l) => {
+                if ep.mirror && pinned.is_none() {
+                    tracing::warn!(image = %image.name, mirror = %ep, digest = %l.manifest.digest, "tag resolved through a mirror (--trust-mirror-tags): trust on first use; compare the digest with the upstream registry's");
+                    eprintln!(
+                        "nodeimage: warning: {} ({}) resolved through the mirror {ep} to {}: trust on first use",
+                        image.name,
+                        image.reference.get_ref(),
+                        l.manifest.digest
+                    );
+                }
+                return Ok(l);
+            }
             Err(e) => {
                 if endpoints.len() > 1 {
                     tracing::warn!(image = %image.name, endpoint = %ep, error = %format!("{e:#}"), "resolving failed");

@@ -37,6 +37,12 @@ pub struct RegistryOptions {
     /// Talk plain HTTP (no TLS) to this registry host[:port]; repeatable.
     #[arg(long = "plain-http-registry", value_name = "HOST")]
     pub plain_http_registries: Vec<String>,
+    /// `nodeimage lock`: let a registry mirror resolve an image that the profile pins by
+    /// tag only. That is trust on first use: the lock records whatever digest the mirror
+    /// serves for the tag. Without it such an image is resolved only at its own registry
+    /// (pin `digest` in the profile to use a mirror without trusting it).
+    #[arg(long)]
+    pub trust_mirror_tags: bool,
 }
 
 /// One place to ask for a repository: a mirror or the registry itself.
@@ -85,6 +91,8 @@ pub struct Registry {
     auth_file: AuthFile,
     /// (endpoint base, repository) -> the Authorization header value that works (None: none needed).
     auth: Mutex<HashMap<(String, String), Option<String>>>,
+    /// [`RegistryOptions::trust_mirror_tags`].
+    pub trust_mirror_tags: bool,
 }
 
 impl Registry {
@@ -122,6 +130,7 @@ impl Registry {
                 .collect(),
             auth_file,
             auth: Mutex::new(HashMap::new()),
+            trust_mirror_tags: opts.trust_mirror_tags,
         })
     }
 

@@ -292,10 +292,18 @@ fn registry_mirror_serves_another_registrys_images() {
     let (amd, _, _) = push_multiarch(&reg.base(), "test/mirrored", "3");
     let d = tempfile::tempdir().unwrap();
     let lp = one_image_profile(d.path(), "m", "registry.k8s.io/test/mirrored:3");
-    let opts = RegistryOptions {
+    let mut opts = RegistryOptions {
         registry_mirrors: vec![format!("registry.k8s.io={}", reg.base())],
         ..Default::default()
     };
+    // A tag through a mirror is trust on first use: refused unless asked for, and the
+    // error says why and what to do (the upstream registry is unreachable here).
+    let e = format!("{:#}", lock(&lp, &opts).unwrap_err());
+    assert!(
+        e.contains("trust on first use") && e.contains("--trust-mirror-tags"),
+        "{e}"
+    );
+    opts.trust_mirror_tags = true;
     let lf = lock(&lp, &opts).unwrap();
     assert_eq!(
         lf.images[0].manifest.digest.to_string(),
