@@ -7,8 +7,9 @@
 //!   volume holding only [`ERASED_NOTE`], with the same label, serial and FAT type, and
 //!   synced: the sectors that held the config are overwritten, not just unlinked.
 //! * `/etc/kubernetes/bootstrap-kubelet.conf` (the bootstrap token again) is removed
-//!   once the kubelet holds its own client certificate, as `kubeadm join` does; until
-//!   then it stays and the next boot tries again.
+//!   once the kubelet holds its own client certificate, as `kubeadm join` does (waiting
+//!   up to [`KUBELET_CERT_WAIT`] for it); failing that it stays and the next boot tries
+//!   again.
 //!
 //! Then [`ERASED_MARKER`]. A power cut at any point leaves either the old volume or the
 //! new one (the volume is one write of its bytes, then a sync) and no marker, so the
@@ -86,9 +87,20 @@ pub fn erase_volume(dev: &Path, note: &str, at: time::OffsetDateTime) -> Result<
     Ok(())
 }
 
+/// How long a live node waits for the kubelet's client certificate before it leaves the
+/// bootstrap kubeconfig to the next boot (a worker's first boot may finish before the
+/// bootstrap master's API answers).
+pub const KUBELET_CERT_WAIT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
 /// `firstboot erase-secrets` on the node under `root` (`/` on a node: only a live node
-/// knows its boot disk; in a `--root` tree `devices` lists the volumes).
-pub fn erase_secrets(root: &Path, devices: &DeviceSet) -> Result<String> {
+/// knows its boot disk; in a `--root` tree `devices` lists the volumes). Waits up to
+/// `kubelet_wait` for the kubelet's own certificate before keeping the bootstrap
+/// kubeconfig for the next boot.
+pub fn erase_secrets(
+    root: &Path,
+    devices: &DeviceSet,
+    kubelet_wait: std::time::Duration,
+) -> Result<String> {
     let marker = rooted(root, ERASED_MARKER);
     if marker.exists() {
         return Ok("the secrets were erased on an earlier boot".into());
@@ -116,7 +128,12 @@ pub fn erase_secrets(root: &Path, devices: &DeviceSet) -> Result<String> {
     }
     let bootstrap = rooted(root, paths::BOOTSTRAP_KUBELET_CONF);
     if bootstrap.exists() {
-        if rooted(root, paths::KUBELET_CLIENT_CURRENT).exists() {
+        let cert = rooted(root, paths::KUBELET_CLIENT_CURRENT);
+        let until = std::time::Instant::now() + kubelet_wait;
+        while !cert.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_secs(5).min(kubelet_wait));
+        }
+        if cert.exists() {
             std::fs::remove_file(&bootstrap)
                 .with_context(|| format!("removing {}", bootstrap.display()))?;
             report.push(format!("{} removed", paths::BOOTSTRAP_KUBELET_CONF));

@@ -102,7 +102,11 @@ fn main() {
         Command::Run => run_firstboot(&cli.run),
         Command::EraseSecrets => {
             let devices = firstboot::source::DeviceSet::system(&cli.run.root);
-            match firstboot::erase::erase_secrets(&cli.run.root, &devices) {
+            match firstboot::erase::erase_secrets(
+                &cli.run.root,
+                &devices,
+                firstboot::erase::KUBELET_CERT_WAIT,
+            ) {
                 Ok(report) => {
                     eprintln!("firstboot: erase-secrets: {report}");
                     0

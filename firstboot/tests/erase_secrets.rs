@@ -56,7 +56,9 @@ fn the_nodeconfig_volume_and_the_bootstrap_kubeconfig_lose_their_secrets() {
     let devices = DeviceSet::files([img.clone()]);
 
     // Not before the node has joined.
-    let e = erase_secrets(&root, &devices).unwrap_err().to_string();
+    let e = erase_secrets(&root, &devices, std::time::Duration::ZERO)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("has not completed"), "{e}");
     assert_eq!(std::fs::read(&img).unwrap(), before, "changed before done");
 
@@ -68,7 +70,7 @@ fn the_nodeconfig_volume_and_the_bootstrap_kubeconfig_lose_their_secrets() {
     );
     // The kubelet has no certificate yet: the volume is erased, the bootstrap
     // kubeconfig stays, no marker (the next boot finishes the work).
-    let report = erase_secrets(&root, &devices).unwrap();
+    let report = erase_secrets(&root, &devices, std::time::Duration::ZERO).unwrap();
     assert!(
         report.contains("erased") && report.contains("kept"),
         "{report}"
@@ -119,10 +121,10 @@ fn the_nodeconfig_volume_and_the_bootstrap_kubeconfig_lose_their_secrets() {
     // With the kubelet's own certificate the bootstrap kubeconfig goes, and the marker
     // ends the work.
     put(&root, paths::KUBELET_CLIENT_CURRENT, "cert");
-    let report = erase_secrets(&root, &devices).unwrap();
+    let report = erase_secrets(&root, &devices, std::time::Duration::ZERO).unwrap();
     assert!(report.contains("removed"), "{report}");
     assert!(!root_file(paths::BOOTSTRAP_KUBELET_CONF).exists());
     assert!(root_file(ERASED_MARKER).exists());
-    let report = erase_secrets(&root, &devices).unwrap();
+    let report = erase_secrets(&root, &devices, std::time::Duration::ZERO).unwrap();
     assert!(report.contains("earlier boot"), "{report}");
 }
