@@ -285,15 +285,35 @@ fn diagnose(k: &Kubectl, pod_ip: &str) {
     };
     show("pods", k.run(&["get", "pods", "-A", "-o", "wide"]));
     for pod in ["hostnet", "hostnet-master"] {
+        // The node itself (its network namespace) to the pod.
+        show(
+            &format!("{pod}: wget the pod from the node"),
+            k.exec(
+                "default",
+                pod,
+                &[
+                    "wget",
+                    "-T",
+                    "10",
+                    "-O",
+                    "-",
+                    &format!("http://{pod_ip}:8080/"),
+                ],
+            ),
+        );
         for cmd in [
-            "nft list table inet nodeimage",
+            "nft list ruleset 2>&1 | grep -E 'chain |counter packets [1-9]|policy'",
             "ip route; ip -d link show flannel.1; ip addr show cni0",
-            "iptables-save 2>&1 | head -150",
-            "journalctl -u kubelet --no-pager -n 30 2>&1",
+            "cat /proc/net/stat/nf_conntrack | head -3; sysctl net.netfilter.nf_conntrack_checksum net.netfilter.nf_conntrack_tcp_be_liberal",
+            "iptables-save 2>&1 | grep -v '^#' | head -120",
         ] {
             show(
                 &format!("{pod}: {cmd}"),
-                k.exec("default", pod, &["chroot", "/host", "/bin/sh", "-c", cmd]),
+                k.exec(
+                    "default",
+                    pod,
+                    &["/bin/busybox", "chroot", "/host", "/bin/sh", "-c", cmd],
+                ),
             );
         }
     }
