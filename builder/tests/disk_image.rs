@@ -353,13 +353,18 @@ fn write_config_native_then_ignition() {
 
 /// `write-config` of the native node config NATIVE (as `node.yaml`) into the fixture's image.
 fn write_native_config(f: &Fixture) {
+    use std::os::unix::fs::PermissionsExt;
     let cfg = f.dir.join("node.yaml");
     std::fs::write(&cfg, NATIVE).unwrap();
+    std::fs::set_permissions(&f.image, std::fs::Permissions::from_mode(0o644)).unwrap();
     disk::write_config(&disk::WriteConfigArgs {
         image: f.image.clone(),
         config: cfg,
     })
     .unwrap();
+    // It holds the node's secrets now: nobody else may read the image file.
+    let mode = std::fs::metadata(&f.image).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "image mode after write-config");
 }
 
 fn sha256_range(p: &Path, start: u64, len: u64) -> String {

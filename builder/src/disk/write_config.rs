@@ -178,6 +178,21 @@ pub fn write_config(args: &WriteConfigArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     let source_name = args.config.display().to_string();
     let (part, kind) = write_node_config(&args.image, &source_name, &text, timestamp_now())?;
+    // The image now holds the node's secrets (a bootstrap token, a master's CA keys): an
+    // image file (not a device) readable by others becomes 0600.
+    let meta =
+        std::fs::metadata(&args.image).with_context(|| format!("stat {}", args.image.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&args.image, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 0600 {}", args.image.display()))?;
+            eprintln!(
+                "{}: mode set to 0600: it now holds the node's secrets",
+                args.image.display()
+            );
+        }
+    }
     tracing::info!(
         image = %args.image.display(),
         partition = %part.name,
