@@ -9,7 +9,7 @@ LOCK_ARGS ?=
 BUILD_ARGS ?=
 CARGO ?= cargo
 
-.PHONY: image test deps bins lint check-deps e2e
+.PHONY: image test deps bins lint check-deps e2e e2e-ha
 
 deps:
 	.ci/install-deps
@@ -38,7 +38,12 @@ lint:
 # The two-node Kubernetes cluster under QEMU (upstream built from Go modules; about 40 min
 # under TCG). Not yet part of `make test`: see qemu-tests/tests/k8s_e2e.rs.
 e2e: deps bins
-	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e -- --ignored --nocapture
+	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e two_nodes -- --ignored --nocapture
+
+# Three masters (stacked etcd) and a worker under QEMU; not part of `make test` (four VMs
+# under TCG on 2 cores).
+e2e-ha: deps bins
+	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e three_masters -- --ignored --nocapture
 
 # Prove .ci/install-deps in fresh Debian 12 trees (mmdebstrap + chroot); not part of `make test`.
 check-deps:
