@@ -2,9 +2,12 @@
 //! (`firstboot::state::gpt::read`) before it grows the state partition. The disk is
 //! untrusted as far as its bytes go (a cloud image, a disk someone else wrote).
 //!
-//! Each input is read twice: as it is, and with the CRCs of the headers at LBA 1 and at
-//! the last LBA (and of the arrays they name) recomputed, so that inputs get past the
-//! CRC checks to the code behind them (the fuzzer cannot guess a CRC32).
+//! Each input is read as it is, then with the CRCs of the headers at LBA 1 and at the
+//! last LBA (and of the arrays they name) recomputed, so that inputs get past the CRC
+//! checks to the code behind them (the fuzzer cannot guess a CRC32), and then that
+//! again at the start of a sparse 8 MiB disk: a disk grown since its table was written,
+//! the case firstboot is there for (room for the state partition), which inputs of a
+//! few KiB cannot reach otherwise.
 //!
 //! Property: the state partition firstboot would create or grow lies inside the usable
 //! LBAs, and one it would create overlaps no existing partition.
@@ -14,6 +17,8 @@ use firstboot::state::{self, gpt, StatePlan};
 use libfuzzer_sys::fuzz_target;
 
 const SECTOR: usize = 512;
+/// The size of the grown disk the input is also read at the start of.
+const GROWN_DISK: u64 = 8 << 20;
 
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -90,6 +95,9 @@ fuzz_target!(|data: &[u8]| {
         fix_crcs(&mut fixed, 1);
         if fixed != data {
             nodeimage_fuzz::with_scratch_file(&fixed, |path, _| read(path));
+        }
+        if (fixed.len() as u64) < GROWN_DISK {
+            nodeimage_fuzz::with_scratch_file_len(&fixed, GROWN_DISK, |path, _| read(path));
         }
     }
 });

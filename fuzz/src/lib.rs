@@ -25,6 +25,16 @@ thread_local! {
 /// Put `data` into this process's scratch file (created once, truncated and rewritten
 /// each time) and call `f` with the file's path and a fresh handle on it.
 pub fn with_scratch_file<T>(data: &[u8], f: impl FnOnce(&std::path::Path, File) -> T) -> T {
+    with_scratch_file_len(data, 0, f)
+}
+
+/// [`with_scratch_file`], the file then extended with zeros (sparse) to at least
+/// `min_len` bytes.
+pub fn with_scratch_file_len<T>(
+    data: &[u8],
+    min_len: u64,
+    f: impl FnOnce(&std::path::Path, File) -> T,
+) -> T {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let tmp = s.get_or_insert_with(|| {
@@ -34,43 +44,131 @@ pub fn with_scratch_file<T>(data: &[u8], f: impl FnOnce(&std::path::Path, File) 
         file.set_len(0).expect("truncate the scratch file");
         file.seek(SeekFrom::Start(0)).expect("seek the scratch file");
         file.write_all(data).expect("write the scratch file");
+        if (data.len() as u64) < min_len {
+            file.set_len(min_len).expect("extend the scratch file");
+        }
         let handle = file.try_clone().expect("a second handle on the scratch file");
         f(tmp.path(), handle)
     })
 }
 
-/// The string values under a `secrets` key (at any depth) of `text` read as YAML into
-/// JSON values, at least 8 characters long; nothing when `text` is not such YAML.
+/// The string values under a `secrets` key (at any depth) of `text` read as YAML, at
+/// least 8 characters long: those of every document, of every entry of a mapping with
+/// duplicate keys (YAML into `serde_json::Value` keeps only the last), and those found
+/// before an error.
 pub fn secrets_in(text: &str) -> Vec<String> {
-    fn all_strings(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::String(s) => out.push(s.clone()),
-            Value::Array(a) => a.iter().for_each(|v| all_strings(v, out)),
-            Value::Object(o) => o.values().for_each(|v| all_strings(v, out)),
-            _ => {}
-        }
-    }
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-            Value::Object(o) => {
-                for (k, v) in o {
-                    if k == "secrets" {
-                        all_strings(v, out);
-                    } else {
-                        walk(v, out);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
     let mut out = Vec::new();
+    for doc in yaml_serde::Deserializer::from_str(text) {
+        let walk = serde::de::DeserializeSeed::deserialize(
+            Strings {
+                under_secrets: false,
+                out: &mut out,
+            },
+            doc,
+        );
+        // A stream that does not load yields its error for ever: stop at the first.
+        if walk.is_err() {
+            break;
+        }
+    }
+    // The brief's oracle, for what the walk above might miss.
     if let Ok(v) = yaml_serde::from_str::<Value>(text) {
-        walk(&v, &mut out);
+        json_secrets(&v, false, &mut out);
     }
     out.retain(|s| s.chars().count() >= 8);
+    out.sort();
+    out.dedup();
     out
+}
+
+fn json_secrets(v: &Value, under: bool, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if under => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| json_secrets(v, under, out)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, v)| json_secrets(v, under || k == "secrets", out)),
+        _ => {}
+    }
+}
+
+/// Collects the strings below a `secrets` key, one event at a time.
+struct Strings<'a> {
+    under_secrets: bool,
+    out: &'a mut Vec<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strings<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strings<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("YAML")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        if self.under_secrets {
+            self.out.push(s.to_string());
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let under_secrets = self.under_secrets;
+        while seq
+            .next_element_seed(Strings {
+                under_secrets,
+                out: &mut *self.out,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<yaml_serde::Value>()? {
+            let under_secrets = self.under_secrets || key.as_str() == Some("secrets");
+            map.next_value_seed(Strings {
+                under_secrets,
+                out: &mut *self.out,
+            })?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        let (_tag, value) = data.variant::<serde::de::IgnoredAny>()?;
+        value.newtype_variant_seed(self)
+    }
 }
 
 /// Panic (a crash for the fuzzer) when `message` holds one of `secrets`.
@@ -172,5 +270,8 @@ mod tests {
     fn secrets_are_collected() {
         let s = secrets_in("version: 1\nsecrets:\n  ca_key: abcdefgh1\n  x: [short, longer-value]\n");
         assert_eq!(s, vec!["abcdefgh1".to_string(), "longer-value".to_string()]);
+        // Duplicate keys: serde_json::Value would keep only the last `secrets`.
+        let s = secrets_in("secrets: first-secret\nsecrets: 1\n");
+        assert_eq!(s, vec!["first-secret".to_string()]);
     }
 }

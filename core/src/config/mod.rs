@@ -91,34 +91,117 @@ impl ConfigError {
 /// Every string in `document` (YAML or JSON, read leniently; nothing when it is neither)
 /// under `secrets:` or under a key that names a key, password, token or secret, at any
 /// depth: what must never be echoed in a message about it.
+///
+/// Lenient means: every document of a multi-document stream, a mapping with duplicate
+/// keys (which `yaml_serde::Value` refuses, while the strict parser may already have
+/// quoted a secret before reaching the duplicate), and whatever comes before an error.
 pub fn secret_values(document: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for doc in yaml_serde::Deserializer::from_str(document) {
+        let seed = SecretStrings {
+            secret: false,
+            out: &mut out,
+        };
+        // An error ends the walk, keeping what was found before it (a stream that does
+        // not load yields that error again and again: never ask for another document).
+        if serde::de::DeserializeSeed::deserialize(seed, doc).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Walks a YAML document entry by entry for [`secret_values`].
+struct SecretStrings<'a> {
+    /// Under a secret-naming key.
+    secret: bool,
+    out: &'a mut Vec<String>,
+}
+
+impl SecretStrings<'_> {
     fn secret_key(k: &str) -> bool {
         let k = k.to_ascii_lowercase();
         ["secret", "key", "password", "token", "passwd"]
             .iter()
             .any(|w| k.contains(w))
     }
-    fn walk(v: &yaml_serde::Value, secret: bool, out: &mut Vec<String>) {
-        match v {
-            yaml_serde::Value::String(s) if secret => out.push(s.clone()),
-            yaml_serde::Value::Sequence(items) => {
-                items.iter().for_each(|i| walk(i, secret, out));
-            }
-            yaml_serde::Value::Mapping(m) => {
-                for (k, v) in m {
-                    let named = k.as_str().is_some_and(secret_key);
-                    walk(v, secret || named, out);
-                }
-            }
-            yaml_serde::Value::Tagged(t) => walk(&t.value, secret, out),
-            _ => {}
+
+    fn below(&mut self, named: bool) -> SecretStrings<'_> {
+        SecretStrings {
+            secret: self.secret || named,
+            out: self.out,
         }
     }
-    let mut out = Vec::new();
-    if let Ok(v) = yaml_serde::from_str::<yaml_serde::Value>(document) {
-        walk(&v, false, &mut out);
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for SecretStrings<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
-    out
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretStrings<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        if self.secret {
+            self.out.push(s.to_string());
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self.below(false))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<yaml_serde::Value>()? {
+            let named = key.as_str().is_some_and(Self::secret_key);
+            map.next_value_seed(self.below(named))?;
+        }
+        Ok(())
+    }
+
+    /// A tagged value (`!tag value`).
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        let (_tag, value) = data.variant::<serde::de::IgnoredAny>()?;
+        value.newtype_variant_seed(self)
+    }
 }
 
 /// Parse strict YAML, turning yaml_serde's error (which carries "at line L column C")

@@ -184,8 +184,9 @@ impl<R: Read + Seek> FatImage<R> {
     pub fn read_all(&mut self) -> Result<BTreeMap<String, Vec<u8>>, FatError> {
         let mut out = BTreeMap::new();
         let root = self.fs.root();
+        let volume = self.boot.volume_bytes();
         self.walk(root, String::new(), 0, &mut |path, node, size, fs| {
-            let data = read_node(fs, node, size, &path)?;
+            let data = read_node(fs, node, size, volume, &path)?;
             out.insert(path, data);
             Ok(())
         })?;
@@ -218,8 +219,9 @@ impl<R: Read + Seek> FatImage<R> {
         let not_found = || FatError::NotFound {
             path: path.to_string(),
         };
+        let volume = self.boot.volume_bytes();
         self.with_entry(path, |fs, node, ft, size| match (node, ft) {
-            (Some(node), FileType::File) => read_node(fs, node, size, path).map(Some),
+            (Some(node), FileType::File) => read_node(fs, node, size, volume, path).map(Some),
             _ => Ok(None),
         })?
         .flatten()
@@ -328,13 +330,26 @@ impl<R: Read + Seek> FatImage<R> {
     }
 }
 
+/// The `size` bytes of a file, `size` as its directory entry says; `volume` is the
+/// volume's size in bytes, which no file's data can exceed.
 fn read_node<R: Read + Seek>(
     fs: &mut FatFs<Window<R>>,
     node: NodeId,
     size: u64,
+    volume: u64,
     path: &str,
 ) -> Result<Vec<u8>, FatError> {
     let what = || format!("reading `{path}`");
+    // The size is the directory entry's word (up to 4 GiB): refuse one the volume cannot
+    // hold before allocating for it.
+    if size > volume {
+        return Err(FatError::Filesystem {
+            what: what(),
+            message: format!(
+                "its directory entry says {size} bytes, more than the {volume}-byte volume holds"
+            ),
+        });
+    }
     fs.open(node, OpenMode::Read)
         .map_err(|e| fs_err(what(), e))?;
     let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];

@@ -165,6 +165,16 @@ fn read_copy(
             hdr.entries_lba
         ));
     }
+    // An array over the protective MBR or over its own header is not a table (and would
+    // leave no usable LBAs: see `last_usable`).
+    if hdr.entries_lba == 0
+        || (hdr.entries_lba..hdr.entries_lba + bytes.div_ceil(SECTOR)).contains(&lba)
+    {
+        return Err(format!(
+            "header at LBA {lba}: partition array at LBA {} overlaps the MBR or the header",
+            hdr.entries_lba
+        ));
+    }
     let array = read_at(f, hdr.entries_lba * SECTOR, bytes as usize).map_err(|e| e.to_string())?;
     if crc32fast::hash(&array) != hdr.entries_crc {
         return Err(format!(
@@ -234,9 +244,10 @@ fn array_sectors(count: u32, size: u32) -> u64 {
     (u64::from(count) * u64::from(size)).div_ceil(SECTOR)
 }
 
-/// The last usable LBA of a disk of `n` sectors: before the backup array and header.
+/// The last usable LBA of a disk of `n` sectors: before the backup array and header
+/// (0 when they would not even fit; [`read`] accepts no such table).
 fn last_usable(n: u64, count: u32, size: u32) -> u64 {
-    n - 2 - array_sectors(count, size)
+    n.saturating_sub(2 + array_sectors(count, size))
 }
 
 impl Table {

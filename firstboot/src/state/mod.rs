@@ -101,8 +101,10 @@ impl StatePlan {
 /// Decide what to do, from the existing partitions, the disk's last usable LBA (with the
 /// backup GPT at the disk's end) and the state partition's GUID. Pure, for tests.
 pub fn plan(partitions: &[Entry], last_usable: u64, state_guid: &Uuid) -> Result<StatePlan> {
-    // Keep the end aligned, as partitioning tools do.
-    let aligned_last = (last_usable + 1) / ALIGN_SECTORS * ALIGN_SECTORS - 1;
+    // Keep the end aligned, as partitioning tools do. A disk with less than one aligned
+    // MiB usable has no aligned end: 0, so nothing is grown and nothing fits.
+    let aligned_last =
+        (last_usable.saturating_add(1) / ALIGN_SECTORS * ALIGN_SECTORS).saturating_sub(1);
     for p in partitions {
         let ours = p.type_guid == gpt::LINUX_FS && p.part_guid == *state_guid;
         if p.name == STATE_PARTITION_NAME && !ours {
@@ -122,6 +124,15 @@ pub fn plan(partitions: &[Entry], last_usable: u64, state_guid: &Uuid) -> Result
         .iter()
         .find(|p| p.type_guid == gpt::LINUX_FS && p.part_guid == *state_guid);
     if let Some(p) = ours {
+        if p.first > p.last {
+            bail!(
+                "partition {} (the state partition) starts at LBA {} after its end at LBA {}: \
+                 the partition table is damaged; refusing to grow or reuse it",
+                p.number,
+                p.first,
+                p.last
+            );
+        }
         if aligned_last > p.last
             && partitions
                 .iter()
@@ -141,10 +152,14 @@ pub fn plan(partitions: &[Entry], last_usable: u64, state_guid: &Uuid) -> Result
         });
     }
     let end_of_last = partitions.iter().map(|p| p.last).max().unwrap_or(2047);
-    let first = (end_of_last + 1).div_ceil(ALIGN_SECTORS) * ALIGN_SECTORS;
+    // An entry may end anywhere (up to u64::MAX): past the aligned end there is no room.
+    let first = end_of_last
+        .checked_add(1)
+        .and_then(|e| e.checked_next_multiple_of(ALIGN_SECTORS))
+        .unwrap_or(u64::MAX);
     let number = partitions.iter().map(|p| p.number).max().unwrap_or(0) + 1;
     // At least 64 MiB, or there is no point.
-    if aligned_last < first + 64 * 2048 {
+    if aligned_last < first.saturating_add(64 * 2048) {
         bail!(
             "the disk has no room for the state partition: {} MiB free after the image's partitions; grow the disk (at least 1 GiB is sensible)",
             (last_usable.saturating_sub(first) + 1) * SECTOR / (1 << 20)
