@@ -578,8 +578,6 @@ fn prepare_nodes(
 }
 
 #[test]
-#[ignore = "not yet passing under TCG (both nodes register as v1.36.0, pods cannot start: \
-            systemd-resolved fails on the node); run with `make e2e`"]
 fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     if !test_support::Needs::new("k8s e2e")
         .root()
@@ -941,7 +939,7 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
         serde_json::json!(["erased.txt"]),
         "the worker's NODECONFIG after joining: {inspected}"
     );
-    let mut worker = start(&nodes[1], lab, &work, "boot2");
+    let worker = start(&nodes[1], lab, &work, "boot2");
     eventually(
         "the worker NotReady or Ready again",
         Duration::from_secs(20 * 60),
@@ -972,8 +970,9 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     firewall_enforced("after the worker's reboot");
 
     phase("done", t0);
-    master.powerdown(Duration::from_secs(300)).ok();
-    worker.powerdown(Duration::from_secs(300)).ok();
+    // The VMs are killed on drop: a graceful shutdown of a loaded TCG node (the kubelet
+    // draining, etcd stopping) takes minutes and proves nothing more here.
+    drop((master, worker));
 }
 
 const HA_MASTERS: [(&str, &str, u8, u32); 3] = [
@@ -1162,7 +1161,5 @@ spec:
         ns.lines().last().unwrap_or("")
     );
     phase("done", t0);
-    for vm in vms.iter_mut() {
-        vm.powerdown(Duration::from_secs(300)).ok();
-    }
+    drop(vms);
 }
