@@ -8,6 +8,8 @@ PROFILE ?= profiles/k8s-1.36-x86_64.toml
 LOCK_ARGS ?=
 BUILD_ARGS ?=
 CARGO ?= cargo
+# Where cargo builds (CARGO_TARGET_DIR when set, as .ci/run sets it).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: image test deps bins lint check-deps e2e e2e-ha
 
@@ -20,8 +22,8 @@ bins:
 # Like cargo without --locked: resolve image tags to digests when the lock file is missing
 # or stale, then build (which itself refuses a stale lock).
 image: deps bins
-	./target/release/nodeimage lock --check $(PROFILE) || ./target/release/nodeimage lock $(PROFILE) $(LOCK_ARGS)
-	./target/release/nodeimage build $(PROFILE) $(LOCK_ARGS) $(BUILD_ARGS)
+	$(TARGET_DIR)/release/nodeimage lock --check $(PROFILE) || $(TARGET_DIR)/release/nodeimage lock $(PROFILE) $(LOCK_ARGS)
+	$(TARGET_DIR)/release/nodeimage build $(PROFILE) $(LOCK_ARGS) $(BUILD_ARGS)
 
 # Compile, unit and integration tests, then the QEMU boots; each phase timed.
 test: deps

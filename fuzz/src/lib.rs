@@ -42,12 +42,15 @@ pub fn with_scratch_file_len<T>(
         });
         let file = tmp.as_file_mut();
         file.set_len(0).expect("truncate the scratch file");
-        file.seek(SeekFrom::Start(0)).expect("seek the scratch file");
+        file.seek(SeekFrom::Start(0))
+            .expect("seek the scratch file");
         file.write_all(data).expect("write the scratch file");
         if (data.len() as u64) < min_len {
             file.set_len(min_len).expect("extend the scratch file");
         }
-        let handle = file.try_clone().expect("a second handle on the scratch file");
+        let handle = file
+            .try_clone()
+            .expect("a second handle on the scratch file");
         f(tmp.path(), handle)
     })
 }
@@ -268,7 +271,8 @@ mod tests {
 
     #[test]
     fn secrets_are_collected() {
-        let s = secrets_in("version: 1\nsecrets:\n  ca_key: abcdefgh1\n  x: [short, longer-value]\n");
+        let s =
+            secrets_in("version: 1\nsecrets:\n  ca_key: abcdefgh1\n  x: [short, longer-value]\n");
         assert_eq!(s, vec!["abcdefgh1".to_string(), "longer-value".to_string()]);
         // Duplicate keys: serde_json::Value would keep only the last `secrets`.
         let s = secrets_in("secrets: first-secret\nsecrets: 1\n");

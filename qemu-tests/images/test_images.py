@@ -669,7 +669,8 @@ def lock_through_mirrors(t: unittest.TestCase, url: str):
     the published digests are upstream's, not these images'), with every registry
     mirrored to the test registry: each resolves to the digest that was built."""
     nodeimage = os.environ.get("NODEIMAGE_BIN") or next(
-        (p for p in (os.path.join(REPO, "target", d, "nodeimage") for d in ("release", "debug"))
+        (p for p in (os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target"), d, "nodeimage")
+                     for d in ("release", "debug"))
          if os.path.isfile(p)), None)
     if not nodeimage:
         missing("the nodeimage binary is not built (cargo build --release -p nodeimage, or set NODEIMAGE_BIN)")

@@ -131,7 +131,8 @@ fn config_report(image: &Path, p: &PartitionInfo) -> Result<ConfigReport, DiskEr
     let text = String::from_utf8_lossy(&bytes);
     if native {
         r.kind = Some("native".into());
-        match NodeConfig::parse(&source_name, &text) {
+        // The config may hold secrets: a parse error must not show them (redacted).
+        match NodeConfig::parse_untrusted(&source_name, &text) {
             Ok(c) => {
                 let (summary, secrets) = redact_native(&c);
                 r.summary = Some(summary);

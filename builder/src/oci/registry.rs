@@ -550,6 +550,7 @@ mod tests {
             ],
             auth_file: None,
             plain_http_registries: vec!["127.0.0.1:5001".into()],
+            trust_mirror_tags: false,
         })
         .unwrap();
         let k8s = Reference::parse("registry.k8s.io/pause:3.10.1").unwrap();

@@ -222,3 +222,41 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/node_config/regress-duplicate-key-hides-secret.yaml):
+    /// a duplicate key anywhere made `yaml_serde::Value` refuse the document, so no
+    /// secret was known, and serde's quote of a secret that looks like a schema name
+    /// (lower case) stayed in the message.
+    #[test]
+    fn duplicate_keys_do_not_hide_secrets() {
+        let doc = "version: 1\nrole: master\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1\nsecrets: \"wv3avemarkerpassw0rdxyzzy\"\nlabels:\n  tier: a\n  tier: b\n";
+        assert_eq!(
+            secret_values(doc),
+            vec!["wv3avemarkerpassw0rdxyzzy".to_string()]
+        );
+        let e = NodeConfig::parse_untrusted("ec2", doc)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("wv3avemarkerpassw0rdxyzzy"), "{e}");
+        // Both entries of a duplicated key count.
+        assert_eq!(
+            secret_values("secrets: first-secret\nsecrets: {token: second-secret}\n"),
+            vec!["first-secret".to_string(), "second-secret".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_document_counts_and_an_unloadable_one_ends_the_walk() {
+        assert_eq!(
+            secret_values("password: one\n---\ntoken: two\n"),
+            vec!["one".to_string(), "two".to_string()]
+        );
+        // Found by fuzzing: a stream that does not load yields its error for ever.
+        assert!(secret_values("a: [\nb: c\n").is_empty());
+        assert_eq!(secret_values("key: !tagged v\n"), vec!["v".to_string()]);
+    }
+}

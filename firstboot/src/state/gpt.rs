@@ -563,6 +563,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// Found by fuzzing (fuzz/corpus/gpt/regress-backup-array-over-mbr-40k.img): a
+    /// backup header whose array runs from LBA 0 up to it has valid CRCs, and left
+    /// `last_usable` below zero.
+    #[test]
+    fn an_array_over_the_mbr_is_not_a_table() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk.raw");
+        let n: u64 = 80;
+        let mut disk = vec![0u8; (n * SECTOR) as usize];
+        let count = (n as u32 - 1) * 4;
+        let at = ((n - 1) * SECTOR) as usize;
+        let crc = crc32fast::hash(&disk[..at]);
+        let h = &mut disk[at..];
+        h[..8].copy_from_slice(SIGNATURE);
+        h[8..12].copy_from_slice(&REVISION.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        h[24..32].copy_from_slice(&(n - 1).to_le_bytes());
+        h[32..40].copy_from_slice(&1u64.to_le_bytes());
+        h[80..84].copy_from_slice(&count.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc.to_le_bytes());
+        let hcrc = crc32fast::hash(&h[..HEADER_SIZE]);
+        h[16..20].copy_from_slice(&hcrc.to_le_bytes());
+        std::fs::write(&img, &disk).unwrap();
+        let e = format!("{:#}", read(&img).unwrap_err());
+        assert!(e.contains("overlaps the MBR"), "{e}");
+    }
+
     #[test]
     fn a_damaged_primary_falls_back_to_the_backup_and_is_rewritten() {
         let d = tempfile::tempdir().unwrap();

@@ -799,6 +799,39 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing (fuzz/corpus/gpt/no-backup-40k.img): with less than an aligned
+    /// MiB usable the aligned end underflowed, and a release build planned a partition
+    /// ending at LBA 2^64-1.
+    #[test]
+    fn a_disk_under_one_mib_gets_nothing_past_its_end() {
+        let e = plan(&[part(1, "ESP", 34, 63)], 46, &GUID).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+        assert_eq!(
+            plan(&[state(3, 80, 94)], 94, &GUID).unwrap(),
+            StatePlan::Keep {
+                number: 3,
+                first: 80,
+                last: 94
+            }
+        );
+    }
+
+    /// Found by fuzzing: an entry ending at LBA 2^64-1 overflowed the start of the
+    /// partition to create (0 in a release build: over the GPT itself).
+    #[test]
+    fn an_entry_ending_at_the_last_possible_lba_leaves_no_room() {
+        let last_usable = 8 * 1024 * 2048 - 34;
+        let e = plan(&[part(1, "ESP", 2048, u64::MAX)], last_usable, &GUID).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+    }
+
+    /// Found by fuzzing: a state entry that starts after its end was "grown".
+    #[test]
+    fn a_state_entry_starting_after_its_end_is_refused() {
+        let e = plan(&[state(3, 1 << 40, 94)], 16350, &GUID).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+    }
+
     #[test]
     fn copy_counts_every_entry() {
         let d = tempfile::tempdir().unwrap();
