@@ -367,6 +367,19 @@ fn firewall_enforced(when: &str) {
     }
 }
 
+/// Root and the tools every scenario needs (under CI a missing one fails the test).
+fn needs_e2e(test: &str) -> bool {
+    test_support::Needs::new(test)
+        .root()
+        .tool("qemu-system-x86_64", "qemu-system-x86 (bookworm-backports)")
+        .tool("mmdebstrap", "mmdebstrap")
+        .tool("dnsmasq", "dnsmasq-base")
+        .tool("go", "Go (the machine's toolchain)")
+        .tool("python3", "python3")
+        .file("/usr/bin/docker-registry", "docker-registry")
+        .met()
+}
+
 /// What every scenario shares: upstream built from its Go modules, the lab network with
 /// its registry (the test images pushed) and metadata stand-in, and the image built
 /// through the product's normal path.
@@ -579,16 +592,7 @@ fn prepare_nodes(
 
 #[test]
 fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
-    if !test_support::Needs::new("k8s e2e")
-        .root()
-        .tool("qemu-system-x86_64", "qemu-system-x86 (bookworm-backports)")
-        .tool("mmdebstrap", "mmdebstrap")
-        .tool("dnsmasq", "dnsmasq-base")
-        .tool("go", "Go (the machine's toolchain)")
-        .tool("python3", "python3")
-        .file("/usr/bin/docker-registry", "docker-registry")
-        .met()
-    {
+    if !needs_e2e("k8s e2e") {
         return;
     }
     let t0 = Instant::now();
@@ -1030,16 +1034,7 @@ addons:
 #[test]
 #[ignore = "four VMs under TCG on 2 cores; run with `make e2e-ha` (its time is in docs/testing.md)"]
 fn three_masters_and_a_worker_form_one_cluster_with_stacked_etcd() {
-    if !test_support::Needs::new("k8s e2e, three masters")
-        .root()
-        .tool("qemu-system-x86_64", "qemu-system-x86 (bookworm-backports)")
-        .tool("mmdebstrap", "mmdebstrap")
-        .tool("dnsmasq", "dnsmasq-base")
-        .tool("go", "Go (the machine's toolchain)")
-        .tool("python3", "python3")
-        .file("/usr/bin/docker-registry", "docker-registry")
-        .met()
-    {
+    if !needs_e2e("k8s e2e, three masters") {
         return;
     }
     let t0 = Instant::now();
