@@ -22,9 +22,11 @@ use anyhow::{bail, Context, Result};
 use nodeimage_core::fat::{self, BootSector, FatOptions};
 use nodeimage_core::files::{atomic_write, rooted};
 use nodeimage_core::layout::paths;
+use nodeimage_core::retry::{wait_until, Backoff, Deadline, Poll};
 
 use crate::run::{already_done, STATE_DIR};
-use crate::source::{nodeconfig_volumes, DeviceSet, NODECONFIG_LABEL};
+use crate::source::{nodeconfig_volumes, DeviceSet, IGNITION_FILE_NAME, NODECONFIG_LABEL};
+use nodeimage_core::config::NODE_CONFIG_FILE_NAME;
 
 /// Written once the secrets are gone.
 pub const ERASED_MARKER: &str = "/var/lib/firstboot/secrets-erased";
@@ -113,7 +115,7 @@ pub fn erase_secrets(
     match nodeconfig_volumes(devices) {
         Ok(vols) => {
             for v in vols {
-                let holds_config = ["node.yaml", "config.ign"]
+                let holds_config = [NODE_CONFIG_FILE_NAME, IGNITION_FILE_NAME]
                     .iter()
                     .any(|f| matches!(v.fs.read_file(f), Ok(Some(_))));
                 if holds_config {
@@ -129,10 +131,15 @@ pub fn erase_secrets(
     let bootstrap = rooted(root, paths::BOOTSTRAP_KUBELET_CONF);
     if bootstrap.exists() {
         let cert = rooted(root, paths::KUBELET_CLIENT_CURRENT);
-        let until = std::time::Instant::now() + kubelet_wait;
-        while !cert.exists() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_secs(5).min(kubelet_wait));
-        }
+        let deadline = Deadline::after(kubelet_wait);
+        let step = std::time::Duration::from_secs(5);
+        let _ = wait_until(&deadline, &mut Backoff::new(step, step), |_| {
+            if cert.exists() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(())
+            }
+        });
         if cert.exists() {
             std::fs::remove_file(&bootstrap)
                 .with_context(|| format!("removing {}", bootstrap.display()))?;

@@ -344,6 +344,33 @@ fn diagnose(k: &Kubectl, pod_ip: &str) {
     );
 }
 
+/// Wait for firstboot's last line on `node`'s console; it must say ok.
+fn firstboot_ok(node: &Node, vm: &mut Vm, timeout: Duration) {
+    let (line, at) = vm.wait_for_any(FIRSTBOOT_END, timeout).unwrap();
+    eprintln!(
+        "e2e: {}: {line} ({:.0} s after power-on)",
+        node.name,
+        at.as_secs_f64()
+    );
+    assert!(line.starts_with("firstboot: ok"), "{}: {line}", node.name);
+}
+
+/// Wait until `node` is Ready, and say how long after its power-on.
+fn wait_ready(k: &Kubectl, node: &Node, vm: &Vm, timeout: Duration) {
+    eventually(
+        &format!("{} Ready", node.name),
+        timeout,
+        Duration::from_secs(10),
+        || Ok(node_ready(k, node.name).then_some(())),
+    )
+    .unwrap();
+    eprintln!(
+        "e2e: {} Ready {:.0} s after power-on",
+        node.name,
+        vm.started.elapsed().as_secs_f64()
+    );
+}
+
 /// The firewall is loaded and enforcing on both nodes: from the test (on the lab, not a
 /// cluster node) the API answers, and ports the port table closes to it do not.
 fn firewall_enforced(when: &str) {
@@ -626,37 +653,12 @@ fn two_nodes_from_one_image_become_a_kubernetes_cluster() {
     phase("boot both nodes", t0);
     let mut master = start(&nodes[0], lab, &work, "boot1");
     let mut worker = start(&nodes[1], lab, &work, "boot1");
-    let (mline, mat) = master
-        .wait_for_any(FIRSTBOOT_END, FIRSTBOOT_TIMEOUT)
-        .unwrap();
-    eprintln!(
-        "e2e: master: {mline} ({:.0} s after power-on)",
-        mat.as_secs_f64()
-    );
-    assert!(mline.starts_with("firstboot: ok"), "master: {mline}");
-    let (wline, wat) = worker
-        .wait_for_any(FIRSTBOOT_END, FIRSTBOOT_TIMEOUT)
-        .unwrap();
-    eprintln!(
-        "e2e: worker: {wline} ({:.0} s after power-on)",
-        wat.as_secs_f64()
-    );
-    assert!(wline.starts_with("firstboot: ok"), "worker: {wline}");
+    firstboot_ok(&nodes[0], &mut master, FIRSTBOOT_TIMEOUT);
+    firstboot_ok(&nodes[1], &mut worker, FIRSTBOOT_TIMEOUT);
 
     phase("nodes Ready", t0);
     for (node, vm) in [(&nodes[0], &master), (&nodes[1], &worker)] {
-        eventually(
-            &format!("{} Ready", node.name),
-            Duration::from_secs(20 * 60),
-            Duration::from_secs(10),
-            || Ok(node_ready(&k, node.name).then_some(())),
-        )
-        .unwrap();
-        eprintln!(
-            "e2e: {} Ready {:.0} s after power-on",
-            node.name,
-            vm.started.elapsed().as_secs_f64()
-        );
+        wait_ready(&k, node, vm, Duration::from_secs(20 * 60));
     }
     let version = k.json(&["version"]).unwrap();
     assert_eq!(
@@ -1054,31 +1056,12 @@ fn three_masters_and_a_worker_form_one_cluster_with_stacked_etcd() {
         .map(|n| start(n, &b.lab, &work, "boot1"))
         .collect();
     for (n, vm) in nodes.iter().zip(vms.iter_mut()) {
-        let (line, at) = vm
-            .wait_for_any(FIRSTBOOT_END, Duration::from_secs(60 * 60))
-            .unwrap();
-        eprintln!(
-            "e2e-ha: {}: {line} ({:.0} s after power-on)",
-            n.name,
-            at.as_secs_f64()
-        );
-        assert!(line.starts_with("firstboot: ok"), "{}: {line}", n.name);
+        firstboot_ok(n, vm, Duration::from_secs(60 * 60));
     }
 
     phase("nodes Ready", t0);
     for (n, vm) in nodes.iter().zip(vms.iter()) {
-        eventually(
-            &format!("{} Ready", n.name),
-            Duration::from_secs(30 * 60),
-            Duration::from_secs(15),
-            || Ok(node_ready(&k, n.name).then_some(())),
-        )
-        .unwrap();
-        eprintln!(
-            "e2e-ha: {} Ready {:.0} s after power-on",
-            n.name,
-            vm.started.elapsed().as_secs_f64()
-        );
+        wait_ready(&k, n, vm, Duration::from_secs(30 * 60));
     }
 
     phase("one etcd cluster behind three API servers", t0);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nodeimage_core::config::{
-    bootstrap_token_expiration, go_duration, BootstrapToken, ClusterConfig,
+    bootstrap_token_expiration, check_bootstrap_token_ttl, BootstrapToken, ClusterConfig,
     BOOTSTRAP_TOKEN_SECRET_TYPE, DEFAULT_BOOTSTRAP_TOKEN_TTL,
 };
 use nodeimage_core::files::write_secret;
@@ -55,9 +55,8 @@ pub fn cluster_token(args: &TokenArgs) -> Result<()> {
         .clone()
         .or_else(|| cluster.bootstrap_token_ttl.clone())
         .unwrap_or_else(|| DEFAULT_BOOTSTRAP_TOKEN_TTL.to_string());
-    match go_duration(&ttl) {
-        Some(d) if d <= Duration::from_secs(366 * 86400) => {}
-        _ => bail!("--ttl: expected a duration like `24h` or `90m` of at most a year (`0`: never expires), found `{ttl}`"),
+    if let Err(m) = check_bootstrap_token_ttl(&ttl) {
+        bail!("--ttl: {m}");
     }
     let server = api_server(&cluster, &args.config, &args.server)?;
     let token: BootstrapToken = new_bootstrap_token()

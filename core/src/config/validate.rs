@@ -67,21 +67,25 @@ fn validate_components(src: &str, prefix: &str, c: &super::Components) -> Result
     Ok(())
 }
 
-/// `bootstrap_token_ttl`: a Go duration of at most a year (`0`: never expires).
-fn validate_token_ttl(src: &str, field: &str, ttl: Option<&str>) -> Result<(), ConfigError> {
-    let Some(ttl) = ttl else { return Ok(()) };
+/// A bootstrap token lifetime: a Go duration of at most a year (`0`: never expires).
+/// The error says what was expected and what was found.
+pub fn check_bootstrap_token_ttl(ttl: &str) -> Result<std::time::Duration, String> {
     match go_duration(ttl) {
-        Some(d) if d <= std::time::Duration::from_secs(366 * 86400) => Ok(()),
-        Some(_) => Err(ConfigError::invalid(
-            src,
-            field,
-            format!("expected at most a year (8784h), found `{ttl}`; `0` never expires"),
+        Some(d) if d <= std::time::Duration::from_secs(366 * 86400) => Ok(d),
+        Some(_) => Err(format!(
+            "expected at most a year (8784h), found `{ttl}`; `0` never expires"
         )),
-        None => Err(ConfigError::invalid(
-            src,
-            field,
-            format!("expected a duration like `24h` or `90m` (`0`: never expires), found `{ttl}`"),
+        None => Err(format!(
+            "expected a duration like `24h` or `90m` (`0`: never expires), found `{ttl}`"
         )),
+    }
+}
+
+/// `bootstrap_token_ttl` of a config, when set.
+fn validate_token_ttl(src: &str, field: &str, ttl: Option<&str>) -> Result<(), ConfigError> {
+    match ttl.map(check_bootstrap_token_ttl) {
+        Some(Err(m)) => Err(ConfigError::invalid(src, field, m)),
+        _ => Ok(()),
     }
 }
 

@@ -108,7 +108,7 @@ pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
 pub use dmi::detect_from_dmi;
 pub use fs::FilesystemReader;
 pub use fwcfg::FW_CFG_NAME;
-pub use nodeconfig::{nodeconfig_volumes, NODECONFIG_LABEL};
+pub use nodeconfig::{nodeconfig_volumes, IGNITION_FILE_NAME, NODECONFIG_LABEL};
 pub use platform::{Platform, PlatformChoice};
 
 /// Everything a source needs to know about the machine it runs on.
