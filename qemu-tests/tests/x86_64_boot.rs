@@ -107,7 +107,9 @@ fn first_boot_then_reboot() {
     test_support::assert_contains(&inspect, &["NODECONFIG", "test-node-1"]);
 
     // A stranger's NODECONFIG on a second disk that sorts first (AHCI `sda` before the
-    // boot disk `vda`): firstboot must take the boot disk's own.
+    // boot disk `vda`): firstboot must take the boot disk's own, and must neither read
+    // nor erase the stranger's. The disk is writable (QEMU's IDE disks refuse read-only
+    // block nodes), so the check after the boot below is a real one.
     let rogue = test_support::images::fat_image(
         &base,
         "rogue-nodeconfig.img",
@@ -121,10 +123,7 @@ fn first_boot_then_reboot() {
     );
     let rogue_disk = vec![
         "-drive".to_string(),
-        format!(
-            "file={},format=raw,if=none,id=rogue,readonly=on",
-            rogue.display()
-        ),
+        format!("file={},format=raw,if=none,id=rogue", rogue.display()),
         "-device".to_string(),
         "ide-hd,drive=rogue,bus=ide.0".to_string(),
     ];
@@ -140,6 +139,18 @@ fn first_boot_then_reboot() {
         r1[0].clone()
     });
     assert_eq!(r1["hostname"], "test-node-1");
+    let rogue_bytes = std::fs::read(&rogue).unwrap();
+    let rogue_len = rogue_bytes.len() as u64;
+    let rogue_files =
+        nodeimage_core::fat::FatImage::open(std::io::Cursor::new(rogue_bytes), 0, rogue_len)
+            .unwrap()
+            .read_all()
+            .unwrap();
+    assert_eq!(
+        rogue_files.keys().collect::<Vec<_>>(),
+        ["node.yaml"],
+        "the stranger's NODECONFIG was changed by the first boot"
+    );
     // After a successful first boot the config (and its secrets) left NODECONFIG.
     let after: serde_json::Value = serde_json::from_str(
         &run(Command::new(&nodeimage)

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::cmd::{run_ok, tool};
 
 /// `mkfs.fat <args> -C <dir>/<name> <kib>`, then `files` (path, contents) copied in
-/// with mcopy (parent directories made with mmd). Returns the image path.
+/// with mcopy (parent directories made with mmd). An image left by an earlier run is
+/// replaced (mkfs.fat -C refuses an existing file). Returns the image path.
 pub fn mkfs_fat(
     dir: &Path,
     name: &str,
@@ -15,6 +16,12 @@ pub fn mkfs_fat(
     files: &[(&str, &[u8])],
 ) -> PathBuf {
     let img = dir.join(name);
+    match std::fs::remove_file(&img) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            panic!("removing {}: {e}", img.display())
+        }
+        _ => {}
+    }
     run_ok(
         tool("mkfs.fat", "dosfstools")
             .args(args)
