@@ -37,13 +37,12 @@ lint:
 	$(CARGO) machete
 	.ci/lint-shell
 
-# The two-node Kubernetes cluster under QEMU (upstream built from Go modules; about 40 min
-# under TCG). Not yet part of `make test`: see qemu-tests/tests/k8s_e2e.rs.
+# The two-node Kubernetes cluster under QEMU alone (upstream built from Go modules; part
+# of `make test` too; about 20 min under TCG with warm caches), and the three-master
+# scenario, which is not in `make test` (see docs/testing.md).
 e2e: deps bins
-	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e two_nodes -- --ignored --nocapture
+	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e two_nodes -- --nocapture
 
-# Three masters (stacked etcd) and a worker under QEMU; not part of `make test` (four VMs
-# under TCG on 2 cores).
 e2e-ha: deps bins
 	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e three_masters -- --ignored --nocapture
 
