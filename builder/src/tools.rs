@@ -23,10 +23,20 @@ pub const TAR: Tool = Tool::new("tar", "tar");
 pub const CHROOT: Tool = Tool::new("chroot", "coreutils");
 pub const SYSTEMCTL: Tool = Tool::new("systemctl", "systemd");
 pub const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
+pub const QEMU_IMG: Tool = Tool::new("qemu-img", "qemu-utils");
 pub const QEMU_USER_AARCH64: Tool = Tool::new("qemu-aarch64-static", "qemu-user-static");
 
 /// Tools every `nodeimage build` needs.
 pub const BUILD_TOOLS: &[Tool] = &[MMDEBSTRAP, MKFS_EROFS, TAR, CHROOT, SYSTEMCTL, DPKG_QUERY];
+
+/// [`BUILD_TOOLS`] plus what the profile's output formats need (qcow2: qemu-img).
+pub fn build_tools(formats: &[crate::profile::OutputFormat]) -> Vec<Tool> {
+    let mut tools = BUILD_TOOLS.to_vec();
+    if formats.contains(&crate::profile::OutputFormat::Qcow2) {
+        tools.push(QEMU_IMG);
+    }
+    tools
+}
 
 /// Find `program` on PATH (plus the sbin directories, which a non-root PATH may lack).
 pub fn which(program: &str) -> Option<PathBuf> {

@@ -214,10 +214,11 @@ impl Build {
         // Like `cargo --locked`: images come only from an up-to-date lock file.
         let lock = crate::oci::check_lock(&lp)?;
         let epoch = epoch_for(&args.profile, args.source_date_epoch);
+        let needed = tools::build_tools(&lp.profile.outputs.formats);
         if args.install_deps {
-            tools::install_missing(tools::BUILD_TOOLS)?;
+            tools::install_missing(&needed)?;
         }
-        tools::require(tools::BUILD_TOOLS)?;
+        tools::require(&needed)?;
         if unsafe { libc::geteuid() } != 0 {
             bail!("nodeimage build needs root (mmdebstrap root mode, chroot for the initramfs); run it with sudo");
         }

@@ -1,10 +1,14 @@
-//! The output directory: the raw image and/or its zstd compression, and manifest.json
-//! with the partitions and the outputs' hashes.
+//! The output directory: the profile's formats of the one disk (raw, raw.zst, qcow2, a
+//! fixed VHD, a GCE tarball), manifest.json with the partitions and the outputs'
+//! hashes, and SHA256SUMS over all of them (`sha256sum -c` reads it). Every output is
+//! reproducible: nothing in them depends on the time or the machine of the build.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::assemble::DiskImage;
 use super::{sha256_file, Build};
@@ -32,6 +36,22 @@ pub fn write_outputs(b: &Build, disk: &DiskImage, mut manifest: Manifest) -> Res
         let (file, format) = match f {
             OutputFormat::Raw => (disk.raw.clone(), "raw"),
             OutputFormat::RawZst => (zst.clone(), "raw.zst"),
+            OutputFormat::Qcow2 => {
+                let out = b.out_dir.join(format!("{}.qcow2", p.name));
+                write_qcow2(&disk.raw, &out)?;
+                (out, "qcow2")
+            }
+            OutputFormat::Vhd => {
+                let out = b.out_dir.join(format!("{}.vhd", p.name));
+                let id = crate::disk::derive_guid("nodeimage/vhd", disk.disk_guid.as_bytes());
+                crate::disk::vhd::write_fixed(&disk.raw, &out, b.epoch, id)?;
+                (out, "vhd")
+            }
+            OutputFormat::Gce => {
+                let out = b.out_dir.join(format!("{}.gce.tar.gz", p.name));
+                write_gce(disk, &b.work.join("gce"), b.epoch, &out)?;
+                (out, "gce")
+            }
         };
         let (sha256, size) = sha256_file(&file)?;
         manifest.outputs.push(OutputRecord {
@@ -45,15 +65,113 @@ pub fn write_outputs(b: &Build, disk: &DiskImage, mut manifest: Manifest) -> Res
         fs::remove_file(&disk.raw)?;
     }
     let manifest_path = b.out_dir.join("manifest.json");
+    let manifest_json = serde_json::to_vec_pretty(&manifest)?;
+    nodeimage_core::files::atomic_write(&manifest_path, &manifest_json, 0o644)?;
     nodeimage_core::files::atomic_write(
-        &manifest_path,
-        &serde_json::to_vec_pretty(&manifest)?,
+        &b.out_dir.join("SHA256SUMS"),
+        sha256sums(&manifest, &manifest_json).as_bytes(),
         0o644,
     )?;
     Ok(Outputs {
         manifest_path,
         manifest,
     })
+}
+
+/// `sha256sum`'s format: every output and manifest.json, sorted by name.
+fn sha256sums(manifest: &Manifest, manifest_json: &[u8]) -> String {
+    let mut rows: Vec<(String, String)> = manifest
+        .outputs
+        .iter()
+        .map(|o| (o.file.clone(), o.sha256.clone()))
+        .collect();
+    rows.push((
+        "manifest.json".into(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest_json)),
+    ));
+    rows.sort();
+    rows.iter().map(|(f, h)| format!("{h}  {f}\n")).collect()
+}
+
+/// `qemu-img convert` of `raw` to qcow2 (version 3), synced and renamed into place.
+/// The conversion writes in order (no `-W`), so the same raw image gives the same bytes.
+pub fn write_qcow2(raw: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("qcow2.tmp");
+    let _ = fs::remove_file(&tmp);
+    crate::tools::run(
+        Command::new(crate::tools::QEMU_IMG.program)
+            .args([
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "compat=1.1",
+            ])
+            .arg(raw)
+            .arg(&tmp),
+    )
+    .with_context(|| format!("converting {} to qcow2", raw.display()))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+/// A GCE image: the disk grown to a whole number of GiB (both GPTs written for that
+/// size), named `disk.raw`, in an oldgnu tar with its holes as sparse entries (GNU tar,
+/// holes found by reading, so the tar depends only on the bytes; owner root, mode 0644,
+/// the build's time), gzip'd without a name or time. `work` is scratch space.
+pub fn write_gce(disk: &DiskImage, work: &Path, epoch: i64, dst: &Path) -> Result<()> {
+    const GIB: u64 = 1 << 30;
+    fs::create_dir_all(work)?;
+    let padded = work.join("disk.raw");
+    let size = disk.layout.size_bytes.div_ceil(GIB) * GIB;
+    crate::disk::pad_disk(&disk.raw, &disk.layout, size, &padded)?;
+    let tmp = dst.with_extension("gz.tmp");
+    let result = (|| -> Result<()> {
+        let mut tar = Command::new(crate::tools::TAR.program)
+            .args([
+                "--create",
+                "--format=oldgnu",
+                "--sparse",
+                "--hole-detection=raw",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mode=0644",
+            ])
+            .arg(format!("--mtime=@{epoch}"))
+            .arg("--file=-")
+            .arg("--directory")
+            .arg(work)
+            .arg("disk.raw")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("running tar")?;
+        let out = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(std::io::BufWriter::new(out), flate2::Compression::default());
+        std::io::copy(tar.stdout.as_mut().expect("piped"), &mut gz)?;
+        let status = tar.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "tar of {} failed: {status}",
+            padded.display()
+        );
+        let mut w = gz.finish()?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, dst)?;
+        Ok(())
+    })();
+    let _ = fs::remove_file(&padded);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing the GCE image {}", dst.display()))
 }
 
 /// zstd-compress `src` into `dst` (multithreaded; the output does not depend on the thread count).
@@ -125,5 +243,184 @@ mod tests {
         let on_disk: Manifest =
             serde_json::from_slice(&fs::read(&out.manifest_path).unwrap()).unwrap();
         assert_eq!(on_disk, out.manifest);
+    }
+
+    fn sh(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every format from one small GPT disk (a 3 MiB partition of patterned data and a
+    /// zero one), checked by the tools that read them: qemu-img check and compare for
+    /// qcow2 and the VHD, the VHD footer against the one qemu-img writes, the GCE tar
+    /// through GNU tar and sfdisk, SHA256SUMS through sha256sum -c; and the same bytes
+    /// from a second run.
+    #[test]
+    fn every_format_is_readable_by_its_tools_and_reproducible() {
+        if !test_support::Needs::new("output formats")
+            .tool("qemu-img", "qemu-utils")
+            .tool("sfdisk", "fdisk")
+            .tool("sha256sum", "coreutils")
+            .met()
+        {
+            return;
+        }
+        use crate::disk::{type_guid, PartitionContent, PartitionSpec};
+        let d = tempfile::tempdir().unwrap();
+        let b = crate::build::tests::test_build(
+            d.path(),
+            &format!(
+                "{}[outputs]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n",
+                crate::build::tests::PROFILE
+            ),
+            true,
+        );
+        fs::create_dir_all(&b.out_dir).unwrap();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8 | 1).collect();
+        let raw = b.out_dir.join("t.raw");
+        let guid = uuid::Uuid::from_u128(0x5eed);
+        let specs = [
+            PartitionSpec::new(
+                "data",
+                type_guid::LINUX_DATA,
+                uuid::Uuid::from_u128(1),
+                3 << 20,
+                PartitionContent::Bytes(data.clone()),
+            ),
+            PartitionSpec::new(
+                "empty",
+                type_guid::LINUX_DATA,
+                uuid::Uuid::from_u128(2),
+                2 << 20,
+                PartitionContent::Zero,
+            ),
+        ];
+        let write = |b: &Build| {
+            let layout = crate::disk::write_disk(&raw, guid, &specs).unwrap();
+            let tree = crate::build::filesystems::tests::fake_tree(d.path());
+            let m = crate::build::tests::manifest_for(b, &tree);
+            let disk = DiskImage {
+                raw: raw.clone(),
+                disk_guid: guid,
+                layout: layout.clone(),
+            };
+            (write_outputs(b, &disk, m).unwrap(), layout)
+        };
+        let (out, layout) = write(&b);
+        let raw_size = fs::metadata(&raw).unwrap().len();
+        assert_eq!(raw_size % (1 << 20), 0);
+        let files: Vec<&str> = out
+            .manifest
+            .outputs
+            .iter()
+            .map(|o| o.file.as_str())
+            .collect();
+        assert_eq!(files, ["t.raw", "t.qcow2", "t.vhd", "t.gce.tar.gz"]);
+        let qemu_img =
+            |args: &[&str]| sh(Command::new("qemu-img").args(args).current_dir(&b.out_dir));
+
+        // qcow2: clean, and the same disk.
+        qemu_img(&["check", "-f", "qcow2", "t.qcow2"]);
+        qemu_img(&["compare", "-f", "raw", "-F", "qcow2", "t.raw", "t.qcow2"]);
+
+        // VHD: the raw bytes then one footer; qemu reads the same disk from it.
+        let vhd = fs::read(b.out_dir.join("t.vhd")).unwrap();
+        assert_eq!(vhd.len() as u64, raw_size + 512);
+        assert!(vhd[..raw_size as usize] == fs::read(&raw).unwrap()[..]);
+        let info: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["info", "--output=json", "-f", "vpc", "t.vhd"]))
+                .unwrap();
+        assert_eq!(info["virtual-size"], raw_size, "{info}");
+        qemu_img(&["compare", "-f", "raw", "-F", "vpc", "t.raw", "t.vhd"]);
+        // Against qemu-img's own fixed VHD of the same disk: equal but for the time, the
+        // creator application and version, the checksum and the unique id.
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size",
+            "t.raw",
+            "qemu.vhd",
+        ]);
+        let theirs = fs::read(b.out_dir.join("qemu.vhd")).unwrap();
+        assert_eq!(
+            theirs.len(),
+            vhd.len(),
+            "qemu-img's fixed VHD has another size"
+        );
+        let footer = |v: &[u8]| {
+            let mut f = v[v.len() - 512..].to_vec();
+            for r in [24..36, 64..84] {
+                f[r].fill(0);
+            }
+            f
+        };
+        assert_eq!(
+            footer(&vhd),
+            footer(&theirs),
+            "footer fields differ from qemu-img's"
+        );
+        let ours: [u8; 512] = vhd[vhd.len() - 512..].try_into().unwrap();
+        assert_eq!(
+            crate::disk::vhd::checksum(&ours).to_be_bytes(),
+            ours[64..68]
+        );
+        fs::remove_file(b.out_dir.join("qemu.vhd")).unwrap();
+
+        // GCE: one sparse disk.raw of a whole GiB in the tar; its data is the disk's, and
+        // its GPT is valid for the grown size (the backup header in the last sector).
+        let listing = sh(Command::new("tar")
+            .args(["-tvzf", "t.gce.tar.gz"])
+            .current_dir(&b.out_dir));
+        assert!(
+            listing.contains(" 1073741824 ") && listing.trim_end().ends_with(" disk.raw"),
+            "{listing}"
+        );
+        let x = d.path().join("x");
+        fs::create_dir_all(&x).unwrap();
+        sh(Command::new("tar")
+            .args(["-xzSf"])
+            .arg(b.out_dir.join("t.gce.tar.gz"))
+            .current_dir(&x));
+        let gce = fs::read(x.join("disk.raw")).unwrap();
+        assert_eq!(gce.len(), 1 << 30);
+        let start = layout.partitions[0].start_bytes as usize;
+        assert_eq!(&gce[start..][..data.len()], &data[..]);
+        assert_eq!(
+            &gce[(1 << 30) - 512..][..8],
+            b"EFI PART",
+            "backup header at the end"
+        );
+        sh(Command::new("sfdisk")
+            .arg("--verify")
+            .arg(x.join("disk.raw")));
+        let grown = crate::disk::read_layout(&x.join("disk.raw")).unwrap();
+        assert_eq!(grown.partitions, layout.partitions);
+        assert_eq!(grown.size_bytes, 1 << 30);
+        drop(gce);
+
+        // SHA256SUMS covers every file, and sha256sum agrees.
+        let sums = fs::read_to_string(b.out_dir.join("SHA256SUMS")).unwrap();
+        assert_eq!(sums.lines().count(), 5, "{sums}");
+        sh(Command::new("sha256sum")
+            .args(["-c", "--strict", "SHA256SUMS"])
+            .current_dir(&b.out_dir));
+
+        // Reproducible: a second run gives the same bytes.
+        let (again, _) = write(&b);
+        assert_eq!(again.manifest.outputs, out.manifest.outputs);
+        assert_eq!(
+            fs::read_to_string(b.out_dir.join("SHA256SUMS")).unwrap(),
+            sums
+        );
     }
 }

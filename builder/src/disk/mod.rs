@@ -25,12 +25,13 @@ pub use write_config::{
 
 mod layout;
 mod table;
+pub mod vhd;
 
 pub use layout::{
     attribute, derive_guid, plan_layout, type_guid, DiskLayout, PartitionContent, PartitionInfo,
     PartitionSpec, ALIGNMENT, GPT_ENTRIES, MAX_PARTITIONS, SECTOR_SIZE,
 };
-pub use table::{read_layout, write_disk};
+pub use table::{pad_disk, read_layout, write_disk};
 
 use std::path::{Path, PathBuf};
 

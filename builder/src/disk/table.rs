@@ -36,29 +36,16 @@ pub fn write_disk(
             }
         }
     }
-    let mut tmp_name = out.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let result = write_disk_to(&tmp, &layout, parts)
-        .and_then(|_| fs::rename(&tmp, out).map_err(io_err("renaming into", out)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|_| layout)
+    replace_file(out, |tmp, f| write_disk_to(tmp, f, &layout, parts))?;
+    Ok(layout)
 }
 
 fn write_disk_to(
     path: &Path,
+    mut f: File,
     layout: &DiskLayout,
     parts: &[PartitionSpec],
 ) -> Result<(), DiskError> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err("creating", path))?;
     f.set_len(layout.size_bytes)
         .map_err(io_err("sizing", path))?;
 
@@ -75,6 +62,13 @@ fn write_disk_to(
         }
     }
 
+    write_table(f, path, layout)
+}
+
+/// Write the protective MBR and both GPTs of `layout` into `f`, whose length is the
+/// disk's (the backup header goes into its last sector), then sync it.
+fn write_table(f: File, path: &Path, layout: &DiskLayout) -> Result<(), DiskError> {
+    let mut f = f;
     let total_lba = layout.size_bytes / SECTOR_SIZE;
     let mbr =
         gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
@@ -124,9 +118,79 @@ fn write_disk_to(
     Ok(())
 }
 
+/// A copy of the disk image `src` (whose table is `layout`) grown to `size` bytes, for a
+/// format that needs a larger disk (a GCE image is a whole number of GiB): the
+/// partitions stay where they are, the old backup table is cleared, and both tables are
+/// written for the new size, so the backup header is in the copy's last sector. Written
+/// sparsely to `dst.tmp`, synced, renamed. Returns the copy's layout.
+pub fn pad_disk(
+    src: &Path,
+    layout: &DiskLayout,
+    size: u64,
+    dst: &Path,
+) -> Result<DiskLayout, DiskError> {
+    let actual = fs::metadata(src).map_err(io_err("reading", src))?.len();
+    if actual != layout.size_bytes || size < layout.size_bytes || !size.is_multiple_of(SECTOR_SIZE)
+    {
+        return Err(DiskError::Gpt {
+            path: src.to_path_buf(),
+            message: format!(
+                "cannot grow a {actual}-byte disk laid out for {} bytes to {size} bytes",
+                layout.size_bytes
+            ),
+        });
+    }
+    let mut grown = layout.clone();
+    grown.size_bytes = size;
+    replace_file(dst, |tmp, mut f| {
+        f.set_len(size).map_err(io_err("sizing", tmp))?;
+        // Everything up to the end of the last partition; the old backup table after it
+        // is left behind (the copy reads zeros there).
+        let data_end = layout
+            .partitions
+            .iter()
+            .map(|p| p.start_bytes + p.size_bytes)
+            .max()
+            .unwrap_or(0);
+        let r = File::open(src).map_err(io_err("opening", src))?;
+        write_sparse(&mut f, tmp, 0, &mut r.take(data_end))?;
+        write_table(f, tmp, &grown)
+    })?;
+    Ok(grown)
+}
+
+/// Make `dst` all at once: `write` fills (and syncs) a new `dst.tmp`, which is then
+/// renamed over `dst`; on any error the temporary file is removed and `dst` is as it was.
+pub(super) fn replace_file(
+    dst: &Path,
+    write: impl FnOnce(&Path, File) -> Result<(), DiskError>,
+) -> Result<(), DiskError> {
+    let mut tmp_name = dst.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let result = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))
+        .and_then(|f| write(&tmp, f))
+        .and_then(|_| fs::rename(&tmp, dst).map_err(io_err("renaming into", dst)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Copy `r` to `f` at `offset`, seeking over all-zero 64 KiB blocks (the file was
 /// created empty, so they already read as zeros).
-fn write_sparse(f: &mut File, path: &Path, offset: u64, r: &mut dyn Read) -> Result<(), DiskError> {
+pub(super) fn write_sparse(
+    f: &mut File,
+    path: &Path,
+    offset: u64,
+    r: &mut dyn Read,
+) -> Result<(), DiskError> {
     const BLOCK: usize = 64 * 1024;
     let mut buf = vec![0u8; BLOCK];
     let mut pos = offset;

@@ -228,6 +228,13 @@ pub enum OutputFormat {
     Raw,
     /// The raw image compressed with zstd.
     RawZst,
+    /// qcow2 (QEMU, OpenStack, libvirt), converted by `qemu-img` (Debian qemu-utils).
+    Qcow2,
+    /// A fixed VHD for Azure: the raw disk (a whole number of MiB) and a VHD footer.
+    Vhd,
+    /// A GCE image: the disk grown to a whole number of GiB as `disk.raw` in a gzip'd
+    /// sparse oldgnu tar (`<name>.gce.tar.gz`).
+    Gce,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

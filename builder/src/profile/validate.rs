@@ -32,6 +32,15 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
             format!("name: expected [A-Za-z0-9._-]+, found `{}`", p.name),
         ));
     }
+    let formats = &p.outputs.formats;
+    if formats.is_empty() || formats.iter().collect::<BTreeSet<_>>().len() != formats.len() {
+        return Err(at(
+            None,
+            format!(
+                "outputs.formats: expected one or more of raw, raw-zst, qcow2, vhd, gce, each once, found {formats:?}"
+            ),
+        ));
+    }
     let mut names = BTreeSet::new();
     let mut installs = BTreeSet::new();
     for a in &p.artifacts {
@@ -289,6 +298,28 @@ install = "/usr/bin/tool"
             vec![OutputFormat::Raw, OutputFormat::RawZst]
         );
         assert!(p.artifacts[0].digest_string().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn output_formats_are_known_and_each_given_once() {
+        let with = |f: &str| format!("{GOOD}\n[outputs]\nformats = {f}\n");
+        let p = parse("p.toml", &with(r#"["qcow2", "vhd", "gce"]"#)).unwrap();
+        assert_eq!(
+            p.outputs.formats,
+            [OutputFormat::Qcow2, OutputFormat::Vhd, OutputFormat::Gce]
+        );
+        let e = refused(&with(r#"["vmdk"]"#));
+        assert!(
+            e.starts_with("p.toml:") && e.contains("unknown variant `vmdk`"),
+            "{e}"
+        );
+        assert!(e.contains("`qcow2`") && e.contains("`gce`"), "{e}");
+        let e = refused(&with(r#"["raw", "raw"]"#));
+        assert!(
+            e.contains("outputs.formats") && e.contains("each once"),
+            "{e}"
+        );
+        assert!(refused(&with("[]")).contains("outputs.formats"));
     }
 
     #[test]
