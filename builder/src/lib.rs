@@ -19,3 +19,4 @@ pub mod ports;
 pub mod profile;
 pub mod rootfs;
 pub mod tools;
+pub mod upload;

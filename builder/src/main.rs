@@ -38,6 +38,9 @@ enum Command {
     Cluster(ClusterCommand),
     /// Make the user data (node config) for one node, or one per host of a Terraform output.
     NodeConfig(nodeimage::cluster::NodeConfigArgs),
+    /// Upload a built image to a cloud (AWS: an EBS snapshot through the EBS direct APIs, then an AMI).
+    #[command(subcommand)]
+    Upload(nodeimage::upload::UploadCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +79,7 @@ fn main() {
         Command::Cluster(ClusterCommand::Kubeconfig(a)) => nodeimage::cluster::kubeconfig(a),
         Command::Cluster(ClusterCommand::Token(a)) => nodeimage::cluster::cluster_token(a),
         Command::NodeConfig(a) => nodeimage::cluster::node_config(a),
+        Command::Upload(c) => nodeimage::upload::run(c),
     };
     if let Err(e) = result {
         eprintln!("nodeimage: error: {e:#}");
