@@ -146,17 +146,17 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn get_vanilla() {
+    /// A request of the suite's vanilla tests (GET / on example.amazonaws.com) with `query`.
+    fn suite_get(query: &[(&str, &str)]) -> Signed {
         let headers = h(&[
             ("Host", "example.amazonaws.com"),
             ("X-Amz-Date", "20150830T123600Z"),
         ]);
-        let s = sign(
+        sign(
             &Request {
                 method: "GET",
                 path: "/",
-                query: &[],
+                query: &h(query),
                 headers: &headers,
                 payload_hash: EMPTY,
             },
@@ -164,7 +164,12 @@ mod tests {
             "us-east-1",
             "service",
             "20150830T123600Z",
-        );
+        )
+    }
+
+    #[test]
+    fn get_vanilla() {
+        let s = suite_get(&[]);
         // get-vanilla.sts's last line and get-vanilla.authz.
         assert!(s
             .string_to_sign
@@ -179,24 +184,7 @@ mod tests {
 
     #[test]
     fn get_vanilla_query_order_key_case() {
-        let headers = h(&[
-            ("Host", "example.amazonaws.com"),
-            ("X-Amz-Date", "20150830T123600Z"),
-        ]);
-        let query = h(&[("Param2", "value2"), ("Param1", "value1")]);
-        let s = sign(
-            &Request {
-                method: "GET",
-                path: "/",
-                query: &query,
-                headers: &headers,
-                payload_hash: EMPTY,
-            },
-            &suite(),
-            "us-east-1",
-            "service",
-            "20150830T123600Z",
-        );
+        let s = suite_get(&[("Param2", "value2"), ("Param1", "value1")]);
         assert!(s
             .canonical_request
             .contains("\nParam1=value1&Param2=value2\n"));
