@@ -509,3 +509,25 @@ fn bad_input_is_refused_before_any_call() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("no manifest.json"), "{e}");
 }
+
+#[test]
+fn dry_run_reads_in_aws_blocks_and_calls_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = disk(d.path());
+    // No endpoint that answers, no credentials needed.
+    let out = upload(&test_support::http::closed_port_url(), &raw, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 512 KiB blocks: data in the first and the last of four.
+    let (aggregate, n) = python_aggregate(&raw, 512 << 10);
+    assert_eq!(n, 2);
+    assert!(
+        stdout.contains("in 4 blocks of 512 KiB: would send 2 blocks (1 MiB, 50.0 % of the image), skip 2 zero blocks")
+            && stdout.contains(&aggregate),
+        "{stdout}"
+    );
+}

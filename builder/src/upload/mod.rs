@@ -34,6 +34,8 @@ use client::{Aws, CallError};
 
 /// Tries per block before the upload fails.
 pub const BLOCK_ATTEMPTS: u32 = 5;
+/// The block size AWS's StartSnapshot returns (the upload itself uses whatever it returns).
+pub const AWS_BLOCK_SIZE: u64 = 512 << 10;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum UploadCommand {
@@ -69,10 +71,35 @@ pub struct AwsArgs {
     /// How long to wait for the snapshot to complete, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub wait_seconds: u64,
+    /// Read the image as the upload would, in AWS's 512 KiB blocks, and say what it would
+    /// send (blocks, bytes, the aggregate checksum); no credentials, no AWS call.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn run(cmd: &UploadCommand) -> Result<()> {
     match cmd {
+        UploadCommand::Aws(a) if a.dry_run => {
+            let src = source(a)?;
+            let started = Instant::now();
+            let send = |_, _, _: &str, _| Ok(());
+            let st = put_blocks(&send, &src.raw, src.size, AWS_BLOCK_SIZE, a.workers)?;
+            let total = src.size.div_ceil(AWS_BLOCK_SIZE);
+            println!(
+                "{}: {} bytes ({} MiB) in {total} blocks of {} KiB: would send {} blocks ({} MiB, {:.1} % of the image), skip {} zero blocks; LINEAR checksum {}; read in {:.1} s",
+                src.raw.display(),
+                src.size,
+                src.size >> 20,
+                AWS_BLOCK_SIZE >> 10,
+                st.sent,
+                st.bytes >> 20,
+                100.0 * st.bytes as f64 / src.size as f64,
+                st.zero,
+                st.aggregate,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         UploadCommand::Aws(a) => {
             let r = upload_aws(a)?;
             println!("{}", r.image_id);
@@ -241,14 +268,10 @@ pub fn upload_aws(args: &AwsArgs) -> Result<Uploaded> {
     tracing::info!(%snapshot, block_size, volume_gib, "snapshot started");
     let result = (|| {
         let started = Instant::now();
-        let stats = put_blocks(
-            &aws,
-            &snapshot,
-            &src.raw,
-            src.size,
-            block_size,
-            args.workers,
-        )?;
+        let send = |index, data, checksum: &str, progress| {
+            aws.put_block(&snapshot, index, data, checksum, progress)
+        };
+        let stats = put_blocks(&send, &src.raw, src.size, block_size, args.workers)?;
         let status = aws.complete_snapshot(&snapshot, stats.sent, &stats.aggregate)?;
         tracing::info!(%snapshot, %status, "snapshot completed");
         wait_completed(&aws, &snapshot, Duration::from_secs(args.wait_seconds))?;
@@ -346,9 +369,11 @@ struct BlockStats {
 }
 
 /// Write every non-zero block of `raw` with `workers` threads.
+/// Where a block goes: (index, data, base64 sha256, progress percent).
+type Send<'a> = dyn Fn(u64, Vec<u8>, &str, u8) -> Result<(), CallError> + Sync + 'a;
+
 fn put_blocks(
-    aws: &Aws,
-    snapshot: &str,
+    send: &Send,
     raw: &Path,
     size: u64,
     block_size: u64,
@@ -382,9 +407,7 @@ fn put_blocks(
                     if index >= blocks {
                         break;
                     }
-                    let r = one_block(
-                        aws, snapshot, &file, size, block_size, index, blocks, &mut buf,
-                    );
+                    let r = one_block(send, &file, size, block_size, index, blocks, &mut buf);
                     match r {
                         Ok(None) => {
                             zero.fetch_add(1, Ordering::Relaxed);
@@ -424,10 +447,8 @@ fn put_blocks(
 
 /// Read block `index` (zero-padded at the end of the disk); `None` if all zero, else
 /// send it (with retries) and return its digest.
-#[allow(clippy::too_many_arguments)]
 fn one_block(
-    aws: &Aws,
-    snapshot: &str,
+    send: &Send,
     file: &std::fs::File,
     size: u64,
     block_size: u64,
@@ -451,7 +472,7 @@ fn one_block(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match aws.put_block(snapshot, index, buf.to_vec(), &checksum, progress) {
+        match send(index, buf.to_vec(), &checksum, progress) {
             Ok(()) => return Ok(Some(digest)),
             Err(CallError {
                 retryable: true, ..
