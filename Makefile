@@ -38,8 +38,8 @@ lint:
 	.ci/lint-shell
 
 # The two-node Kubernetes cluster under QEMU alone (upstream built from Go modules; part
-# of `make test` too; about 20 min under TCG with warm caches), and the three-master
-# scenario, which is not in `make test` (see docs/testing.md).
+# of `make test` too; about 14 min under TCG with warm caches, 24 min with a cold Go
+# build), and the three-master scenario, which is not in `make test` (docs/testing.md).
 e2e: deps bins
 	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e two_nodes -- --nocapture
 
