@@ -98,7 +98,7 @@ fn sha256sums(manifest: &Manifest, manifest_json: &[u8]) -> String {
 pub fn write_qcow2(raw: &Path, dst: &Path) -> Result<()> {
     let tmp = dst.with_extension("qcow2.tmp");
     let _ = fs::remove_file(&tmp);
-    crate::tools::run(
+    let result = crate::tools::run(
         Command::new(crate::tools::QEMU_IMG.program)
             .args([
                 "convert",
@@ -113,10 +113,12 @@ pub fn write_qcow2(raw: &Path, dst: &Path) -> Result<()> {
             .arg(raw)
             .arg(&tmp),
     )
-    .with_context(|| format!("converting {} to qcow2", raw.display()))?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, dst)?;
-    Ok(())
+    .and_then(|_| Ok(fs::File::open(&tmp)?.sync_all()?))
+    .and_then(|_| Ok(fs::rename(&tmp, dst)?));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("converting {} to qcow2", raw.display()))
 }
 
 /// A GCE image: the disk grown to a whole number of GiB (both GPTs written for that
@@ -154,7 +156,11 @@ pub fn write_gce(disk: &DiskImage, work: &Path, epoch: i64, dst: &Path) -> Resul
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
             .write(std::io::BufWriter::new(out), flate2::Compression::default());
-        std::io::copy(tar.stdout.as_mut().expect("piped"), &mut gz)?;
+        if let Err(e) = std::io::copy(tar.stdout.as_mut().expect("piped"), &mut gz) {
+            let _ = tar.kill();
+            let _ = tar.wait();
+            return Err(e.into());
+        }
         let status = tar.wait()?;
         anyhow::ensure!(
             status.success(),
