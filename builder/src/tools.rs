@@ -24,10 +24,13 @@ pub const CHROOT: Tool = Tool::new("chroot", "coreutils");
 pub const SYSTEMCTL: Tool = Tool::new("systemctl", "systemd");
 pub const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
 pub const QEMU_IMG: Tool = Tool::new("qemu-img", "qemu-utils");
+pub const STRIP: Tool = Tool::new("strip", "binutils");
 pub const QEMU_USER_AARCH64: Tool = Tool::new("qemu-aarch64-static", "qemu-user-static");
 
 /// Tools every `nodeimage build` needs.
-pub const BUILD_TOOLS: &[Tool] = &[MMDEBSTRAP, MKFS_EROFS, TAR, CHROOT, SYSTEMCTL, DPKG_QUERY];
+pub const BUILD_TOOLS: &[Tool] = &[
+    MMDEBSTRAP, MKFS_EROFS, TAR, CHROOT, SYSTEMCTL, DPKG_QUERY, STRIP,
+];
 
 /// [`BUILD_TOOLS`] plus what the profile's output formats need (qcow2: qemu-img).
 pub fn build_tools(formats: &[crate::profile::OutputFormat]) -> Vec<Tool> {

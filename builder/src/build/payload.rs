@@ -130,10 +130,32 @@ pub fn pull_images(b: &Build) -> Result<Images> {
 
 /// Stage 1c: the firstboot binary for the profile's architecture.
 pub fn firstboot(b: &Build) -> Result<Firstboot> {
-    let (sha256, size) = sha256_file(&b.firstboot_bin)?;
+    // Installed without its debug information (`strip --strip-debug`: the symbols stay,
+    // so a backtrace still names functions): the release binary carries line tables for
+    // the tests' backtraces, most of its size, which the root and the initramfs would
+    // both carry otherwise. GNU strip gives the same bytes for the same input.
+    // (Only an ELF file: the unit tests install a script.)
+    std::fs::create_dir_all(&b.work)?;
+    let stripped = b.work.join("firstboot");
+    let _ = std::fs::remove_file(&stripped);
+    let mut magic = [0u8; 4];
+    let elf = std::io::Read::read_exact(&mut fs::File::open(&b.firstboot_bin)?, &mut magic).is_ok()
+        && magic == *b"\x7fELF";
+    if elf {
+        crate::tools::run(
+            std::process::Command::new(crate::tools::STRIP.program)
+                .args(["--strip-debug", "-o"])
+                .arg(&stripped)
+                .arg(&b.firstboot_bin),
+        )
+        .with_context(|| format!("stripping {}", b.firstboot_bin.display()))?;
+    } else {
+        fs::copy(&b.firstboot_bin, &stripped)?;
+    }
+    let (sha256, size) = sha256_file(&stripped)?;
     Ok(Firstboot {
         install: Install {
-            source: b.firstboot_bin.clone(),
+            source: stripped,
             dest: FIRSTBOOT_PATH.into(),
             mode: 0o755,
         },

@@ -13,7 +13,7 @@ use crate::profile::LoadedProfile;
 use crate::rootfs::{self, BaseSpec, BaseTar, Install};
 
 /// Version of the `customize` stage: bump when [`rootfs::customize`] changes what it makes.
-const CUSTOMIZE_STAGE_VERSION: u32 = 4;
+const CUSTOMIZE_STAGE_VERSION: u32 = 5;
 
 /// Units every image enables.
 pub const ENABLED_UNITS: &[&str] = &[

@@ -6,10 +6,12 @@
 //! * this module: [`customize`], the tree made from the base.
 //! * [`files`]: installing, copying and removing inside an image root safely.
 //! * [`erofs`]: the read-only filesystem image.
+//! * [`modules`]: the kernel modules an image keeps (the desktop's device classes go).
 
 mod base;
 mod erofs;
 mod files;
+pub mod modules;
 
 pub use base::{
     base_age_days, debian_base, parse_release_date, parse_snapshot, render_sources,
@@ -105,8 +107,24 @@ pub fn customize(
     }
 
     let kernel_version = kernel_version(root)?;
+    let pruned = modules::prune(root, &kernel_version)?;
+    tracing::info!(
+        kept = pruned.kept,
+        dropped = pruned.dropped,
+        kept_as_dependency = pruned.kept_as_dependency,
+        mib_dropped = pruned.bytes_dropped >> 20,
+        "kernel modules"
+    );
     {
         let _mounts = ChrootMounts::new(root)?;
+        // The module index for what is left, before the initramfs is made from it.
+        tools::run(
+            Command::new("chroot")
+                .arg(root)
+                .args(["depmod", &kernel_version])
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        )
+        .context("depmod after removing modules")?;
         tools::run(
             Command::new("chroot")
                 .arg(root)
