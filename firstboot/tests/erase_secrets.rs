@@ -11,7 +11,7 @@ use firstboot::erase::{erase_secrets, ERASED_MARKER, ERASED_NOTE};
 use firstboot::source::DeviceSet;
 use nodeimage_core::fat::BootSector;
 use nodeimage_core::layout::paths;
-use test_support::images::fat_image;
+use test_support::images::fat16;
 
 const TOKEN_SECRET: &str = "0123456789abcdef";
 const CA_KEY_LINE: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
@@ -42,12 +42,10 @@ fn the_nodeconfig_volume_and_the_bootstrap_kubeconfig_lose_their_secrets() {
     let yaml = format!(
         "version: 1\nrole: master\nhostname: m\ncluster: {{name: c, api_endpoint: 10.0.0.1}}\nsecrets:\n  bootstrap_token: abcdef.{TOKEN_SECRET}\n  ca_key: |\n    -----BEGIN PRIVATE KEY-----\n    {CA_KEY_LINE}\n    -----END PRIVATE KEY-----\n"
     );
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "nodeconfig.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", yaml.as_bytes())],
     );
     let before = std::fs::read(&img).unwrap();

@@ -10,7 +10,7 @@ use firstboot::source::{
     acquire, detect_from_dmi, DeviceSet, Platform, SourceContext, SourceError,
 };
 use firstboot::source::{blockdev::probe, FilesystemReader};
-use test_support::images::{fat_image, iso_image};
+use test_support::images::{fat12, fat16, fat_image, iso_image};
 
 const NODE_YAML: &str = "version: 1\nrole: worker\nhostname: node-1\ncluster:\n  name: demo\n  api_endpoint: 10.0.0.1:6443\n";
 
@@ -21,22 +21,13 @@ fn ctx_with(root: &Path, devices: Vec<PathBuf>) -> SourceContext {
 #[test]
 fn nodeconfig_partition_supplies_the_node_config() {
     let d = tempfile::tempdir().unwrap();
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "cfg.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", NODE_YAML.as_bytes())],
     );
-    let other = fat_image(
-        d.path(),
-        "other.img",
-        "ESP",
-        16,
-        8192,
-        &[("node.yaml", b"garbage")],
-    );
+    let other = fat16(d.path(), "other.img", "ESP", &[("node.yaml", b"garbage")]);
     let ctx = ctx_with(d.path(), vec![other, img]).with_platform(Platform::Metal);
     let a = acquire(&ctx).unwrap();
     assert_eq!(a.source, "nodeconfig-partition");
@@ -51,20 +42,16 @@ fn nodeconfig_partition_supplies_the_node_config() {
 fn only_the_boot_disks_nodeconfig_counts() {
     let d = tempfile::tempdir().unwrap();
     let rogue_yaml = NODE_YAML.replace("node-1", "rogue");
-    let rogue = fat_image(
+    let rogue = fat16(
         d.path(),
         "sda1.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", rogue_yaml.as_bytes())],
     );
-    let own = fat_image(
+    let own = fat16(
         d.path(),
         "vda3.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", NODE_YAML.as_bytes())],
     );
     let with_boot = |files: Vec<PathBuf>, boot: Vec<PathBuf>| {
@@ -94,7 +81,7 @@ fn only_the_boot_disks_nodeconfig_counts() {
 #[test]
 fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
     let d = tempfile::tempdir().unwrap();
-    let img = fat_image(d.path(), "cfg.img", "NODECONFIG", 12, 1440, &[]);
+    let img = fat12(d.path(), "cfg.img", "NODECONFIG", &[]);
     let ctx = ctx_with(d.path(), vec![img]).with_platform(Platform::Metal);
     let e = acquire(&ctx).unwrap_err();
     assert!(matches!(e, SourceError::NoSource { .. }), "{e}");
@@ -107,14 +94,7 @@ fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
     assert!(s.contains("qemu-fw-cfg (not present"), "{s}");
 
     // An empty node.yaml is no user data either.
-    let img = fat_image(
-        d.path(),
-        "cfg2.img",
-        "NODECONFIG",
-        12,
-        1440,
-        &[("node.yaml", b"\n")],
-    );
+    let img = fat12(d.path(), "cfg2.img", "NODECONFIG", &[("node.yaml", b"\n")]);
     let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap_err();
     assert!(
         e.to_string()
@@ -127,12 +107,10 @@ fn empty_nodeconfig_partition_falls_through_and_names_every_source() {
 fn bad_node_config_names_the_source_line_and_column() {
     let d = tempfile::tempdir().unwrap();
     let bad = format!("{NODE_YAML}colour: blue\n");
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "cfg.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", bad.as_bytes())],
     );
     let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal))
@@ -251,12 +229,10 @@ fn fat_on_a_block_device_is_probed_and_read() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "dev.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", NODE_YAML.as_bytes())],
     );
     let out = match Command::new("losetup")
@@ -303,12 +279,10 @@ fn sysfs_discovery_opens_dev_nodes_under_the_root_and_skips_loop_devices() {
     let root = d.path().join("root");
     fs::create_dir_all(root.join("sys/class/block")).unwrap();
     fs::create_dir_all(root.join("dev")).unwrap();
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "cfg.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", NODE_YAML.as_bytes())],
     );
     // The config partition appears as a loop device (skipped) and as vdb2 (used).
@@ -405,12 +379,10 @@ fn plain_iso9660_names_are_read_without_extensions() {
 #[test]
 fn openstack_config_drive_on_fat() {
     let d = tempfile::tempdir().unwrap();
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "cd.img",
         "CONFIG-2",
-        16,
-        8192,
         &[
             ("openstack/latest/meta_data.json", META_JSON),
             ("openstack/latest/user_data", NODE_YAML.as_bytes()),
@@ -428,7 +400,7 @@ fn nocloud_seed_on_fat_and_iso() {
     let d = tempfile::tempdir().unwrap();
     let meta = b"instance-id: iid-local01\nlocal-hostname: node-nc\n";
     let files: &[(&str, &[u8])] = &[("user-data", NODE_YAML.as_bytes()), ("meta-data", meta)];
-    let fat = fat_image(d.path(), "seed.img", "CIDATA", 12, 1440, files);
+    let fat = fat12(d.path(), "seed.img", "CIDATA", files);
     let iso = iso_image(
         d.path(),
         "seed.iso",
@@ -450,20 +422,16 @@ fn nocloud_seed_on_fat_and_iso() {
 fn nodeconfig_partition_wins_over_other_local_sources() {
     let d = tempfile::tempdir().unwrap();
     let other = NODE_YAML.replace("node-1", "node-seed");
-    let seed = fat_image(
+    let seed = fat12(
         d.path(),
         "seed.img",
         "CIDATA",
-        12,
-        1440,
         &[("user-data", other.as_bytes())],
     );
-    let cfg = fat_image(
+    let cfg = fat12(
         d.path(),
         "cfg.img",
         "NODECONFIG",
-        12,
-        1440,
         &[("node.yaml", NODE_YAML.as_bytes())],
     );
     let a = acquire(&ctx_with(d.path(), vec![seed, cfg]).with_platform(Platform::Metal)).unwrap();
@@ -494,73 +462,28 @@ fn dmi_root(fields: &[(&str, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn platform_from_dmi() {
-    type Dmi<'a> = &'a [(&'a str, &'a str)];
-    let cases: &[(Dmi, Option<Platform>)] = &[
-        (
-            &[("sys_vendor", "Amazon EC2"), ("product_name", "m5.large")],
-            Some(Platform::Ec2),
-        ),
-        (
-            &[
-                ("sys_vendor", "Xen"),
-                ("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF"),
-            ],
-            Some(Platform::Ec2),
-        ),
-        (
-            &[
-                ("sys_vendor", "Google"),
-                ("product_name", "Google Compute Engine"),
-            ],
-            Some(Platform::Gcp),
-        ),
-        (
-            &[
-                ("sys_vendor", "Microsoft Corporation"),
-                ("chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"),
-            ],
-            Some(Platform::Azure),
-        ),
-        (
-            &[
-                ("sys_vendor", "Microsoft Corporation"),
-                ("chassis_asset_tag", "None"),
-            ],
-            None,
-        ),
-        (
-            &[
-                ("sys_vendor", "OpenStack Foundation"),
-                ("product_name", "OpenStack Nova"),
-            ],
-            Some(Platform::OpenStack),
-        ),
-        (
-            &[("sys_vendor", "DigitalOcean"), ("product_name", "Droplet")],
-            Some(Platform::DigitalOcean),
-        ),
-        (
-            &[("sys_vendor", "Hetzner"), ("product_name", "vServer")],
-            Some(Platform::Hetzner),
-        ),
-        (
-            &[
-                ("sys_vendor", "QEMU"),
-                ("product_name", "Standard PC (Q35 + ICH9, 2009)"),
-            ],
-            Some(Platform::Qemu),
-        ),
-        (
-            &[
-                ("sys_vendor", "Dell Inc."),
-                ("product_name", "PowerEdge R640"),
-            ],
-            None,
-        ),
-        (&[], None),
+    // DMI fields as `file=value`, separated by `;`.
+    #[rustfmt::skip]
+    let cases: &[(&str, Option<Platform>)] = &[
+        ("sys_vendor=Amazon EC2;product_name=m5.large", Some(Platform::Ec2)),
+        ("sys_vendor=Xen;product_uuid=EC2E1916-9099-7CAF-FD21-012345ABCDEF", Some(Platform::Ec2)),
+        ("sys_vendor=Google;product_name=Google Compute Engine", Some(Platform::Gcp)),
+        ("sys_vendor=Microsoft Corporation;chassis_asset_tag=7783-7084-3265-9085-8269-3286-77", Some(Platform::Azure)),
+        ("sys_vendor=Microsoft Corporation;chassis_asset_tag=None", None),
+        ("sys_vendor=OpenStack Foundation;product_name=OpenStack Nova", Some(Platform::OpenStack)),
+        ("sys_vendor=DigitalOcean;product_name=Droplet", Some(Platform::DigitalOcean)),
+        ("sys_vendor=Hetzner;product_name=vServer", Some(Platform::Hetzner)),
+        ("sys_vendor=QEMU;product_name=Standard PC (Q35 + ICH9, 2009)", Some(Platform::Qemu)),
+        ("sys_vendor=Dell Inc.;product_name=PowerEdge R640", None),
+        ("", None),
     ];
     for (fields, want) in cases {
-        let d = dmi_root(fields);
+        let fields: Vec<(&str, &str)> = fields
+            .split(';')
+            .filter(|f| !f.is_empty())
+            .map(|f| f.split_once('=').unwrap())
+            .collect();
+        let d = dmi_root(&fields);
         assert_eq!(
             detect_from_dmi(d.path()).map(|(p, _)| p),
             *want,
@@ -602,12 +525,10 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
             .replace(' ', "%20")
             .replace(':', "%3A")
     );
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "ign.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("config.ign", ign.as_bytes())],
     );
     let a = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal)).unwrap();
@@ -617,12 +538,10 @@ fn nodeconfig_partition_reads_config_ign_and_names_the_file_in_errors() {
 
     // A hand-edited node.yaml with a typo: the error names the partition's file.
     let bad = NODE_YAML.replace("role: worker", "role: wrker");
-    let img = fat_image(
+    let img = fat16(
         d.path(),
         "bad.img",
         "NODECONFIG",
-        16,
-        8192,
         &[("node.yaml", bad.as_bytes())],
     );
     let e = acquire(&ctx_with(d.path(), vec![img]).with_platform(Platform::Metal))

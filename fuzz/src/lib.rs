@@ -60,20 +60,8 @@ pub fn with_scratch_file_len<T>(
 /// duplicate keys (YAML into `serde_json::Value` keeps only the last), and those found
 /// before an error.
 pub fn secrets_in(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for doc in yaml_serde::Deserializer::from_str(text) {
-        let walk = serde::de::DeserializeSeed::deserialize(
-            Strings {
-                under_secrets: false,
-                out: &mut out,
-            },
-            doc,
-        );
-        // A stream that does not load yields its error for ever: stop at the first.
-        if walk.is_err() {
-            break;
-        }
-    }
+    // The event walk of the product's own secret finder, keyed on `secrets` only.
+    let mut out = nodeimage_core::config::strings_below_keys(text, &|k| k == "secrets");
     // The brief's oracle, for what the walk above might miss.
     if let Ok(v) = yaml_serde::from_str::<Value>(text) {
         json_secrets(&v, false, &mut out);
@@ -92,85 +80,6 @@ fn json_secrets(v: &Value, under: bool, out: &mut Vec<String>) {
             .iter()
             .for_each(|(k, v)| json_secrets(v, under || k == "secrets", out)),
         _ => {}
-    }
-}
-
-/// Collects the strings below a `secrets` key, one event at a time.
-struct Strings<'a> {
-    under_secrets: bool,
-    out: &'a mut Vec<String>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Strings<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Strings<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("YAML")
-    }
-    fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        if self.under_secrets {
-            self.out.push(s.to_string());
-        }
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let under_secrets = self.under_secrets;
-        while seq
-            .next_element_seed(Strings {
-                under_secrets,
-                out: &mut *self.out,
-            })?
-            .is_some()
-        {}
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<yaml_serde::Value>()? {
-            let under_secrets = self.under_secrets || key.as_str() == Some("secrets");
-            map.next_value_seed(Strings {
-                under_secrets,
-                out: &mut *self.out,
-            })?;
-        }
-        Ok(())
-    }
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
-        use serde::de::VariantAccess;
-        let (_tag, value) = data.variant::<serde::de::IgnoredAny>()?;
-        value.newtype_variant_seed(self)
     }
 }
 

@@ -71,6 +71,16 @@ pub fn fat_image(
     mkfs_fat(dir, name, &args, kib, files)
 }
 
+/// [`fat_image`] as most tests want it: FAT16, 8 MiB.
+pub fn fat16(dir: &Path, name: &str, label: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    fat_image(dir, name, label, 16, 8192, files)
+}
+
+/// [`fat_image`] the size of a floppy: FAT12, 1440 KiB.
+pub fn fat12(dir: &Path, name: &str, label: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    fat_image(dir, name, label, 12, 1440, files)
+}
+
 /// An ISO image of `files` made with `tool` (`genisoimage`, or `xorriso` in its mkisofs
 /// mode) with volume label `label`; `extensions` are the name extensions (`-J`, `-r`).
 pub fn iso_image(

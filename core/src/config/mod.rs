@@ -96,10 +96,22 @@ impl ConfigError {
 /// keys (which `yaml_serde::Value` refuses, while the strict parser may already have
 /// quoted a secret before reaching the duplicate), and whatever comes before an error.
 pub fn secret_values(document: &str) -> Vec<String> {
+    strings_below_keys(document, &|k| {
+        let k = k.to_ascii_lowercase();
+        ["secret", "key", "password", "token", "passwd"]
+            .iter()
+            .any(|w| k.contains(w))
+    })
+}
+
+/// Every string in `document` (read leniently, as [`secret_values`] says) below a
+/// mapping key for which `key_matches` is true, at any depth.
+pub fn strings_below_keys(document: &str, key_matches: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     for doc in yaml_serde::Deserializer::from_str(document) {
         let seed = SecretStrings {
             secret: false,
+            key_matches,
             out: &mut out,
         };
         // An error ends the walk, keeping what was found before it (a stream that does
@@ -111,24 +123,19 @@ pub fn secret_values(document: &str) -> Vec<String> {
     out
 }
 
-/// Walks a YAML document entry by entry for [`secret_values`].
+/// Walks a YAML document entry by entry for [`strings_below_keys`].
 struct SecretStrings<'a> {
-    /// Under a secret-naming key.
+    /// Under a matching key.
     secret: bool,
+    key_matches: &'a dyn Fn(&str) -> bool,
     out: &'a mut Vec<String>,
 }
 
 impl SecretStrings<'_> {
-    fn secret_key(k: &str) -> bool {
-        let k = k.to_ascii_lowercase();
-        ["secret", "key", "password", "token", "passwd"]
-            .iter()
-            .any(|w| k.contains(w))
-    }
-
     fn below(&mut self, named: bool) -> SecretStrings<'_> {
         SecretStrings {
             secret: self.secret || named,
+            key_matches: self.key_matches,
             out: self.out,
         }
     }
@@ -190,7 +197,7 @@ impl<'de> serde::de::Visitor<'de> for SecretStrings<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<yaml_serde::Value>()? {
-            let named = key.as_str().is_some_and(Self::secret_key);
+            let named = key.as_str().is_some_and(self.key_matches);
             map.next_value_seed(self.below(named))?;
         }
         Ok(())
