@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build a node image from a profile: raw, raw.zst, qcow2, vhd (Azure) or gce outputs, as its [outputs] formats say, with manifest.json and SHA256SUMS.
+    /// Build a node image from a profile: raw, raw.zst, qcow2, vhd (Azure), gce or pxe (network boot files) outputs, as its [outputs] formats say, with manifest.json and SHA256SUMS.
     Build(nodeimage::build::BuildArgs),
     /// Resolve a profile's container images to per-arch digests (writes NAME.lock.json beside it).
     Lock(nodeimage::oci::LockArgs),

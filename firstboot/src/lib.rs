@@ -13,7 +13,8 @@
 //! * The steps: [`host`] (preflight, firewall, hostname, Ignition, files, containerd,
 //!   images) and [`assemble`] (joining the cluster), with [`preflight`], [`containerd`],
 //!   [`etcd`], [`pki`], [`kube`], [`kubeconfig`] and [`systemd`] doing the work.
-//! * [`state`]: the state partition, set up from the initramfs; [`fault`]: the power-cut
+//! * [`state`]: the state partition, set up from the initramfs; [`netroot`]: a network
+//!   boot's root image (fetched, verified, mounted from RAM) and its state in RAM; [`fault`]: the power-cut
 //!   points of the power-cut test (`firstboot.fault=` on the kernel command line).
 
 pub mod assemble;
@@ -25,6 +26,7 @@ pub mod host;
 pub mod ignition;
 pub mod kube;
 pub mod net;
+pub mod netroot;
 pub mod pki;
 pub mod preflight;
 pub mod renew;

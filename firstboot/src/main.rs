@@ -56,6 +56,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         rootmnt: PathBuf,
     },
+    /// Initramfs stage of a network boot (boot=nodeimage-net): fetch the root image named
+    /// by nodeimage.root_url= on the kernel command line, verify it against
+    /// nodeimage.root_sha256=, mount it from RAM at DIR and set the state up in RAM.
+    Netroot {
+        /// Where the initramfs wants the root filesystem.
+        #[arg(long, value_name = "DIR")]
+        rootmnt: PathBuf,
+    },
     /// Print status.json.
     Status,
     /// Approve pending kubelet serving CSRs that pass the policy and label Nodes with
@@ -83,6 +91,18 @@ fn main() {
                 1
             }
         },
+        Command::Netroot { rootmnt } => {
+            let result = std::fs::read_to_string("/proc/cmdline")
+                .map_err(anyhow::Error::from)
+                .and_then(|c| firstboot::netroot::setup(&rootmnt, &c));
+            match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("nodeimage: network boot failed: {}", run::error_line(&e));
+                    1
+                }
+            }
+        }
         Command::Status => {
             let p = nodeimage_core::files::rooted(
                 &cli.run.root,

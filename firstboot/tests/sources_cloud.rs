@@ -452,6 +452,46 @@ fn kernel_cmdline_url_with_placeholders_and_hash() {
 }
 
 #[test]
+fn kernel_cmdline_url_relative_to_the_network_boot_base() {
+    // A network boot's boot.ipxe passes nodeimage.base_url= (the directory it was served
+    // from) and, by default, a config URL relative to it.
+    let d = tempfile::tempdir().unwrap();
+    machine_root(d.path());
+    let mock = url_server();
+    let sha = hex::encode(sha2::Sha256::digest(NODE_YAML));
+    let c = SourceContext::new(
+        d.path(),
+        &format!(
+            "nodeimage.base_url={}/configs/boot.ipxe firstboot.config_url={{mac}}/{{uuid}}/{{serial}}.yaml firstboot.config_sha256={sha}",
+            mock.base
+        ),
+    )
+    .with_timeouts(fast());
+    let a = acquire(&c).unwrap();
+    assert_eq!(a.source, "kernel-cmdline-url");
+    assert_eq!(a.node_config.hostname.as_deref(), Some("node-1"));
+    // Without a base, a relative URL is an error that says what is missing.
+    let c = SourceContext::new(
+        d.path(),
+        &format!("firstboot.config_url=config/{{mac}}.yaml firstboot.config_sha256={sha}"),
+    )
+    .with_timeouts(fast());
+    let e = acquire(&c).unwrap_err().to_string();
+    assert!(e.contains("nodeimage.base_url"), "{e}");
+    // The plain-HTTP rule holds for the resolved URL.
+    let c = SourceContext::new(
+        d.path(),
+        &format!(
+            "nodeimage.base_url={}/configs/ firstboot.config_url=x.yaml",
+            mock.base
+        ),
+    )
+    .with_timeouts(fast());
+    let e = acquire(&c).unwrap_err().to_string();
+    assert!(e.contains("plain HTTP"), "{e}");
+}
+
+#[test]
 fn kernel_cmdline_url_hash_mismatch_and_missing_document_are_errors() {
     let d = tempfile::tempdir().unwrap();
     machine_root(d.path());

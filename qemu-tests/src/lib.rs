@@ -86,7 +86,8 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
 /// Options for one boot.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
-    pub disk: PathBuf,
+    /// The boot disk (virtio); `None` for a diskless network boot.
+    pub disk: Option<PathBuf>,
     pub memory_mib: u32,
     pub cpus: u32,
     /// Directory for the firmware variables copy, console log and report file.
@@ -101,6 +102,28 @@ pub struct VmOptions {
     pub netns: Option<String>,
     /// Let a guest reboot (QEMU restarts it) instead of exiting on reboot.
     pub allow_reboot: bool,
+    /// Network boot through QEMU's own iPXE ROM (the NIC's default ROM, under SeaBIOS): user
+    /// networking whose DHCP offers this boot file URL, the NIC first in the boot order.
+    /// With it the machine boots from SeaBIOS, not OVMF (see docs/testing.md).
+    pub netboot: Option<String>,
+}
+
+impl VmOptions {
+    /// Options with what most boots use: user networking, no reboot, no network boot.
+    pub fn new(disk: Option<PathBuf>, work_dir: &Path, name: &str) -> VmOptions {
+        VmOptions {
+            disk,
+            memory_mib: 2048,
+            cpus: 2,
+            work_dir: work_dir.to_path_buf(),
+            name: name.into(),
+            extra: vec![],
+            user_net: true,
+            netns: None,
+            allow_reboot: false,
+            netboot: None,
+        }
+    }
 }
 
 /// A running QEMU.
@@ -115,15 +138,14 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn start_x86_64_uefi(o: &VmOptions) -> Result<Vm> {
+    /// Start an x86_64 guest (q35): UEFI (OVMF) from its disk, or SeaBIOS and iPXE for
+    /// a [`VmOptions::netboot`].
+    pub fn start_x86_64(o: &VmOptions) -> Result<Vm> {
         let qemu = "qemu-system-x86_64";
         if which(qemu).is_none() {
             bail!("{qemu} not found: apt-get install qemu-system-x86 (from bookworm-backports on this machine, see .ci/run)");
         }
         std::fs::create_dir_all(&o.work_dir)?;
-        let (code, vars) = ovmf()?;
-        let vars_copy = o.work_dir.join(format!("{}-OVMF_VARS.fd", o.name));
-        std::fs::copy(&vars, &vars_copy).context("copying OVMF variables")?;
         let console_log = o.work_dir.join(format!("{}-console.log", o.name));
         let report_path = o.work_dir.join(format!("{}-report.jsonl", o.name));
         let qmp_path = o.work_dir.join(format!("{}.qmp", o.name));
@@ -138,32 +160,50 @@ impl Vm {
             }
             None => Command::new(qemu),
         };
-        cmd.args(["-machine", "q35", "-nodefaults", "-display", "none"]);
+        // graphics=off: SeaBIOS (and through it iPXE) print on the serial console.
+        let machine = if o.netboot.is_some() {
+            "q35,graphics=off"
+        } else {
+            "q35"
+        };
+        cmd.args(["-machine", machine, "-nodefaults", "-display", "none"]);
         if !o.allow_reboot {
             cmd.arg("-no-reboot");
         }
         cmd.args(accel.args())
-            .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()])
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars_copy.display()
-            ))
-            .arg("-drive")
-            .arg(format!(
+            .args(["-m", &o.memory_mib.to_string(), "-smp", &o.cpus.to_string()]);
+        if o.netboot.is_none() {
+            let (code, vars) = ovmf()?;
+            let vars_copy = o.work_dir.join(format!("{}-OVMF_VARS.fd", o.name));
+            std::fs::copy(&vars, &vars_copy).context("copying OVMF variables")?;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars_copy.display()
+                ));
+        }
+        if let Some(disk) = &o.disk {
+            cmd.arg("-drive").arg(format!(
                 "if=virtio,format=raw,file={},cache=unsafe",
-                o.disk.display()
-            ))
-            .args(["-serial", "stdio"])
+                disk.display()
+            ));
+        }
+        cmd.args(["-serial", "stdio"])
             .arg("-serial")
             .arg(format!("file:{}", report_path.display()))
             .args(["-device", "virtio-rng-pci"]);
-        if o.user_net {
+        if let Some(url) = &o.netboot {
+            // The NIC's own option ROM, QEMU's default for virtio-net-pci (efi-virtio.rom
+            // from ipxe-qemu: iPXE for BIOS and UEFI).
+            cmd.arg("-netdev")
+                .arg(format!("user,id=n0,bootfile={url}"))
+                .args(["-device", "virtio-net-pci,netdev=n0,bootindex=1"]);
+        } else if o.user_net {
             cmd.args([
                 "-netdev",
                 "user,id=n0",
@@ -180,7 +220,11 @@ impl Vm {
         eprintln!(
             "qemu: starting {} ({accel:?}) with {}",
             o.name,
-            o.disk.display()
+            match (&o.disk, &o.netboot) {
+                (Some(d), _) => d.display().to_string(),
+                (None, Some(url)) => format!("no disk, network boot from {url}"),
+                (None, None) => "no disk".into(),
+            }
         );
         let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
         let console = Arc::new(Mutex::new(String::new()));

@@ -118,16 +118,17 @@ struct Node {
 }
 
 fn start(node: &Node, lab: &NetLab, work: &Path, boot: &str) -> Vm {
-    Vm::start_x86_64_uefi(&VmOptions {
-        disk: node.disk.clone(),
+    Vm::start_x86_64(&VmOptions {
         memory_mib: node.memory_mib,
         cpus: node.cpus,
-        work_dir: work.to_path_buf(),
-        name: format!("{}-{boot}", node.name),
         extra: NetLab::nic_args(&node.tap, node.mac),
         user_net: false,
         netns: Some(lab.ns.clone()),
-        allow_reboot: false,
+        ..VmOptions::new(
+            Some(node.disk.clone()),
+            work,
+            &format!("{}-{boot}", node.name),
+        )
     })
     .unwrap()
 }
@@ -183,65 +184,56 @@ addons:
 /// host-network pod on each node (the node's own network, for the metadata check; with
 /// the node's root at /host, for the diagnostics of a failed check).
 fn workload_manifest() -> String {
+    let (w, m) = (WORKER.0, MASTER.0);
+    [
+        pod("client", w, false, "echo client started on $(hostname); exec sleep 86400", ""),
+        pod(
+            "web",
+            m,
+            true,
+            "mkdir -p /www && echo hello-from-the-master > /www/index.html && exec httpd -f -p 8080 -h /www",
+            "",
+        ),
+        pod("hostnet", w, false, "exec sleep 86400", HOSTNET),
+        pod("hostnet-master", m, true, "exec sleep 86400", HOSTNET),
+    ]
+    .join("---\n")
+}
+
+/// What makes a pod of [`workload_manifest`] a host-network pod with the node's root.
+const HOSTNET: &str = "      securityContext: {privileged: true}
+      volumeMounts: [{name: host, mountPath: /host}]
+  volumes: [{name: host, hostPath: {path: /}}]
+  hostNetwork: true
+";
+
+/// One pod running `script` in the workload image on `node` (tolerating the masters'
+/// taint when `on_master`), labelled `app: <name>` (`hostnet` for both host-network
+/// pods), with `extra` appended to its spec.
+fn pod(name: &str, node: &str, on_master: bool, script: &str, extra: &str) -> String {
+    let app = if name.starts_with("hostnet") {
+        "hostnet"
+    } else {
+        name
+    };
+    let tolerations = if on_master {
+        "  tolerations:\n    - {key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}\n"
+    } else {
+        ""
+    };
+    let container = if app == "hostnet" { "hostnet" } else { name };
     format!(
         "apiVersion: v1
 kind: Pod
-metadata: {{name: client, namespace: default, labels: {{app: client}}}}
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
 spec:
-  nodeSelector: {{kubernetes.io/hostname: {w}}}
-  containers:
-    - name: client
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+{tolerations}  containers:
+    - name: {container}
       image: {WORKLOAD}
       imagePullPolicy: Never
-      command: [/bin/sh, -c, 'echo client started on $(hostname); exec sleep 86400']
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web, namespace: default, labels: {{app: web}}}}
-spec:
-  nodeSelector: {{kubernetes.io/hostname: {m}}}
-  tolerations:
-    - {{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}
-  containers:
-    - name: web
-      image: {WORKLOAD}
-      imagePullPolicy: Never
-      command: [/bin/sh, -c, 'mkdir -p /www && echo hello-from-the-master > /www/index.html && exec httpd -f -p 8080 -h /www']
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: hostnet, namespace: default, labels: {{app: hostnet}}}}
-spec:
-  nodeSelector: {{kubernetes.io/hostname: {w}}}
-  hostNetwork: true
-  containers:
-    - name: hostnet
-      image: {WORKLOAD}
-      imagePullPolicy: Never
-      command: [/bin/sh, -c, 'exec sleep 86400']
-      securityContext: {{privileged: true}}
-      volumeMounts: [{{name: host, mountPath: /host}}]
-  volumes: [{{name: host, hostPath: {{path: /}}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: hostnet-master, namespace: default, labels: {{app: hostnet}}}}
-spec:
-  nodeSelector: {{kubernetes.io/hostname: {m}}}
-  tolerations:
-    - {{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}
-  hostNetwork: true
-  containers:
-    - name: hostnet
-      image: {WORKLOAD}
-      imagePullPolicy: Never
-      command: [/bin/sh, -c, 'exec sleep 86400']
-      securityContext: {{privileged: true}}
-      volumeMounts: [{{name: host, mountPath: /host}}]
-  volumes: [{{name: host, hostPath: {{path: /}}}}]
-",
-        w = WORKER.0,
-        m = MASTER.0,
+      command: [/bin/sh, -c, '{script}']
+{extra}"
     )
 }
 

@@ -62,7 +62,7 @@ const STEPS: [&str; 7] = [
 const DISK_SIZE: u64 = 4 << 30;
 
 fn esp_offset(fx: &Fixture) -> u64 {
-    fx.parts.iter().find(|p| p.0 == "ESP").expect("an ESP").1
+    fx.part("ESP").0
 }
 
 /// Put `fault` (or nothing) onto the kernel command line of the loader entry.
@@ -320,12 +320,7 @@ fn power_cuts_during_first_boot_converge() {
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
     );
-    let (_, root_off, root_size) = fx
-        .parts
-        .iter()
-        .find(|p| p.0.starts_with("root-"))
-        .unwrap()
-        .clone();
+    let (root_off, root_size) = fx.part("root-");
     let root_dev = Loop::new(&fx.raw, root_off, root_size);
     let image_root = Mount::new(&root_dev.0, "erofs", "ro");
     let state_fs = Mount::new(&state_dev.0, "ext4", "ro,noload");

@@ -79,12 +79,7 @@ fn every_node_makes_its_own_host_keys() {
     let fx = fixture_of(&SSH_VARIANT);
 
     // The read-only root: sshd, its config, no host key.
-    let (_, off, size) = fx
-        .parts
-        .iter()
-        .find(|p| p.0.starts_with("root-"))
-        .unwrap()
-        .clone();
+    let (off, size) = fx.part("root-");
     let dev = run(Command::new("losetup")
         .args(["--find", "--show", "--read-only", "--offset"])
         .arg(off.to_string())

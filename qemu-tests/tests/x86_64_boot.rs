@@ -57,10 +57,29 @@ fn build_is_reproducible() {
             "SHA256SUMS lacks a .{f}"
         );
     }
+    for f in ["boot.ipxe", "vmlinuz", "initrd.img", "root.erofs"] {
+        assert!(
+            sums(raw1).contains(&format!("  pxe/{f}\n")),
+            "SHA256SUMS lacks pxe/{f}"
+        );
+    }
     run(Command::new("sha256sum")
         .args(["-c", "--strict", "SHA256SUMS"])
         .current_dir(raw1.parent().unwrap()))
     .unwrap();
+    // The network boot's root image is the disk's root filesystem, byte for byte (the
+    // partition holds it and zeros up to the next MiB).
+    let (off, size) = fx.part("root-");
+    let part = base().join("root-partition.img");
+    extract(raw1, off, size, &part);
+    let erofs = std::fs::read(raw1.parent().unwrap().join("pxe/root.erofs")).unwrap();
+    let partition = std::fs::read(&part).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    assert!(erofs.len() <= partition.len());
+    assert!(
+        partition[..erofs.len()] == erofs[..] && partition[erofs.len()..].iter().all(|b| *b == 0),
+        "pxe/root.erofs is not the root partition's file system"
+    );
     // The qcow2 and the VHD hold the raw disk, as qemu reads them.
     let dir = raw1.parent().unwrap();
     let name = raw1.file_stem().unwrap().to_str().unwrap();
@@ -150,12 +169,10 @@ fn first_boot_then_reboot() {
     // boot disk `vda`): firstboot must take the boot disk's own, and must neither read
     // nor erase the stranger's. The disk is writable (QEMU's IDE disks refuse read-only
     // block nodes), so the check after the boot below is a real one.
-    let rogue = test_support::images::fat_image(
+    let rogue = test_support::images::fat16(
         &base,
         "rogue-nodeconfig.img",
         "NODECONFIG",
-        16,
-        8192,
         &[(
             "node.yaml",
             format!("{TEST_NODE}hostname: rogue-node\n").as_bytes(),
@@ -319,12 +336,7 @@ fn malformed_config_fails_clearly() {
     // A fresh node whose config was edited by hand into something malformed.
     let disk_b = base.join("node-b.raw");
     boot_copy(&fx.raw, &disk_b, 4 << 30);
-    let (_, off, _) = fx
-        .parts
-        .iter()
-        .find(|p| p.0 == "NODECONFIG")
-        .unwrap()
-        .clone();
+    let (off, _) = fx.part("NODECONFIG");
     let bad = base.join("node.yaml.bad");
     std::fs::write(
         &bad,

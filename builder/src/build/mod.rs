@@ -8,7 +8,7 @@
 //! | – | [`Identity::new`], [`identity::manifest`] | [`Identity`], the ESP's manifest | (cheap) |
 //! | 4 | [`filesystems`] | [`Filesystems`] (erofs, ESP, NODECONFIG) | root tree and manifest |
 //! | 5 | [`assemble_disk`] | [`DiskImage`] | (cheap: written from the filesystems) |
-//! | 6 | [`write_outputs`] | [`Outputs`] (raw, raw.zst, manifest.json) | – |
+//! | 6 | [`write_outputs`] | [`Outputs`] (the profile's formats, the [`pxe`] files, manifest.json, SHA256SUMS) | – |
 //!
 //! Stage outputs live in the stage cache (`<cache>/stages`, see [`cache`]) keyed by
 //! the sha256 of the stage's inputs, so an unchanged profile rebuilds in seconds and a
@@ -22,6 +22,7 @@ pub mod filesystems;
 pub mod identity;
 pub mod outputs;
 pub mod payload;
+pub mod pxe;
 pub mod tree;
 
 pub use assemble::{assemble_disk, DiskImage};
@@ -302,7 +303,16 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
 
     let fs = timed("filesystems", || filesystems(&b, &tree, &id, &manifest))?;
     let disk = timed("disk", || assemble_disk(&b, &fs, &id))?;
-    let outputs = timed("outputs", || write_outputs(&b, &disk, manifest))?;
+    let netboot = pxe::NetbootInputs {
+        kernel: tree.kernel.clone(),
+        initrd: tree.initrd.clone(),
+        root: fs.root.clone(),
+        profile_cmdline: p.kernel.cmdline.clone(),
+        name: p.name.clone(),
+        arch: p.arch.as_str().into(),
+        inputs_sha256: id.inputs.clone(),
+    };
+    let outputs = timed("outputs", || write_outputs(&b, &disk, &netboot, manifest))?;
 
     if args.keep_work {
         tracing::info!(work = %b.work.display(), tree = %tree.root.display(), "work directory kept");

@@ -1,5 +1,5 @@
 //! The output directory: the profile's formats of the one disk (raw, raw.zst, qcow2, a
-//! fixed VHD, a GCE tarball), manifest.json with the partitions and the outputs'
+//! fixed VHD, a GCE tarball), the network boot files (`pxe/`, [`super::pxe`]), manifest.json with the partitions and the outputs'
 //! hashes, and SHA256SUMS over all of them (`sha256sum -c` reads it). Every output is
 //! reproducible: nothing in them depends on the time or the machine of the build.
 
@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::assemble::DiskImage;
+use super::pxe::NetbootInputs;
 use super::{sha256_file, Build};
 use crate::manifest::{Manifest, OutputRecord};
 use crate::profile::OutputFormat;
@@ -24,7 +25,12 @@ pub struct Outputs {
 
 /// Stage 6: the profile's output formats and `manifest.json` (the ESP's manifest plus
 /// the partitions, the disk GUID and the outputs).
-pub fn write_outputs(b: &Build, disk: &DiskImage, mut manifest: Manifest) -> Result<Outputs> {
+pub fn write_outputs(
+    b: &Build,
+    disk: &DiskImage,
+    netboot: &NetbootInputs,
+    mut manifest: Manifest,
+) -> Result<Outputs> {
     let p = &b.lp.profile;
     let zst = b.out_dir.join(format!("{}.raw.zst", p.name));
     manifest.disk_guid = Some(disk.disk_guid.to_string());
@@ -33,6 +39,19 @@ pub fn write_outputs(b: &Build, disk: &DiskImage, mut manifest: Manifest) -> Res
         compress_zstd(&disk.raw, &zst)?;
     }
     for f in &p.outputs.formats {
+        if *f == OutputFormat::Pxe {
+            super::pxe::write(netboot, &b.out_dir)?;
+            for file in super::pxe::FILES {
+                let (sha256, size) = sha256_file(&b.out_dir.join(file))?;
+                manifest.outputs.push(OutputRecord {
+                    file: file.into(),
+                    format: format!("pxe-{}", file.rsplit('/').next().unwrap_or(file)),
+                    size,
+                    sha256,
+                });
+            }
+            continue;
+        }
         let (file, format) = match f {
             OutputFormat::Raw => (disk.raw.clone(), "raw"),
             OutputFormat::RawZst => (zst.clone(), "raw.zst"),
@@ -52,6 +71,7 @@ pub fn write_outputs(b: &Build, disk: &DiskImage, mut manifest: Manifest) -> Res
                 write_gce(disk, &b.work.join("gce"), b.epoch, &out)?;
                 (out, "gce")
             }
+            OutputFormat::Pxe => unreachable!("written above"),
         };
         let (sha256, size) = sha256_file(&file)?;
         manifest.outputs.push(OutputRecord {
@@ -232,7 +252,7 @@ mod tests {
                 partitions: vec![],
             },
         };
-        let out = write_outputs(&b, &disk, m).unwrap();
+        let out = write_outputs(&b, &disk, &netboot_of(&tree, &raw), m).unwrap();
         assert!(!raw.exists(), "raw is not among the formats");
         let zst = b.out_dir.join("t.raw.zst");
         assert_eq!(
@@ -249,6 +269,19 @@ mod tests {
         let on_disk: Manifest =
             serde_json::from_slice(&fs::read(&out.manifest_path).unwrap()).unwrap();
         assert_eq!(on_disk, out.manifest);
+    }
+
+    /// Network boot inputs from a fake tree, with `root` as the root image.
+    fn netboot_of(tree: &crate::build::tree::RootTree, root: &Path) -> NetbootInputs {
+        NetbootInputs {
+            kernel: tree.kernel.clone(),
+            initrd: tree.initrd.clone(),
+            root: root.to_path_buf(),
+            profile_cmdline: String::new(),
+            name: "t".into(),
+            arch: "x86_64".into(),
+            inputs_sha256: "00".repeat(32),
+        }
     }
 
     fn sh(cmd: &mut Command) -> String {
@@ -282,7 +315,7 @@ mod tests {
         let b = crate::build::tests::test_build(
             d.path(),
             &format!(
-                "{}[outputs]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n",
+                "{}[outputs]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"pxe\"]\n",
                 crate::build::tests::PROFILE
             ),
             true,
@@ -316,7 +349,10 @@ mod tests {
                 disk_guid: guid,
                 layout: layout.clone(),
             };
-            (write_outputs(b, &disk, m).unwrap(), layout)
+            (
+                write_outputs(b, &disk, &netboot_of(&tree, &raw), m).unwrap(),
+                layout,
+            )
         };
         let (out, layout) = write(&b);
         let raw_size = fs::metadata(&raw).unwrap().len();
@@ -327,7 +363,25 @@ mod tests {
             .iter()
             .map(|o| o.file.as_str())
             .collect();
-        assert_eq!(files, ["t.raw", "t.qcow2", "t.vhd", "t.gce.tar.gz"]);
+        assert_eq!(
+            files,
+            [
+                "t.raw",
+                "t.qcow2",
+                "t.vhd",
+                "t.gce.tar.gz",
+                "pxe/boot.ipxe",
+                "pxe/initrd.img",
+                "pxe/root.erofs",
+                "pxe/vmlinuz"
+            ]
+        );
+        // The network boot files: the tree's kernel and initrd, the root image, a script.
+        assert_eq!(fs::read(b.out_dir.join("pxe/vmlinuz")).unwrap(), b"kernel");
+        assert_eq!(
+            fs::read(b.out_dir.join("pxe/initrd.img")).unwrap(),
+            b"initrd"
+        );
         let qemu_img =
             |args: &[&str]| sh(Command::new("qemu-img").args(args).current_dir(&b.out_dir));
 
@@ -416,7 +470,7 @@ mod tests {
 
         // SHA256SUMS covers every file, and sha256sum agrees.
         let sums = fs::read_to_string(b.out_dir.join("SHA256SUMS")).unwrap();
-        assert_eq!(sums.lines().count(), 5, "{sums}");
+        assert_eq!(sums.lines().count(), 9, "{sums}");
         sh(Command::new("sha256sum")
             .args(["-c", "--strict", "SHA256SUMS"])
             .current_dir(&b.out_dir));

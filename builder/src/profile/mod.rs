@@ -235,6 +235,9 @@ pub enum OutputFormat {
     /// A GCE image: the disk grown to a whole number of GiB as `disk.raw` in a gzip'd
     /// sparse oldgnu tar (`<name>.gce.tar.gz`).
     Gce,
+    /// Network boot files in `pxe/`: kernel, initrd, the erofs root image and an iPXE
+    /// script that pins the root image's SHA-256 (`builder/src/build/pxe.rs`).
+    Pxe,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ pub fn parse(file: &str, text: &str) -> Result<Profile, ProfileError> {
         return Err(at(
             None,
             format!(
-                "outputs.formats: expected one or more of raw, raw-zst, qcow2, vhd, gce, each once, found {formats:?}"
+                "outputs.formats: expected one or more of raw, raw-zst, qcow2, vhd, gce, pxe, each once, found {formats:?}"
             ),
         ));
     }

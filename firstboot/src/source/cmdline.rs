@@ -153,18 +153,38 @@ impl ConfigUrlSource {
             return Ok(None);
         };
         let bad = |m: String| SourceError::Invalid(format!("firstboot.config_url: {m}"));
-        if !(template.starts_with("http://") || template.starts_with("https://")) {
-            // (https://, or http:// with a digest: checked below.)
+        let ids = MachineIds::from_root(&ctx.root);
+        let absolute = template.starts_with("http://") || template.starts_with("https://");
+        // A relative URL is resolved against nodeimage.base_url= (a network boot's
+        // boot.ipxe passes the directory it was served from).
+        let base =
+            cmdline_param(&ctx.cmdline, crate::netroot::BASE_URL_PARAM).filter(|b| !b.is_empty());
+        let url = match (absolute, base) {
+            (true, _) => expand_placeholders(&template, &ids).map_err(bad)?,
+            (false, Some(base)) => {
+                let rel = expand_placeholders(&template, &ids).map_err(bad)?;
+                let base = url::Url::parse(&base).map_err(|e| {
+                    bad(format!("`{template}` is relative and nodeimage.base_url=`{base}` is not a URL ({e})"))
+                })?;
+                let joined = base.join(&rel).map_err(|e| bad(format!("`{rel}` relative to `{base}`: {e}")))?;
+                joined.to_string()
+            }
+            (false, None) => {
+                return Err(bad(format!(
+                    "expected an http:// or https:// URL (or one relative to nodeimage.base_url=), found `{template}`"
+                )))
+            }
+        };
+        url::Url::parse(&url).map_err(|e| bad(format!("`{url}`: {e}")))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(bad(format!(
-                "expected an http:// or https:// URL, found `{template}`"
+                "expected an http:// or https:// URL, found `{url}`"
             )));
         }
-        let url = expand_placeholders(&template, &MachineIds::from_root(&ctx.root)).map_err(bad)?;
-        url::Url::parse(&url).map_err(|e| bad(format!("`{url}`: {e}")))?;
         let sha256_param = cmdline_param(&ctx.cmdline, "firstboot.config_sha256");
-        if template.starts_with("http://") && sha256_param.is_none() {
+        if url.starts_with("http://") && sha256_param.is_none() {
             return Err(bad(format!(
-                "`{template}` is plain HTTP, which anyone on the path can change: use https://, \
+                "`{url}` is plain HTTP, which anyone on the path can change: use https://, \
                  or pin the document with firstboot.config_sha256=<its SHA-256>"
             )));
         }

@@ -360,7 +360,13 @@ fn wait_for_node(disk_name: &str, number: u32) -> Result<PathBuf> {
     Ok(node)
 }
 
-fn mount(src: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
+pub(crate) fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<()> {
     let c = |s: &str| CString::new(s).expect("no NUL");
     let t = CString::new(target.as_os_str().as_encoded_bytes())?;
     let (s, f, d) = (c(src), c(fstype), c(data));
@@ -493,25 +499,100 @@ fn make_state_fs(node: &Path, uuid: &Uuid, var: &Path) -> Result<usize> {
     fs::create_dir_all(&staging)?;
     mount(&node.to_string_lossy(), &staging, "ext4", 0, "")?;
     // The image's /var becomes the starting content of the state partition.
-    let mut copied = 0usize;
+    let mut seen = 0usize;
     let cut_copy = fault::is_armed("var-copy");
-    let mut each = || {
-        copied += 1;
-        if cut_copy && copied == 100 {
+    let copied = copy_var(var, &staging, &mut || {
+        seen += 1;
+        if cut_copy && seen == 100 {
             fault::cut_now("var-copy");
         }
-    };
-    let mut entries: Vec<_> = fs::read_dir(var)?.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        copy_preserving(&e.path(), &staging.join(e.file_name()), &mut each)
-            .with_context(|| format!("copying {} to the state partition", e.path().display()))?;
-    }
+    })
+    .context("filling the state partition")?;
     ext4::syncfs(&staging)?;
     ext4::set_label(&staging, STATE_FS_LABEL)?;
     ext4::syncfs(&staging)?;
     umount(&staging)?;
     Ok(copied)
+}
+
+/// Mount an overlay over `<rootmnt>/etc` whose upper and work directories live under
+/// `var` ([`ETC_OVERLAY_DIR`]).
+fn overlay_etc(rootmnt: &Path, var: &Path) -> Result<()> {
+    let upper = var.join(ETC_OVERLAY_DIR).join("upper");
+    let work = var.join(ETC_OVERLAY_DIR).join("work");
+    fs::create_dir_all(&upper)?;
+    fs::create_dir_all(&work)?;
+    let etc = rootmnt.join("etc");
+    mount(
+        "overlay",
+        &etc,
+        "overlay",
+        0,
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            etc.display(),
+            upper.display(),
+            work.display()
+        ),
+    )
+}
+
+/// Copy the entries of the image's `var` into `dst`, in name order; `each` runs after
+/// every entry copied. Returns how many were copied.
+fn copy_var(var: &Path, dst: &Path, each: &mut dyn FnMut()) -> Result<usize> {
+    let mut copied = 0usize;
+    let mut count = || {
+        copied += 1;
+        each();
+    };
+    let mut entries: Vec<_> = fs::read_dir(var)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        copy_preserving(&e.path(), &dst.join(e.file_name()), &mut count)
+            .with_context(|| format!("copying {} to {}", e.path().display(), dst.display()))?;
+    }
+    Ok(copied)
+}
+
+/// The state of a network-booted node, in RAM (see [`crate::netroot`]): a tmpfs filled
+/// at `staging` with the image's `<rootmnt>/var` and then moved onto it, and the `/etc`
+/// overlay with its upper layer in that tmpfs. Nothing survives a reboot.
+pub fn setup_ram(rootmnt: &Path, staging: &Path) -> Result<()> {
+    let started = Instant::now();
+    let _ = Command::new("modprobe").args(["-q", "overlay"]).status();
+    let var = rootmnt.join("var");
+    fs::create_dir_all(staging)?;
+    mount("tmpfs", staging, "tmpfs", libc::MS_NODEV, "mode=0755")
+        .context("mounting the tmpfs for /var")?;
+    let copied = copy_var(&var, staging, &mut || {})?;
+    let (s, v) = (
+        CString::new(staging.as_os_str().as_encoded_bytes())?,
+        CString::new(var.as_os_str().as_encoded_bytes())?,
+    );
+    // SAFETY: mount(2) with MS_MOVE and NUL-terminated paths; the other arguments are ignored.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            v.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "moving the /var tmpfs from {} to {}: {}",
+            staging.display(),
+            var.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    overlay_etc(rootmnt, &var)?;
+    eprintln!(
+        "nodeimage: /var in RAM ({copied} entries of the image's /var), /etc overlaid ({} ms)",
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// Initramfs entry point: create or grow the state partition of the disk holding the
@@ -561,23 +642,7 @@ pub fn setup(rootmnt: &Path) -> Result<()> {
     if grown {
         run(Command::new("resize2fs").arg(&node)).context("growing the state filesystem")?;
     }
-    let upper = var.join(ETC_OVERLAY_DIR).join("upper");
-    let work = var.join(ETC_OVERLAY_DIR).join("work");
-    fs::create_dir_all(&upper)?;
-    fs::create_dir_all(&work)?;
-    let etc = rootmnt.join("etc");
-    mount(
-        "overlay",
-        &etc,
-        "overlay",
-        0,
-        &format!(
-            "lowerdir={},upperdir={},workdir={}",
-            etc.display(),
-            upper.display(),
-            work.display()
-        ),
-    )?;
+    overlay_etc(rootmnt, &var)?;
     eprintln!(
         "nodeimage: state partition {} {}{}{} and mounted on /var, /etc overlaid ({} ms)",
         node.display(),

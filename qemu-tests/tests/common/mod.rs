@@ -152,6 +152,18 @@ pub struct Fixture {
     pub parts: Vec<(String, u64, u64)>,
 }
 
+impl Fixture {
+    /// (first byte, size) of the partition whose name starts with `prefix` (`root-` for
+    /// the root of either architecture).
+    pub fn part(&self, prefix: &str) -> (u64, u64) {
+        self.parts
+            .iter()
+            .find(|p| p.0.starts_with(prefix))
+            .map(|p| (p.1, p.2))
+            .unwrap_or_else(|| panic!("no partition {prefix}* in {:?}", self.parts))
+    }
+}
+
 /// A test profile: profiles/test-x86_64.toml under another name, with more Debian
 /// packages, plus the three test images.
 #[derive(Debug, Clone, Copy)]
@@ -325,16 +337,9 @@ pub fn vm_slot() -> Option<MutexGuard<'static, ()>> {
 }
 
 pub fn start(disk: &Path, name: &str, extra: Vec<String>) -> Vm {
-    Vm::start_x86_64_uefi(&VmOptions {
-        disk: disk.to_path_buf(),
-        memory_mib: 2048,
-        cpus: 2,
-        work_dir: base(),
-        name: name.into(),
+    Vm::start_x86_64(&VmOptions {
         extra,
-        user_net: true,
-        netns: None,
-        allow_reboot: false,
+        ..VmOptions::new(Some(disk.to_path_buf()), &base(), name)
     })
     .unwrap()
 }
