@@ -11,7 +11,7 @@ CARGO ?= cargo
 # Where cargo builds (CARGO_TARGET_DIR when set, as .ci/run sets it).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: image test deps bins lint check-deps e2e e2e-ha
+.PHONY: image test deps bins lint check-deps e2e e2e-ha bench-boot
 
 deps:
 	.ci/install-deps
@@ -45,6 +45,12 @@ e2e: deps bins
 
 e2e-ha: deps bins
 	CI=true $(CARGO) test --release -p qemu-tests --test k8s_e2e three_masters -- --ignored --nocapture
+
+# The test image booted from its disk (UEFI) and over the network (iPXE), one after the
+# other in one run: power-on to `firstboot: ok` for each (the QEMU tests print them).
+bench-boot: deps bins
+	CI=true $(CARGO) test --release -p qemu-tests --test x86_64_boot first_boot_then_reboot -- --nocapture >$(TARGET_DIR)/bench-boot-disk.log 2>&1; s=$$?; grep -E 'firstboot: ok|test result' $(TARGET_DIR)/bench-boot-disk.log; exit $$s
+	CI=true $(CARGO) test --release -p qemu-tests --test pxe_boot netboot_reaches_firstboot_ok -- --nocapture >$(TARGET_DIR)/bench-boot-pxe.log 2>&1; s=$$?; grep -E 'network boot: |verified in|test result' $(TARGET_DIR)/bench-boot-pxe.log; exit $$s
 
 # Prove .ci/install-deps in fresh Debian 12 trees (mmdebstrap + chroot); not part of `make test`.
 check-deps:

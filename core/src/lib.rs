@@ -13,6 +13,7 @@
 //! * [`kubeconfig`] and [`yaml`]: the kubeconfig format, and YAML Kubernetes' readers read
 //!   back as written (both programs write kubeconfigs).
 //! * [`retry`]: backoff, deadlines and one `wait_until` for every retry and poll loop.
+//! * [`verity`]: dm-verity hash trees as `veritysetup format` writes them.
 //! * [`errors`]: printing an error with its causes.
 
 pub mod config;
@@ -26,4 +27,5 @@ pub mod layout;
 pub mod pki;
 pub mod ports;
 pub mod retry;
+pub mod verity;
 pub mod yaml;
