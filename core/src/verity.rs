@@ -98,7 +98,7 @@ pub fn build(data: &[u8], p: &Params) -> Result<Tree, VerityError> {
     }
     let dbs = p.data_block_size as usize;
     let hbs = p.hash_block_size as usize;
-    if data.is_empty() || data.len() % dbs != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(dbs) {
         return Err(VerityError::Partial {
             len: data.len() as u64,
             block: p.data_block_size,

@@ -41,7 +41,7 @@ use crate::source::cmdline_param;
 /// Kernel parameter: the root image's URL (absolute, or relative to [`BASE_URL_PARAM`]).
 pub const ROOT_URL_PARAM: &str = "nodeimage.root_url";
 /// Kernel parameter: the URL relative root URLs resolve against (iPXE's `${cwuri}`).
-pub const BASE_URL_PARAM: &str = "nodeimage.base_url";
+pub use crate::source::BASE_URL_PARAM;
 /// Kernel parameter: the root image's SHA-256 (hex).
 pub const ROOT_SHA256_PARAM: &str = "nodeimage.root_sha256";
 /// The tmpfs the root image is fetched into; detached once the root is mounted from it

@@ -23,6 +23,10 @@ use crate::net::{HashMismatch, Http};
 
 pub(crate) const SOURCE_NAME: &str = "kernel-cmdline-url";
 
+/// Kernel parameter: the URL relative URLs (the config's, a network boot's root image)
+/// resolve against; a network boot's boot.ipxe passes the directory it was served from.
+pub const BASE_URL_PARAM: &str = "nodeimage.base_url";
+
 /// Split a kernel command line into words, honouring double quotes like the kernel does.
 fn words(cmdline: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -157,8 +161,7 @@ impl ConfigUrlSource {
         let absolute = template.starts_with("http://") || template.starts_with("https://");
         // A relative URL is resolved against nodeimage.base_url= (a network boot's
         // boot.ipxe passes the directory it was served from).
-        let base =
-            cmdline_param(&ctx.cmdline, crate::netroot::BASE_URL_PARAM).filter(|b| !b.is_empty());
+        let base = cmdline_param(&ctx.cmdline, BASE_URL_PARAM).filter(|b| !b.is_empty());
         let url = match (absolute, base) {
             (true, _) => expand_placeholders(&template, &ids).map_err(bad)?,
             (false, Some(base)) => {

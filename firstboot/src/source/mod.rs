@@ -104,7 +104,7 @@ use nodeimage_core::config::{ConfigError, NodeConfig};
 pub use crate::net::Timeouts;
 pub use acquire::{acquire, source_order};
 pub use blockdev::{DeviceSet, Volume};
-pub use cmdline::{cmdline_param, expand_placeholders, MachineIds};
+pub use cmdline::{cmdline_param, expand_placeholders, MachineIds, BASE_URL_PARAM};
 pub use dmi::detect_from_dmi;
 pub use fs::FilesystemReader;
 pub use fwcfg::FW_CFG_NAME;
