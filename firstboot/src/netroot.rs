@@ -25,7 +25,6 @@
 //! every boot: firstboot runs on each boot and joins the cluster again, as other
 //! diskless node images do.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -253,7 +252,7 @@ fn one_attempt(
         .get(root.url.clone())
         .timeout(time_left.max(Duration::from_secs(1)))
         .send()
-        .map_err(|e| Attempt::Retry(error_chain(&e)))?;
+        .map_err(|e| Attempt::Retry(nodeimage_core::errors::chain(&e)))?;
     let status = resp.status().as_u16();
     if status >= 500 || status == 429 {
         return Err(Attempt::Retry(format!("HTTP {status}")));
@@ -266,7 +265,7 @@ fn one_attempt(
     }
     let total = resp.content_length();
     let dir = dest.parent().unwrap_or(Path::new("/"));
-    if let (Some(total), Some(free)) = (total, free_bytes(dir)) {
+    if let (Some(total), Ok(free)) = (total, crate::preflight::free_bytes(dir)) {
         if total > free {
             return Err(Attempt::Final(NetRootError::TooLarge {
                 url: url.into(),
@@ -282,7 +281,7 @@ fn one_attempt(
             Attempt::Final(NetRootError::TooLarge {
                 url: url.into(),
                 bytes: total.unwrap_or(0),
-                free: free_bytes(dir).unwrap_or(0),
+                free: crate::preflight::free_bytes(dir).unwrap_or(0),
                 dir: dir.display().to_string(),
             })
         } else {
@@ -329,27 +328,6 @@ fn one_attempt(
     drop(out);
     fs::rename(part, dest).map_err(|e| write_err(e, dest))?;
     Ok(got)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs(2) on a NUL-terminated path into a zeroed struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 // Loop devices (linux/loop.h).
@@ -487,19 +465,6 @@ pub fn mount_erofs_image(file: &Path, target: &Path) -> Result<PathBuf> {
     Ok(dev.node)
 }
 
-fn detach(target: &Path) -> Result<()> {
-    let t = CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: umount2(2) on a NUL-terminated path.
-    if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } != 0 {
-        bail!(
-            "detaching {}: {}",
-            target.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Initramfs entry point of a network boot: fetch and verify the root image named on
 /// the kernel command line, mount it at `rootmnt`, set the state up in RAM.
 pub fn setup(rootmnt: &Path, cmdline: &str) -> Result<()> {
@@ -533,7 +498,7 @@ pub fn setup(rootmnt: &Path, cmdline: &str) -> Result<()> {
     // The loop device holds the file open: detaching the tmpfs now leaves it alive for
     // as long as the root is mounted, and leaves no mount behind that the booted system
     // would try (and fail) to unmount at shutdown, nor a file anyone could change.
-    detach(ram)?;
+    crate::state::umount(ram, libc::MNT_DETACH)?;
     crate::state::setup_ram(rootmnt, Path::new(STATE_STAGING))?;
     eprintln!(
         "nodeimage: root image {} ({} MiB, sha256 {}) verified in {} ms ({} attempt{}), mounted from RAM through {}; state in RAM",

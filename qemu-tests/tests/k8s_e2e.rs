@@ -221,7 +221,6 @@ fn pod(name: &str, node: &str, on_master: bool, script: &str, extra: &str) -> St
     } else {
         ""
     };
-    let container = if app == "hostnet" { "hostnet" } else { name };
     format!(
         "apiVersion: v1
 kind: Pod
@@ -229,7 +228,7 @@ metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
 spec:
   nodeSelector: {{kubernetes.io/hostname: {node}}}
 {tolerations}  containers:
-    - name: {container}
+    - name: {app}
       image: {WORKLOAD}
       imagePullPolicy: Never
       command: [/bin/sh, -c, '{script}']

@@ -112,12 +112,12 @@ pub fn write(i: &NetbootInputs, out_dir: &Path) -> Result<()> {
         let mut f = fs::File::create(tmp.join("boot.ipxe"))?;
         f.write_all(script(i, &root_sha256).as_bytes())?;
         f.sync_all()?;
-        fs::File::open(&tmp)?.sync_all()?;
+        nodeimage_core::files::sync_dir(&tmp)?;
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
         fs::rename(&tmp, &dir)?;
-        fs::File::open(out_dir)?.sync_all()?;
+        nodeimage_core::files::sync_dir(out_dir)?;
         Ok(())
     })();
     if result.is_err() {

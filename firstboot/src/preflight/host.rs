@@ -33,7 +33,7 @@ pub(super) fn memory(root: &Path, min_mib: u64) -> CheckResult {
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: all-zero is a valid statvfs; c is a valid NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -21,6 +21,7 @@ mod kernel;
 mod ports;
 mod report;
 
+pub(crate) use host::free_bytes;
 pub use host::SUPPORTED_ARCHITECTURES;
 pub use kernel::{
     ensure, module_state, ModuleState, PreflightError, REQUIRED_MODULES, REQUIRED_SYSCTLS,

@@ -390,10 +390,11 @@ pub(crate) fn mount(
     Ok(())
 }
 
-fn umount(target: &Path) -> Result<()> {
+/// umount2(2) of `target` with `flags` (0, or `MNT_DETACH`).
+pub(crate) fn umount(target: &Path, flags: libc::c_int) -> Result<()> {
     let t = CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: umount(2) on a NUL-terminated path.
-    if unsafe { libc::umount(t.as_ptr()) } != 0 {
+    // SAFETY: umount2(2) on a NUL-terminated path.
+    if unsafe { libc::umount2(t.as_ptr(), flags) } != 0 {
         bail!(
             "unmounting {}: {}",
             target.display(),
@@ -511,7 +512,7 @@ fn make_state_fs(node: &Path, uuid: &Uuid, var: &Path) -> Result<usize> {
     ext4::syncfs(&staging)?;
     ext4::set_label(&staging, STATE_FS_LABEL)?;
     ext4::syncfs(&staging)?;
-    umount(&staging)?;
+    umount(&staging, 0)?;
     Ok(copied)
 }
 
@@ -565,28 +566,8 @@ pub fn setup_ram(rootmnt: &Path, staging: &Path) -> Result<()> {
     mount("tmpfs", staging, "tmpfs", libc::MS_NODEV, "mode=0755")
         .context("mounting the tmpfs for /var")?;
     let copied = copy_var(&var, staging, &mut || {})?;
-    let (s, v) = (
-        CString::new(staging.as_os_str().as_encoded_bytes())?,
-        CString::new(var.as_os_str().as_encoded_bytes())?,
-    );
-    // SAFETY: mount(2) with MS_MOVE and NUL-terminated paths; the other arguments are ignored.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            v.as_ptr(),
-            std::ptr::null(),
-            libc::MS_MOVE,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "moving the /var tmpfs from {} to {}: {}",
-            staging.display(),
-            var.display(),
-            std::io::Error::last_os_error()
-        );
-    }
+    mount(&staging.to_string_lossy(), &var, "", libc::MS_MOVE, "")
+        .context("moving the /var tmpfs into place")?;
     overlay_etc(rootmnt, &var)?;
     eprintln!(
         "nodeimage: /var in RAM ({copied} entries of the image's /var), /etc overlaid ({} ms)",
