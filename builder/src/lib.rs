@@ -7,12 +7,14 @@
 //!
 //! Beside the pipeline: [`cluster`] (`cluster new`, `node-config`), [`disk`]'s
 //! `write-config` and `inspect` on finished images, [`oci`] (`lock` and the image
-//! stage), [`ports`] (`nodeimage ports`), [`tools`] (the external programs).
+//! stage), [`ports`] (`nodeimage ports`), [`keygen`] (the update-bundle signing key),
+//! [`tools`] (the external programs).
 
 pub mod build;
 pub mod cluster;
 pub mod disk;
 pub mod fetch;
+pub mod keygen;
 pub mod manifest;
 pub mod oci;
 pub mod ports;

@@ -38,6 +38,8 @@ enum Command {
     Cluster(ClusterCommand),
     /// Make the user data (node config) for one node, or one per host of a Terraform output.
     NodeConfig(nodeimage::cluster::NodeConfigArgs),
+    /// Make the Ed25519 key pair that signs update bundles (`build --sign-key`).
+    Keygen(nodeimage::keygen::KeygenArgs),
     /// Upload a built image to a cloud (AWS: an EBS snapshot through the EBS direct APIs, then an AMI).
     #[command(subcommand)]
     Upload(nodeimage::upload::UploadCommand),
@@ -80,6 +82,7 @@ fn main() {
         Command::Cluster(ClusterCommand::Token(a)) => nodeimage::cluster::cluster_token(a),
         Command::NodeConfig(a) => nodeimage::cluster::node_config(a),
         Command::Upload(c) => nodeimage::upload::run(c),
+        Command::Keygen(a) => nodeimage::keygen::keygen(a),
     };
     if let Err(e) = result {
         eprintln!("nodeimage: error: {e:#}");

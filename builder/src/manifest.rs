@@ -70,6 +70,8 @@ pub struct Manifest {
     /// sha256 over every build input; the image's GUIDs and serials derive from it.
     pub inputs_sha256: String,
     pub kernel: KernelRecord,
+    /// The root filesystem and its dm-verity hash tree.
+    pub root: RootRecord,
     pub firstboot: FileRecord,
     pub artifacts: Vec<ArtifactRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -97,6 +99,31 @@ pub struct KernelRecord {
     pub cmdline: String,
     pub vmlinuz_sha256: String,
     pub initrd_sha256: String,
+}
+
+/// The read-only root: the erofs image and the dm-verity hash tree over it, whose root
+/// hash the kernel command line carries (`nodeimage.verity=`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RootRecord {
+    /// sha256 and size of the erofs image (the root partition's data; the partition is
+    /// that rounded up to a MiB).
+    pub erofs_sha256: String,
+    pub erofs_size: u64,
+    pub verity: VerityRecord,
+}
+
+/// A dm-verity hash tree as `veritysetup format` would write it (format 1, normal hash
+/// type, superblock in the hash partition's first block).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerityRecord {
+    pub root_hash: String,
+    pub salt: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    pub data_blocks: u64,
+    /// Size of the hash area (superblock and tree) in the verity partition.
+    pub hash_size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -14,8 +14,10 @@
 //!   back as written (both programs write kubeconfigs).
 //! * [`retry`]: backoff, deadlines and one `wait_until` for every retry and poll loop.
 //! * [`verity`]: dm-verity hash trees as `veritysetup format` writes them.
+//! * [`bundle`]: signed update bundles (Ed25519) and their keys.
 //! * [`errors`]: printing an error with its causes.
 
+pub mod bundle;
 pub mod config;
 pub mod errors;
 pub mod fat;

@@ -14,6 +14,8 @@
 //!
 //! Checked byte for byte against `veritysetup format` by this module's tests.
 
+use std::io::Read;
+
 use sha2::{Digest, Sha256};
 
 /// Digest size of SHA-256.
@@ -86,6 +88,44 @@ fn digest(salt: &[u8], block: &[u8]) -> [u8; 32] {
 
 /// The hash tree of `data` (a whole number of data blocks).
 pub fn build(data: &[u8], p: &Params) -> Result<Tree, VerityError> {
+    build_from(&mut std::io::Cursor::new(data), data.len() as u64, p).map_err(|e| match e {
+        ReadError::Verity(v) => v,
+        ReadError::Io(e) => unreachable!("reading memory: {e}"),
+    })
+}
+
+/// Why a tree could not be made from a reader.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Verity(#[from] VerityError),
+    #[error("reading the data: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The hash tree of the `len` bytes `data` yields (a whole number of data blocks),
+/// streamed: only the digests are held in memory (32 bytes a block), not the data.
+pub fn build_from(data: &mut dyn Read, len: u64, p: &Params) -> Result<Tree, ReadError> {
+    check(p)?;
+    let dbs = p.data_block_size as usize;
+    if len == 0 || !len.is_multiple_of(dbs as u64) {
+        return Err(VerityError::Partial {
+            len,
+            block: p.data_block_size,
+        }
+        .into());
+    }
+    let data_blocks = len / dbs as u64;
+    let mut block = vec![0u8; dbs];
+    let mut level0 = Vec::with_capacity(data_blocks as usize);
+    for _ in 0..data_blocks {
+        data.read_exact(&mut block)?;
+        level0.push(digest(&p.salt, &block));
+    }
+    Ok(tree_over(level0, data_blocks, p))
+}
+
+fn check(p: &Params) -> Result<(), VerityError> {
     let ok = |s: u32| s.is_power_of_two() && (512..=65536).contains(&s);
     if !ok(p.data_block_size) || !ok(p.hash_block_size) {
         return Err(VerityError::BlockSize {
@@ -96,18 +136,14 @@ pub fn build(data: &[u8], p: &Params) -> Result<Tree, VerityError> {
     if p.salt.len() > 256 {
         return Err(VerityError::Salt(p.salt.len()));
     }
-    let dbs = p.data_block_size as usize;
+    Ok(())
+}
+
+/// The levels above the data blocks' digests, the superblock, the root hash.
+fn tree_over(mut below: Vec<[u8; 32]>, data_blocks: u64, p: &Params) -> Tree {
     let hbs = p.hash_block_size as usize;
-    if data.is_empty() || !data.len().is_multiple_of(dbs) {
-        return Err(VerityError::Partial {
-            len: data.len() as u64,
-            block: p.data_block_size,
-        });
-    }
-    let data_blocks = (data.len() / dbs) as u64;
-    // Level 0 from the data, each further level from the one below, until one block.
+    // Each level from the one below, until one block.
     let mut levels: Vec<Vec<u8>> = Vec::new();
-    let mut below: Vec<[u8; 32]> = data.chunks(dbs).map(|b| digest(&p.salt, b)).collect();
     while below.len() > 1 {
         let per_block = hbs / DIGEST;
         let mut level = vec![0u8; below.len().div_ceil(per_block) * hbs];
@@ -123,11 +159,82 @@ pub fn build(data: &[u8], p: &Params) -> Result<Tree, VerityError> {
     for level in levels.iter().rev() {
         hash_area.extend_from_slice(level);
     }
-    Ok(Tree {
+    Tree {
         hash_area,
         root_hash: below[0],
         data_blocks,
-    })
+    }
+}
+
+/// The size of the hash area (superblock and every level) of a tree over `data_blocks`
+/// blocks with `p`'s block sizes: what a verity partition for that much data must hold.
+pub fn hash_area_size(data_blocks: u64, p: &Params) -> u64 {
+    let hbs = u64::from(p.hash_block_size);
+    let per_block = hbs / DIGEST as u64;
+    let mut below = data_blocks.max(1);
+    let mut blocks = 1; // the superblock's
+    while below > 1 {
+        below = below.div_ceil(per_block);
+        blocks += below;
+    }
+    blocks * hbs
+}
+
+/// A superblock as read back from a hash device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub params: Params,
+    pub data_blocks: u64,
+}
+
+/// What is wrong with a superblock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SuperblockError {
+    #[error("no dm-verity superblock (the first 8 bytes are not \"verity\\0\\0\")")]
+    Magic,
+    #[error("dm-verity superblock version {version}, hash type {hash_type}: expected version 1, hash type 1 (normal)")]
+    Version { version: u32, hash_type: u32 },
+    #[error("dm-verity superblock names the hash algorithm {0:?}: expected \"sha256\"")]
+    Algorithm(String),
+    #[error("dm-verity superblock: salt of {0} bytes, more than 256")]
+    Salt(usize),
+    #[error("dm-verity superblock: {0}")]
+    Params(#[from] VerityError),
+}
+
+impl Superblock {
+    /// Parse the 512-byte superblock [`superblock`] writes (SHA-256 trees only).
+    pub fn parse(sb: &[u8; 512]) -> Result<Superblock, SuperblockError> {
+        let u32_at = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().unwrap());
+        if &sb[0..8] != b"verity\0\0" {
+            return Err(SuperblockError::Magic);
+        }
+        let (version, hash_type) = (u32_at(8), u32_at(12));
+        if version != 1 || hash_type != 1 {
+            return Err(SuperblockError::Version { version, hash_type });
+        }
+        let alg = &sb[32..64];
+        let alg = String::from_utf8_lossy(&alg[..alg.iter().position(|b| *b == 0).unwrap_or(32)])
+            .into_owned();
+        if alg != "sha256" {
+            return Err(SuperblockError::Algorithm(alg));
+        }
+        let salt_len = u16::from_le_bytes([sb[80], sb[81]]) as usize;
+        if salt_len > 256 {
+            return Err(SuperblockError::Salt(salt_len));
+        }
+        let params = Params {
+            data_block_size: u32_at(64),
+            hash_block_size: u32_at(68),
+            salt: sb[88..88 + salt_len].to_vec(),
+            uuid: sb[16..32].try_into().unwrap(),
+        };
+        check(&params)?;
+        Ok(Superblock {
+            params,
+            data_blocks: u64::from_le_bytes(sb[72..80].try_into().unwrap()),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -135,15 +242,7 @@ mod tests {
     use super::*;
 
     fn data(blocks: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2654435761) | 1;
-        (0..blocks * 4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
+        test_support::noise(blocks * 4096, seed)
     }
 
     #[test]
@@ -157,6 +256,46 @@ mod tests {
             build(&[0; 4096], &Params::new(vec![0; 257], [0; 16])),
             Err(VerityError::Salt(257))
         ));
+    }
+
+    #[test]
+    fn streamed_equals_in_memory_and_the_superblock_reads_back() {
+        let p = Params::new(b"pepper".to_vec(), [9; 16]);
+        let bytes = data(300, 5);
+        let t = build(&bytes, &p).unwrap();
+        let s = build_from(&mut &bytes[..], bytes.len() as u64, &p).unwrap();
+        assert_eq!(t, s);
+        assert_eq!(hash_area_size(300, &p), t.hash_area.len() as u64);
+        for n in [1u64, 2, 128, 129, 16384, 16385, 2_000_000] {
+            let levels = std::iter::successors(Some(n), |b| (*b > 1).then(|| b.div_ceil(128)))
+                .skip(1)
+                .sum::<u64>();
+            assert_eq!(hash_area_size(n, &p), (1 + levels) * 4096, "{n} blocks");
+        }
+        let sb = Superblock::parse(t.hash_area[..512].try_into().unwrap()).unwrap();
+        assert_eq!(
+            sb,
+            Superblock {
+                params: p,
+                data_blocks: 300
+            }
+        );
+        // A short reader is an I/O error, not a tree.
+        assert!(matches!(
+            build_from(&mut &bytes[..4096], 8192, &sb.params),
+            Err(ReadError::Io(_))
+        ));
+        let mut bad = t.hash_area[..512].to_vec();
+        bad[32..38].copy_from_slice(b"sha512");
+        assert_eq!(
+            Superblock::parse(bad[..].try_into().unwrap()),
+            Err(SuperblockError::Algorithm("sha512".into()))
+        );
+        bad[0] = b'V';
+        assert_eq!(
+            Superblock::parse(bad[..].try_into().unwrap()),
+            Err(SuperblockError::Magic)
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!   points of the power-cut test (`firstboot.fault=` on the kernel command line).
 
 pub mod assemble;
+pub mod boot_entries;
 pub mod containerd;
+pub mod dm;
 pub mod erase;
 pub mod etcd;
 pub mod fault;
@@ -35,3 +37,5 @@ pub mod source;
 pub mod state;
 pub mod step;
 pub mod systemd;
+pub mod update;
+pub mod verity;

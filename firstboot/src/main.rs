@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         rootmnt: PathBuf,
     },
+    /// Initramfs stage (local-top): open the root partition through dm-verity as
+    /// /dev/mapper/nodeimage-root, per nodeimage.verity= and its companions on the kernel
+    /// command line, reading every block once unless nodeimage.verity_check=lazy; print
+    /// the device to use as the root (nothing when the command line names no verity root).
+    VerityOpen,
+    /// Write a signed update bundle (a file or an http(s) URL, from `nodeimage build
+    /// --sign-key`) into the root slot this node is not running from: signature and
+    /// every hash checked before a byte reaches the slot.
+    Update {
+        /// The bundle: a path or a URL.
+        #[arg(value_name = "FILE|URL")]
+        source: String,
+    },
+    /// Keep the running slot's boot entry for good (drop its boot counter) once firstboot
+    /// has succeeded on this node (run on every boot by nodeimage-bless-boot.service).
+    BlessBoot,
     /// Print status.json.
     Status,
     /// Approve pending kubelet serving CSRs that pass the policy and label Nodes with
@@ -103,6 +119,51 @@ fn main() {
                 }
             }
         }
+        Command::VerityOpen => {
+            let result = std::fs::read_to_string("/proc/cmdline")
+                .map_err(anyhow::Error::from)
+                .and_then(|c| firstboot::verity::open_from_cmdline(&c));
+            match result {
+                Ok(None) => 0,
+                Ok(Some(o)) => {
+                    match o.checked_in {
+                        Some(t) => eprintln!(
+                            "nodeimage: root verified: {} MiB read through dm-verity in {:.1} s",
+                            o.bytes >> 20,
+                            t.as_secs_f64()
+                        ),
+                        None => eprintln!(
+                            "nodeimage: root opened through dm-verity ({} MiB, checked as read)",
+                            o.bytes >> 20
+                        ),
+                    }
+                    println!("{}", o.node.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("nodeimage: verified root failed: {}", run::error_line(&e));
+                    1
+                }
+            }
+        }
+        Command::Update { source } => match firstboot::update::run(&source, &cli.run.root) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("firstboot: update failed: {}", run::error_line(&e));
+                1
+            }
+        },
+        Command::BlessBoot => match firstboot::update::bless_boot(&cli.run.root) {
+            Ok(Some(entry)) => {
+                eprintln!("firstboot: boot entry {entry} is good: kept");
+                0
+            }
+            Ok(None) => 0,
+            Err(e) => {
+                eprintln!("firstboot: bless-boot: {}", run::error_line(&e));
+                1
+            }
+        },
         Command::Status => {
             let p = nodeimage_core::files::rooted(
                 &cli.run.root,
@@ -110,7 +171,20 @@ fn main() {
             );
             match std::fs::read_to_string(&p) {
                 Ok(s) => {
-                    print!("{s}");
+                    // The run's status, and what the root is now (its hash, its state).
+                    match serde_json::from_str::<serde_json::Value>(&s) {
+                        Ok(serde_json::Value::Object(mut m)) => {
+                            let cmdline =
+                                std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                            m.insert("root".into(), firstboot::verity::root_status(&cmdline));
+                            m.insert(
+                                "slots".into(),
+                                firstboot::update::slots_status(&cli.run.root, &cmdline),
+                            );
+                            println!("{}", serde_json::to_string_pretty(&m).unwrap_or(s));
+                        }
+                        _ => print!("{s}"),
+                    }
                     0
                 }
                 Err(e) => {

@@ -75,6 +75,7 @@ cluster:
     host-upgrades:
       enabled: true
       interval: 7d
+      url: "https://updates.example/k8s-{arch}.bundle"
 secrets:
   ca_certificate: "-----BEGIN CERTIFICATE-----\nCLUSTER CA\n-----END CERTIFICATE-----\n"
   bootstrap_token: abcdef.0123456789abcdef
@@ -446,10 +447,9 @@ fn cluster_manifests_and_addons() {
             ["nodeSelector"]["disk"],
         "ssd"
     );
+    // With kured, host-upgrades needs no word: kured reboots into the update.
     assert!(
-        plan.notes
-            .iter()
-            .any(|n| n.starts_with("host-upgrades: not supported")),
+        !plan.notes.iter().any(|n| n.starts_with("host-upgrades")),
         "{:?}",
         plan.notes
     );

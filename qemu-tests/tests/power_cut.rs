@@ -70,7 +70,7 @@ fn set_fault(disk: &Path, esp: u64, fault: Option<&str>) {
     let img = format!("{}@@{esp}", disk.display());
     let entry = run(Command::new("mtype")
         .args(["-i", &img])
-        .arg("::/loader/entries/nodeimage.conf"))
+        .arg("::/loader/entries/nodeimage-1-a.conf"))
     .unwrap();
     let text: String = entry
         .lines()
@@ -94,7 +94,7 @@ fn set_fault(disk: &Path, esp: u64, fault: Option<&str>) {
     run(Command::new("mcopy")
         .args(["-o", "-i", &img])
         .arg(&tmp)
-        .arg("::/loader/entries/nodeimage.conf"))
+        .arg("::/loader/entries/nodeimage-1-a.conf"))
     .unwrap();
 }
 

@@ -11,7 +11,9 @@
 //!   not run again;
 //! * [`malformed_config_fails_clearly`]: a fresh boot with a hand-broken config that
 //!   must print the clear error line;
-//! * [`config_from_fw_cfg`]: the node config through QEMU's fw_cfg.
+//! * [`config_from_fw_cfg`]: the node config through QEMU's fw_cfg;
+//! * [`tampered_root_is_refused`]: one byte of the root partition flipped from outside
+//!   the VM: the initramfs' dm-verity check stops the boot with the block's number.
 //!
 //! Under TCG one VM runs at a time (they would starve each other on a small machine);
 //! the rebuild and fsck run beside them. Needs root, mmdebstrap, docker-registry and
@@ -163,7 +165,15 @@ fn first_boot_then_reboot() {
         .arg(&node_yaml))
     .unwrap();
     let inspect = run(Command::new(&nodeimage).arg("inspect").arg(&disk_a)).unwrap();
-    test_support::assert_contains(&inspect, &["NODECONFIG", "test-node-1"]);
+    test_support::assert_contains(
+        &inspect,
+        &[
+            "NODECONFIG",
+            "test-node-1",
+            "dm-verity root hash",
+            "root-x86-64-verity",
+        ],
+    );
 
     // A stranger's NODECONFIG on a second disk that sorts first (AHCI `sda` before the
     // boot disk `vda`): firstboot must take the boot disk's own, and must neither read
@@ -226,6 +236,23 @@ fn first_boot_then_reboot() {
     assert_eq!(r1["root_fs"], "erofs");
     assert_eq!(r1["var_fs"], "ext4");
     assert_eq!(r1["etc_fs"], "overlay");
+    // Issue 14: the root is mounted through dm-verity, and nothing has failed its check.
+    let root = b64(r1["root-verity"]
+        .as_str()
+        .expect("the report carries the root's device"));
+    let (source, status_json) = root.split_once('\n').unwrap_or((&root, ""));
+    assert_eq!(source, "/dev/mapper/nodeimage-root", "{root}");
+    let live: serde_json::Value = serde_json::from_str(status_json).expect(status_json);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.raw.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(live["root"]["verity"], "dm-verity", "{live}");
+    assert_eq!(live["root"]["state"], "verified", "{live}");
+    assert_eq!(
+        live["root"]["root_hash"],
+        manifest["root"]["verity"]["root_hash"]
+    );
     // The system around firstboot: a tmpfs /tmp (sandboxed units need it on the
     // read-only root), systemd-resolved running, no failed unit.
     let system = b64(r1["system-state"]
@@ -402,4 +429,66 @@ fn config_from_fw_cfg() {
         );
     });
     let _ = std::fs::remove_file(&disk_c);
+}
+
+#[test]
+fn tampered_root_is_refused() {
+    if !needs("x86_64 boot with a tampered root partition") {
+        return;
+    }
+    let fx = fixture();
+    let base = base();
+    let disk = base.join("node-tampered.raw");
+    boot_copy(&fx.raw, &disk, 4 << 30);
+    // One bit of one byte in the middle of the erofs image, written from outside, as an
+    // attacker with the disk (or a failing sector) would.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.raw.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let erofs_size = manifest["root"]["erofs_size"].as_u64().unwrap();
+    let (off, _) = fx.part("root-");
+    let at = erofs_size / 2 + 123;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, off + at).unwrap();
+        b[0] ^= 0x10;
+        f.write_all_at(&b, off + at).unwrap();
+        f.sync_all().unwrap();
+    }
+    let block = at / 4096;
+    let _slot = vm_slot();
+    phase("boot with a tampered root partition", || {
+        let mut vm = start(&disk, "tampered", vec![]);
+        let (line, t) = vm
+            .wait_for_any(
+                &["nodeimage: verified root failed: ", "firstboot: "],
+                BOOT_TIMEOUT,
+            )
+            .unwrap();
+        eprintln!("tampered root: `{line}` after {:.1} s", t.as_secs_f64());
+        assert!(
+            line.contains(&format!(
+                "fails dm-verity at byte {} (data block {block} of ",
+                block * 4096
+            )) && line.contains("refusing to boot it"),
+            "{line}"
+        );
+        vm.wait_for(
+            "nodeimage: the root could not be verified (see the message above)",
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+        assert!(
+            !vm.console().contains("firstboot: "),
+            "nothing of the tampered root may run"
+        );
+    });
+    let _ = std::fs::remove_file(&disk);
 }

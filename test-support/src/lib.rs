@@ -28,6 +28,20 @@ pub mod registry;
 pub use cmd::which;
 pub use needs::{in_ci, is_root, needs_tool, Needs};
 
+/// `len` bytes of deterministic noise (xorshift32 from `seed`): data that compresses and
+/// repeats nowhere, for file system and hash tree tests.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// Assert that `text` contains every one of `parts`; the message names the missing ones
 /// and shows `text`.
 #[track_caller]

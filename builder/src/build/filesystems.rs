@@ -1,5 +1,6 @@
-//! The three filesystems of the disk: the erofs root, the FAT32 ESP (systemd-boot,
-//! kernel, initrd, manifest) and the FAT NODECONFIG volume with its README.
+//! The filesystems of the disk: the erofs root and its dm-verity hash tree ([`root_image`]),
+//! then the FAT32 ESP (systemd-boot, the loader entry carrying the root hash, kernel,
+//! initrd, manifest) and the FAT NODECONFIG volume with its README ([`filesystems`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,18 +13,100 @@ use serde::Serialize;
 use super::identity::Identity;
 use super::tree::RootTree;
 use super::Build;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, RootRecord, VerityRecord};
 use crate::profile::Arch;
 
 /// Version of the `filesystems` stage.
-const FILESYSTEMS_STAGE_VERSION: u32 = 1;
+const FILESYSTEMS_STAGE_VERSION: u32 = 2;
+/// Version of the `root` stage.
+const ROOT_STAGE_VERSION: u32 = 1;
 
 /// The filesystem images, one file each.
 #[derive(Debug, Clone)]
 pub struct Filesystems {
+    /// The erofs root (the root partition's data).
     pub root: PathBuf,
+    /// Its dm-verity hash area (the verity partition's data).
+    pub verity: PathBuf,
     pub esp: PathBuf,
     pub nodeconfig: PathBuf,
+}
+
+/// The root filesystem image, its hash tree and what the manifest says of them.
+#[derive(Debug, Clone)]
+pub struct RootImage {
+    pub erofs: PathBuf,
+    pub verity: PathBuf,
+    pub record: RootRecord,
+}
+
+#[derive(Serialize)]
+struct RootInputs<'a> {
+    tree: &'a str,
+    erofs_uuid: uuid::Uuid,
+    verity_uuid: uuid::Uuid,
+    salt: String,
+    epoch: i64,
+}
+
+/// Stage 4a: the erofs root and its dm-verity hash tree (computed here, the same bytes
+/// `veritysetup format` writes), cached by the root tree and the identity's UUIDs and
+/// salt. The root hash goes on the kernel command line, so the ESP is made after this.
+pub fn root_image(b: &Build, tree: &RootTree, id: &Identity) -> Result<RootImage> {
+    let erofs_uuid = id.guid("root-filesystem");
+    let verity_uuid = id.guid("root-verity");
+    let salt = id.verity_salt();
+    let key = super::cache::stage_key(
+        "root",
+        ROOT_STAGE_VERSION,
+        &RootInputs {
+            tree: &tree.key,
+            erofs_uuid,
+            verity_uuid,
+            salt: hex::encode(&salt),
+            epoch: b.epoch,
+        },
+    )?;
+    let entry = b.stages.get_or_make("root", &key, |dir| {
+        let erofs = dir.join("root.erofs");
+        crate::rootfs::make_erofs(&tree.root, &erofs, &erofs_uuid, b.epoch)?;
+        let started = std::time::Instant::now();
+        let params = nodeimage_core::verity::Params::new(salt.clone(), *verity_uuid.as_bytes());
+        let len = fs::metadata(&erofs)?.len();
+        let mut f = std::io::BufReader::with_capacity(
+            1 << 20,
+            fs::File::open(&erofs).with_context(|| format!("opening {}", erofs.display()))?,
+        );
+        let t = nodeimage_core::verity::build_from(&mut f, len, &params)
+            .with_context(|| format!("dm-verity hash tree of {}", erofs.display()))?;
+        write(&dir.join("root.verity"), &t.hash_area)?;
+        let (erofs_sha256, erofs_size) = super::sha256_file(&erofs)?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            data_mib = len >> 20,
+            hash_kib = t.hash_area.len() >> 10,
+            "dm-verity hash tree"
+        );
+        Ok(RootRecord {
+            erofs_sha256,
+            erofs_size,
+            verity: VerityRecord {
+                root_hash: hex::encode(t.root_hash),
+                salt: hex::encode(&salt),
+                hash_algorithm: "sha256".into(),
+                data_block_size: params.data_block_size,
+                hash_block_size: params.hash_block_size,
+                data_blocks: t.data_blocks,
+                hash_size: t.hash_area.len() as u64,
+            },
+        })
+    })?;
+    tracing::info!(cached = entry.hit, root_hash = %entry.meta.verity.root_hash, "root");
+    Ok(RootImage {
+        erofs: entry.dir.join("root.erofs"),
+        verity: entry.dir.join("root.verity"),
+        record: entry.meta,
+    })
 }
 
 #[derive(Serialize)]
@@ -35,11 +118,12 @@ struct FilesystemsInputs<'a> {
     config_size_mib: u64,
 }
 
-/// Stage 4: the filesystems, cached by the root tree and the ESP's manifest (which
-/// holds the build identity every serial derives from).
+/// Stage 4b: the ESP and NODECONFIG, cached by the root tree and the ESP's manifest
+/// (which holds the build identity every serial derives from, and the root hash).
 pub fn filesystems(
     b: &Build,
     tree: &RootTree,
+    root: &RootImage,
     id: &Identity,
     manifest: &Manifest,
 ) -> Result<Filesystems> {
@@ -55,13 +139,8 @@ pub fn filesystems(
         },
     )?;
     let entry = b.stages.get_or_make("filesystems", &key, |dir| {
-        crate::rootfs::make_erofs(
-            &tree.root,
-            &dir.join("root.erofs"),
-            &id.guid("root-filesystem"),
-            b.epoch,
-        )?;
-        let esp = esp_files(p.arch, &tree.root, tree, &id.cmdline(b), &p.name, manifest)?;
+        let cmdline = &manifest.kernel.cmdline;
+        let esp = esp_files(p.arch, &tree.root, tree, cmdline, &p.name, manifest)?;
         let esp = fat::build(
             &esp,
             &FatOptions {
@@ -88,7 +167,8 @@ pub fn filesystems(
     })?;
     tracing::info!(cached = entry.hit, "filesystems");
     Ok(Filesystems {
-        root: entry.dir.join("root.erofs"),
+        root: root.erofs.clone(),
+        verity: root.verity.clone(),
         esp: entry.dir.join("esp.fat"),
         nodeconfig: entry.dir.join("nodeconfig.fat"),
     })
@@ -123,16 +203,18 @@ fn esp_files(
         sdboot.clone(),
     );
     m.insert(format!("EFI/systemd/systemd-boot{efi}.efi"), sdboot);
+    use nodeimage_core::layout::esp;
     m.insert(
         "loader/loader.conf".into(),
-        b"default nodeimage.conf\ntimeout 0\neditor no\n".to_vec(),
+        esp::LOADER_CONF.as_bytes().to_vec(),
     );
+    // Slot A, the first generation; updates add the next ones (firstboot update).
     m.insert(
-        "loader/entries/nodeimage.conf".into(),
-        format!("title {name}\nlinux /nodeimage/vmlinuz\ninitrd /nodeimage/initrd.img\noptions {cmdline}\n").into_bytes(),
+        esp::entry(1, "a", None),
+        esp::entry_text(name, "a", cmdline).into_bytes(),
     );
-    m.insert("nodeimage/vmlinuz".into(), fs::read(&tree.kernel)?);
-    m.insert("nodeimage/initrd.img".into(), fs::read(&tree.initrd)?);
+    m.insert(esp::kernel("a"), fs::read(&tree.kernel)?);
+    m.insert(esp::initrd("a"), fs::read(&tree.initrd)?);
     m.insert(
         "nodeimage/manifest.json".into(),
         serde_json::to_vec_pretty(manifest)?,
@@ -191,16 +273,16 @@ pub(crate) mod tests {
             [
                 "EFI/BOOT/BOOTX64.EFI",
                 "EFI/systemd/systemd-bootx64.efi",
-                "loader/entries/nodeimage.conf",
+                "loader/entries/nodeimage-1-a.conf",
                 "loader/loader.conf",
-                "nodeimage/initrd.img",
+                "nodeimage/a/initrd.img",
+                "nodeimage/a/vmlinuz",
                 "nodeimage/manifest.json",
-                "nodeimage/vmlinuz",
             ]
         );
         assert_eq!(
-            String::from_utf8_lossy(&files["loader/entries/nodeimage.conf"]),
-            "title t\nlinux /nodeimage/vmlinuz\ninitrd /nodeimage/initrd.img\noptions root=x ro\n"
+            String::from_utf8_lossy(&files["loader/entries/nodeimage-1-a.conf"]),
+            "title t\nlinux /nodeimage/a/vmlinuz\ninitrd /nodeimage/a/initrd.img\noptions root=x ro\n"
         );
         let back: Manifest = serde_json::from_slice(&files["nodeimage/manifest.json"]).unwrap();
         assert_eq!(back, m);
@@ -218,9 +300,10 @@ pub(crate) mod tests {
         let id = Identity {
             inputs: m.inputs_sha256.clone(),
         };
-        let fs1 = filesystems(&b, &tree, &id, &m).unwrap();
+        let root = root_image(&b, &tree, &id).unwrap();
+        let fs1 = filesystems(&b, &tree, &root, &id, &m).unwrap();
         let mut fat = fat::FatImage::open(fs::File::open(&fs1.esp).unwrap(), 0, 128 << 20).unwrap();
-        let esp = fat.read_file("nodeimage/vmlinuz").unwrap();
+        let esp = fat.read_file("nodeimage/a/vmlinuz").unwrap();
         assert_eq!(esp, b"kernel");
         assert_eq!(fs::metadata(&fs1.nodeconfig).unwrap().len(), 16 << 20);
         let erofs = fs::read(&fs1.root).unwrap();
@@ -230,16 +313,41 @@ pub(crate) mod tests {
             "erofs magic"
         );
         // Same inputs: the cached files. Another manifest (another identity): new files.
-        let fs2 = filesystems(&b, &tree, &id, &m).unwrap();
-        assert_eq!(fs2.root, fs1.root);
+        let fs2 = filesystems(&b, &tree, &root, &id, &m).unwrap();
+        assert_eq!(fs2.esp, fs1.esp);
+        assert_eq!(root_image(&b, &tree, &id).unwrap().erofs, root.erofs);
         let mut m2 = m.clone();
         m2.kernel.cmdline.push_str(" quiet");
-        let fs3 = filesystems(&b, &tree, &id, &m2).unwrap();
+        let fs3 = filesystems(&b, &tree, &root, &id, &m2).unwrap();
         assert_ne!(fs3.esp, fs1.esp);
-        assert_eq!(
-            fs::read(&fs3.root).unwrap(),
-            erofs,
-            "same tree, same uuid: same erofs"
-        );
+        // The hash tree is veritysetup's: its root hash is the record's, and it verifies.
+        let v = &root.record.verity;
+        assert_eq!(v.data_blocks * 4096, erofs.len() as u64);
+        assert_eq!(root.record.erofs_size, erofs.len() as u64);
+        let tree_bytes = fs::read(&root.verity).unwrap();
+        assert_eq!(tree_bytes.len() as u64, v.hash_size);
+        let sb = nodeimage_core::verity::Superblock::parse(tree_bytes[..512].try_into().unwrap())
+            .unwrap();
+        assert_eq!(hex::encode(&sb.params.salt), v.salt);
+        assert_eq!(sb.params.salt, id.verity_salt());
+        let again = nodeimage_core::verity::build(&erofs, &sb.params).unwrap();
+        assert_eq!(hex::encode(again.root_hash), v.root_hash);
+        if test_support::Needs::new("the root's hash tree against veritysetup verify")
+            .tool("veritysetup", "cryptsetup-bin")
+            .met()
+        {
+            let out = std::process::Command::new("veritysetup")
+                .arg("verify")
+                .arg(&root.erofs)
+                .arg(&root.verity)
+                .arg(&v.root_hash)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

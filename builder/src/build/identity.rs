@@ -17,13 +17,22 @@ pub struct Identity {
     pub inputs: String,
 }
 
-/// Kernel arguments every image gets before the profile's own. (A failing initramfs
+/// Kernel arguments every image gets before the profile's own: slot A's root through
+/// dm-verity (`layout::verity::kernel_args`: the root hash, the hash partition and the
+/// number of data blocks, on this line, which the boot chain protects: the loader entry
+/// on the ESP now, a signed UKI later) and the image's version. (A failing initramfs
 /// reboots instead of opening a shell through `panic=30` in the initramfs' own config,
 /// `overlays/base/etc/initramfs-tools/conf.d/nodeimage-panic`; a damaged primary GPT is
 /// restored from the backup by the UEFI firmware before the kernel reads it, as the UEFI
 /// specification requires, and by the state setup.)
-fn base_cmdline(root_partuuid: &uuid::Uuid) -> String {
-    format!("root=PARTUUID={root_partuuid} ro rootfstype=erofs")
+fn base_cmdline(id: &Identity, b: &Build, root: &RootRecord) -> String {
+    nodeimage_core::layout::verity::kernel_args(
+        &id.root_partition().to_string(),
+        &id.verity_partition().to_string(),
+        &root.verity.root_hash,
+        root.verity.data_blocks,
+        &id.version(b),
+    )
 }
 
 impl Identity {
@@ -49,6 +58,10 @@ impl Identity {
         }
         h.update(firstboot.record.sha256.as_bytes());
         overlays.hash_into(&mut h)?;
+        if let Some(k) = &b.update_key {
+            h.update(b"update-key\0");
+            h.update(k.to_pem().as_bytes());
+        }
         h.update(b.epoch.to_le_bytes());
         Ok(Identity {
             inputs: hex::encode(h.finalize()),
@@ -65,11 +78,40 @@ impl Identity {
         self.guid("root-partition")
     }
 
-    /// The kernel command line: root, read-only, erofs, then the profile's arguments.
-    pub fn cmdline(&self, b: &Build) -> String {
+    /// The image's version: when it was built and from what.
+    pub fn version(&self, b: &Build) -> String {
+        format!("{}-{}", b.epoch, &self.inputs[..12.min(self.inputs.len())])
+    }
+
+    /// The verity partition's GUID (the initramfs finds the hash tree by it).
+    pub fn verity_partition(&self) -> uuid::Uuid {
+        self.guid("root-verity-partition")
+    }
+
+    /// Slot B's root and verity partitions (empty until an update writes them).
+    pub fn slot_b_partitions(&self) -> (uuid::Uuid, uuid::Uuid) {
+        (
+            self.guid("root-b-partition"),
+            self.guid("root-b-verity-partition"),
+        )
+    }
+
+    /// The salt of the root's hash tree: derived from the identity, so a rebuild is
+    /// byte-identical and two builds never share one.
+    pub fn verity_salt(&self) -> Vec<u8> {
+        Sha256::new()
+            .chain_update(b"nodeimage-verity-salt\0")
+            .chain_update(self.inputs.as_bytes())
+            .finalize()
+            .to_vec()
+    }
+
+    /// The kernel command line: root, read-only, erofs, its dm-verity parameters, then
+    /// the profile's arguments.
+    pub fn cmdline(&self, b: &Build, root: &RootRecord) -> String {
         format!(
             "{} {}",
-            base_cmdline(&self.root_partition()),
+            base_cmdline(self, b, root),
             b.lp.profile.kernel.cmdline
         )
         .trim()
@@ -77,12 +119,21 @@ impl Identity {
     }
 }
 
-/// The GPT name and type of the root partition for `arch`.
-pub fn root_partition_kind(arch: Arch) -> (&'static str, uuid::Uuid) {
+/// The GPT type of the root partition for `arch`.
+pub fn root_partition_type(arch: Arch) -> uuid::Uuid {
     use crate::disk::type_guid;
     match arch {
-        Arch::X86_64 => ("root-x86-64", type_guid::ROOT_X86_64),
-        Arch::Aarch64 => ("root-arm64", type_guid::ROOT_ARM64),
+        Arch::X86_64 => type_guid::ROOT_X86_64,
+        Arch::Aarch64 => type_guid::ROOT_ARM64,
+    }
+}
+
+/// The GPT type of the root's verity partition for `arch`.
+pub fn verity_partition_type(arch: Arch) -> uuid::Uuid {
+    use crate::disk::type_guid;
+    match arch {
+        Arch::X86_64 => type_guid::ROOT_X86_64_VERITY,
+        Arch::Aarch64 => type_guid::ROOT_ARM64_VERITY,
     }
 }
 
@@ -96,6 +147,7 @@ pub fn manifest(
     artifacts: &Artifacts,
     images: &Images,
     firstboot: &Firstboot,
+    root: &RootRecord,
 ) -> Result<Manifest> {
     let p = &b.lp.profile;
     let (vmlinuz_sha256, _) = super::sha256_file(&tree.kernel)?;
@@ -112,10 +164,11 @@ pub fn manifest(
         inputs_sha256: id.inputs.clone(),
         kernel: KernelRecord {
             version: tree.kernel_version.clone(),
-            cmdline: id.cmdline(b),
+            cmdline: id.cmdline(b, root),
             vmlinuz_sha256,
             initrd_sha256,
         },
+        root: root.clone(),
         firstboot: firstboot.record.clone(),
         artifacts: artifacts.records.clone(),
         images: images.records.clone(),

@@ -5,8 +5,10 @@
 //! | 1 | [`fetch_artifacts`], [`pull_images`], [`firstboot`] | [`Artifacts`], [`Images`], [`Firstboot`] | download cache (digest); members of archives in the stage cache |
 //! | 2 | [`base`] | [`Base`] (mmdebstrap tarball) | its spec (suite, mirror, packages, epoch) |
 //! | 3 | [`customize`] | [`RootTree`] | base bytes, every installed file, overlays, units, epoch |
-//! | – | [`Identity::new`], [`identity::manifest`] | [`Identity`], the ESP's manifest | (cheap) |
-//! | 4 | [`filesystems`] | [`Filesystems`] (erofs, ESP, NODECONFIG) | root tree and manifest |
+//! | – | [`Identity::new`] | [`Identity`] | (cheap) |
+//! | 4a | [`root_image`] | [`RootImage`] (erofs, its dm-verity hash tree, the root hash) | root tree, identity |
+//! | – | [`identity::manifest`] | the ESP's manifest (with the root hash) | (cheap) |
+//! | 4b | [`filesystems`] | [`Filesystems`] (ESP, NODECONFIG) | root tree and manifest |
 //! | 5 | [`assemble_disk`] | [`DiskImage`] | (cheap: written from the filesystems) |
 //! | 6 | [`write_outputs`] | [`Outputs`] (the profile's formats, the [`pxe`] files, manifest.json, SHA256SUMS) | – |
 //!
@@ -17,6 +19,7 @@
 //! byte-identical either way.
 
 pub mod assemble;
+pub mod bundle;
 pub mod cache;
 pub mod filesystems;
 pub mod identity;
@@ -27,7 +30,7 @@ pub mod tree;
 
 pub use assemble::{assemble_disk, DiskImage};
 pub use cache::StageCache;
-pub use filesystems::{filesystems, Filesystems};
+pub use filesystems::{filesystems, root_image, Filesystems, RootImage};
 pub use identity::Identity;
 pub use outputs::{compress_zstd, write_outputs, Outputs};
 pub use payload::{fetch_artifacts, firstboot, pull_images, Artifacts, Firstboot, Images};
@@ -46,6 +49,7 @@ use crate::manifest::Manifest;
 use crate::oci::{LockFile, RegistryOptions};
 use crate::profile::{self, Arch, LoadedProfile};
 use crate::tools;
+use nodeimage_core::bundle::{PublicKey, SigningKey};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BuildArgs {
@@ -90,6 +94,11 @@ pub struct BuildArgs {
     /// its updates and security fixes), replacing the cached one for this profile.
     #[arg(long)]
     pub refresh_base: bool,
+    /// Sign an update bundle (<out>/<name>.bundle) with this Ed25519 private key (from
+    /// `nodeimage keygen`; PKCS#8 PEM, readable by its owner only). Its public half must
+    /// be the profile's `[update] public_key`.
+    #[arg(long, env = "NODEIMAGE_SIGN_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Container registry options for the profile's images.
     #[command(flatten)]
     pub registry: crate::oci::RegistryOptions,
@@ -205,6 +214,46 @@ pub struct Build {
     /// `--allow-stale-base`, `--refresh-base`.
     pub allow_stale_base: bool,
     pub refresh_base: bool,
+    /// `[update] public_key`: installed into the image, the key its nodes trust.
+    pub update_key: Option<PublicKey>,
+    /// `--sign-key`: sign an update bundle with it.
+    pub sign_key: Option<SigningKey>,
+}
+
+/// Read `--sign-key`: owner-only, PKCS#8, and the private half of the profile's key.
+fn load_sign_key(
+    path: &Path,
+    lp: &LoadedProfile,
+    update_key: Option<&PublicKey>,
+) -> Result<SigningKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).with_context(|| format!("--sign-key {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "--sign-key {}: readable by others (mode {:o}); a signing key must be 0600: chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text =
+        fs::read_to_string(path).with_context(|| format!("--sign-key {}", path.display()))?;
+    let key = SigningKey::from_pem(&text, &format!("--sign-key {}", path.display()))?;
+    match update_key {
+        None => bail!(
+            "--sign-key {}: {} has no [update] public_key, so its nodes would accept no bundle; \
+             add `[update] public_key = \"<the .pub.pem of this key>\"`",
+            path.display(),
+            lp.path.display()
+        ),
+        Some(k) if *k != key.public() => bail!(
+            "--sign-key {}: its public key {} is not the profile's update.public_key {}: \
+             nodes of this image would refuse the bundle",
+            path.display(),
+            key.public().fingerprint(),
+            k.fingerprint()
+        ),
+        Some(_) => Ok(key),
+    }
 }
 
 impl Build {
@@ -223,6 +272,12 @@ impl Build {
         if unsafe { libc::geteuid() } != 0 {
             bail!("nodeimage build needs root (mmdebstrap root mode, chroot for the initramfs); run it with sudo");
         }
+        let update_key = lp.update_key()?;
+        let sign_key = args
+            .sign_key
+            .as_deref()
+            .map(|k| load_sign_key(k, &lp, update_key.as_ref()))
+            .transpose()?;
         let firstboot_bin = find_firstboot(lp.profile.arch, args.firstboot_bin.as_deref())?;
         let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let out_dir = args.out_dir.join(&lp.profile.name);
@@ -261,6 +316,8 @@ impl Build {
             stages,
             allow_stale_base: args.allow_stale_base,
             refresh_base: args.refresh_base,
+            update_key,
+            sign_key,
         })
     }
 }
@@ -285,11 +342,13 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
     let artifacts = timed("artifacts", || fetch_artifacts(&b))?;
     let images = timed("images", || pull_images(&b))?;
     let firstboot = firstboot(&b)?;
+    let update_key = payload::update_key(&b)?;
     let installs: Vec<_> = artifacts
         .installs
         .iter()
         .chain(&images.installs)
         .chain([&firstboot.install])
+        .chain(update_key.as_ref())
         .cloned()
         .collect();
 
@@ -299,14 +358,27 @@ pub fn build(args: &BuildArgs) -> Result<BuildResult> {
 
     // Every GUID, serial and timestamp derives from the identity.
     let id = Identity::new(&b, &base, &tree, &artifacts, &images, &firstboot, &overlays)?;
-    let manifest = identity::manifest(&b, &id, &base, &tree, &artifacts, &images, &firstboot)?;
+    let root = timed("root", || root_image(&b, &tree, &id))?;
+    let manifest = identity::manifest(
+        &b,
+        &id,
+        &base,
+        &tree,
+        &artifacts,
+        &images,
+        &firstboot,
+        &root.record,
+    )?;
 
-    let fs = timed("filesystems", || filesystems(&b, &tree, &id, &manifest))?;
+    let fs = timed("filesystems", || {
+        filesystems(&b, &tree, &root, &id, &manifest)
+    })?;
     let disk = timed("disk", || assemble_disk(&b, &fs, &id))?;
     let netboot = pxe::NetbootInputs {
         kernel: tree.kernel.clone(),
         initrd: tree.initrd.clone(),
         root: fs.root.clone(),
+        verity: fs.verity.clone(),
         profile_cmdline: p.kernel.cmdline.clone(),
         name: p.name.clone(),
         arch: p.arch.as_str().into(),
@@ -373,6 +445,8 @@ pub(crate) mod tests {
             registry: Default::default(),
             allow_stale_base: false,
             refresh_base: false,
+            update_key: None,
+            sign_key: None,
         }
     }
 
@@ -397,7 +471,24 @@ pub(crate) mod tests {
         let overlays = Overlays { dirs: vec![] };
         let none = (Artifacts::default(), Images::default());
         let id = Identity::new(b, &base, tree, &none.0, &none.1, &fb, &overlays).unwrap();
-        identity::manifest(b, &id, &base, tree, &none.0, &none.1, &fb).unwrap()
+        identity::manifest(b, &id, &base, tree, &none.0, &none.1, &fb, &test_root()).unwrap()
+    }
+
+    /// A root record as the root stage makes one (for a 3-block image).
+    pub(crate) fn test_root() -> crate::manifest::RootRecord {
+        crate::manifest::RootRecord {
+            erofs_sha256: "e".repeat(64),
+            erofs_size: 3 * 4096,
+            verity: crate::manifest::VerityRecord {
+                root_hash: "ab".repeat(32),
+                salt: "5a".repeat(32),
+                hash_algorithm: "sha256".into(),
+                data_block_size: 4096,
+                hash_block_size: 4096,
+                data_blocks: 3,
+                hash_size: 2 * 4096,
+            },
+        }
     }
 
     #[test]
@@ -422,7 +513,17 @@ pub(crate) mod tests {
         let m2 = manifest_for(&b2, &tree);
         assert_ne!(m1.inputs_sha256, m2.inputs_sha256, "profile text");
         assert!(
-            m2.kernel.cmdline.ends_with(" ro rootfstype=erofs quiet"),
+            m2.kernel
+                .cmdline
+                .contains(" ro rootfstype=erofs nodeimage.verity=abab"),
+            "{}",
+            m2.kernel.cmdline
+        );
+        assert!(
+            m2.kernel
+                .cmdline
+                .contains(" nodeimage.verity_blocks=3 nodeimage.version=1767225600-")
+                && m2.kernel.cmdline.ends_with(" quiet"),
             "{}",
             m2.kernel.cmdline
         );

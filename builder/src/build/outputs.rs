@@ -81,6 +81,16 @@ pub fn write_outputs(
             sha256,
         });
     }
+    if let Some(key) = &b.sign_key {
+        let file = super::bundle::write(netboot, &manifest, key, &b.out_dir)?;
+        let (sha256, size) = sha256_file(&file)?;
+        manifest.outputs.push(OutputRecord {
+            file: file.file_name().unwrap().to_string_lossy().into(),
+            format: "bundle".into(),
+            size,
+            sha256,
+        });
+    }
     if !p.outputs.formats.contains(&OutputFormat::Raw) {
         fs::remove_file(&disk.raw)?;
     }
@@ -277,6 +287,7 @@ mod tests {
             kernel: tree.kernel.clone(),
             initrd: tree.initrd.clone(),
             root: root.to_path_buf(),
+            verity: root.to_path_buf(),
             profile_cmdline: String::new(),
             name: "t".into(),
             arch: "x86_64".into(),

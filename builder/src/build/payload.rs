@@ -167,6 +167,21 @@ pub fn firstboot(b: &Build) -> Result<Firstboot> {
     })
 }
 
+/// The profile's update key, as the file nodes read it (`layout::UPDATE_KEY`).
+pub fn update_key(b: &Build) -> Result<Option<Install>> {
+    let Some(k) = &b.update_key else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&b.work)?;
+    let file = b.work.join("update-key.pub.pem");
+    fs::write(&file, k.to_pem()).with_context(|| format!("writing {}", file.display()))?;
+    Ok(Some(Install {
+        source: file,
+        dest: nodeimage_core::layout::UPDATE_KEY.into(),
+        mode: 0o644,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

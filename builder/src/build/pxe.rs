@@ -32,6 +32,8 @@ pub struct NetbootInputs {
     pub initrd: PathBuf,
     /// The erofs root image.
     pub root: PathBuf,
+    /// Its dm-verity hash tree (for the update bundle).
+    pub verity: PathBuf,
     /// The profile's own kernel arguments.
     pub profile_cmdline: String,
     /// Named in the script's comment.
@@ -142,6 +144,7 @@ mod tests {
             kernel: src.join("k"),
             initrd: src.join("i"),
             root: src.join("r"),
+            verity: src.join("r"),
             profile_cmdline: "console=ttyS0".into(),
             name: "t".into(),
             arch: "x86_64".into(),

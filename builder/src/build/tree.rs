@@ -20,6 +20,7 @@ pub const ENABLED_UNITS: &[&str] = &[
     "firstboot.service",
     "nodeimage-firewall.service",
     "nodeimage-erase-secrets.service",
+    "nodeimage-bless-boot.service",
     "nodeimage-ssh-host-keys.service",
     "systemd-networkd.service",
 ];

@@ -34,6 +34,10 @@ pub mod type_guid {
     pub const ROOT_X86_64: Uuid = Uuid::from_u128(0x4F68BCE3_E8CD_4DB1_96E7_FBCAF984B709);
     /// Root partition, 64-bit ARM/AArch64 (`SD_GPT_ROOT_ARM64`).
     pub const ROOT_ARM64: Uuid = Uuid::from_u128(0xB921B045_1DF0_41C3_AF44_4C6F280D3FAE);
+    /// dm-verity hash tree of the x86_64 root (`SD_GPT_ROOT_X86_64_VERITY`).
+    pub const ROOT_X86_64_VERITY: Uuid = Uuid::from_u128(0x2C7357ED_EBD2_46D9_AEC1_23D437EC2BF5);
+    /// dm-verity hash tree of the AArch64 root (`SD_GPT_ROOT_ARM64_VERITY`).
+    pub const ROOT_ARM64_VERITY: Uuid = Uuid::from_u128(0xDF3300CE_D69F_4C92_978C_9BFB0F38D820);
     /// Generic Linux data (`SD_GPT_LINUX_GENERIC`): never auto-mounted.
     pub const LINUX_DATA: Uuid = Uuid::from_u128(0x0FC63DAF_8483_4772_8E79_3D69D8477DE4);
     /// Variable data, `/var` (`SD_GPT_VAR`). systemd-gpt-auto-generator mounts it only
@@ -49,6 +53,8 @@ pub mod type_guid {
             ESP => "EFI System",
             ROOT_X86_64 => "Linux root (x86-64)",
             ROOT_ARM64 => "Linux root (arm64)",
+            ROOT_X86_64_VERITY => "Linux root verity (x86-64)",
+            ROOT_ARM64_VERITY => "Linux root verity (arm64)",
             LINUX_DATA => "Linux data",
             VAR => "Linux /var",
             MICROSOFT_BASIC_DATA => "Microsoft basic data",

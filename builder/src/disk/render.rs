@@ -65,6 +65,21 @@ fn components_text(m: &serde_json::Value) -> Option<String> {
             str_of(k, "cmdline")
         );
     }
+    if let Some(v) = m.get("root").and_then(|r| r.get("verity")) {
+        let _ = writeln!(
+            s,
+            "  root erofs {} dm-verity root hash {} ({} data blocks, hash tree {})",
+            human_size(
+                m["root"]
+                    .get("erofs_size")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+            ),
+            str_of(v, "root_hash"),
+            v.get("data_blocks").and_then(|v| v.as_u64()).unwrap_or(0),
+            human_size(v.get("hash_size").and_then(|v| v.as_u64()).unwrap_or(0)),
+        );
+    }
     if let Some(f) = m.get("firstboot") {
         let _ = writeln!(
             s,

@@ -72,6 +72,19 @@ pub struct Profile {
     pub disk: DiskSettings,
     #[serde(default)]
     pub outputs: Outputs,
+    #[serde(default)]
+    pub update: UpdateSettings,
+}
+
+/// `[update]`: image updates through signed bundles.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// The Ed25519 public key (`PUBLIC KEY` PEM, from `nodeimage keygen`; relative to the
+    /// profile's directory) whose bundles the nodes accept. Without it nodes accept no
+    /// update bundle.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +217,11 @@ pub struct DiskSettings {
     /// NODECONFIG partition size (FAT).
     #[serde(default = "default_config_mib")]
     pub config_size_mib: u64,
+    /// Size of each of the two root slots (A holds this image's root, B the next
+    /// update's) [default: 1.5 times this image's root, rounded up to 64 MiB]. Updates
+    /// must fit: give room for growth here.
+    #[serde(default)]
+    pub root_slot_mib: Option<u64>,
 }
 
 impl Default for DiskSettings {
@@ -211,6 +229,7 @@ impl Default for DiskSettings {
         DiskSettings {
             esp_size_mib: default_esp_mib(),
             config_size_mib: default_config_mib(),
+            root_slot_mib: None,
         }
     }
 }
@@ -278,6 +297,23 @@ pub struct LoadedProfile {
 }
 
 impl LoadedProfile {
+    /// `[update] public_key`, read and parsed; errors name the profile and the field.
+    pub fn update_key(&self) -> anyhow::Result<Option<nodeimage_core::bundle::PublicKey>> {
+        let Some(rel) = &self.profile.update.public_key else {
+            return Ok(None);
+        };
+        let path = self.path.parent().unwrap_or(Path::new(".")).join(rel);
+        let what = format!(
+            "{}: update.public_key {}",
+            self.path.display(),
+            path.display()
+        );
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        Ok(Some(nodeimage_core::bundle::PublicKey::from_pem(
+            &text, &what,
+        )?))
+    }
+
     /// Directory of overlays: `<profile dir>/../overlays`.
     pub fn overlays_dir(&self) -> PathBuf {
         let dir = self.path.parent().unwrap_or(Path::new("."));

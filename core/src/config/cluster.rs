@@ -377,7 +377,7 @@ pub struct Addons {
     pub kured: Option<Toggle>,
     #[serde(default, rename = "kubernetes-dashboard")]
     pub kubernetes_dashboard: Option<Toggle>,
-    /// Accepted and reported as not supported yet (immutable images upgrade by reimaging).
+    /// Image updates on every node: the signed bundle at `url`, checked every `interval`.
     #[serde(default, rename = "host-upgrades")]
     pub host_upgrades: Option<HostUpgrades>,
 }
@@ -438,8 +438,13 @@ pub struct Issuer {
 pub struct HostUpgrades {
     #[serde(default)]
     pub enabled: bool,
+    /// How often a node checks for an update (`7d`, `12h`, a Go duration) [default 7d].
     #[serde(default)]
     pub interval: Option<String>,
+    /// The update bundle's URL (`nodeimage build --sign-key`); `{arch}` becomes the
+    /// node's architecture (`x86_64`, `aarch64`). Needed when enabled.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 impl ClusterConfig {
@@ -509,6 +514,7 @@ addons:
   host-upgrades:
     enabled: true
     interval: 7d
+    url: "https://updates.example/k8s-{arch}.bundle"
   kured:
     enabled: true
 "#,
@@ -592,7 +598,7 @@ addons:
         );
         assert!(err(&format!("{m}addons:\n  cert-manager:\n    enabled: true\n    issuer: {{name: le, server: \"https://acme.example/dir\", email: nobody}}\n")).contains("issuer.email"));
         assert!(err(&format!(
-            "{m}addons:\n  host-upgrades:\n    enabled: true\n    interval: weekly\n"
+            "{m}addons:\n  host-upgrades:\n    enabled: true\n    interval: weekly\n    url: \"https://u.example/b\"\n"
         ))
         .contains("interval"));
         assert!(

@@ -495,7 +495,7 @@ addons:
     issuer: {name: le, server: "https://acme.example/dir", email: me@example.com}
   kured: {enabled: true}
   kubernetes-dashboard: {enabled: true}
-  host-upgrades: {enabled: true, interval: 7d}
+  host-upgrades: {enabled: true, interval: 7d, url: "https://updates.example/{arch}.bundle"}
 taint_masters: false
 registry_mirrors:
   registry.k8s.io: ["http://10.0.0.5:5000"]

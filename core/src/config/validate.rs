@@ -323,6 +323,23 @@ impl ClusterConfig {
             }
         }
         if let Some(hu) = &self.addons.host_upgrades {
+            if hu.enabled {
+                match hu.url.as_deref() {
+                    None => {
+                        return bad(
+                            "addons.host-upgrades.url".into(),
+                            "expected the update bundle's URL (http:// or https://, `{arch}` for the node's architecture): nodes run an image and update from its signed bundle".into(),
+                        )
+                    }
+                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        return bad(
+                            "addons.host-upgrades.url".into(),
+                            format!("expected an http:// or https:// URL, found `{u}`"),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some(iv) = &hu.interval {
                 if !valid_interval(iv) {
                     return bad(

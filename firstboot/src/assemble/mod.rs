@@ -43,9 +43,9 @@ pub use kubectl::{
 pub use kubelet::KUBELET;
 pub use master::{CONTROL_PLANE, ETCD, PKI};
 pub use node::{
-    require_binaries, required_binaries, write_changed, APISERVER_UNIT, CONTROL_PLANE_BINARIES,
-    CONTROL_PLANE_UNITS, ETCD_BIN, FIRSTBOOT_BIN, JOIN_CHECK, MANIFESTS_APPLIED_DIR, NODE_BINARIES,
-    NODE_UNITS, NOT_LIVE,
+    host_upgrade_units, require_binaries, required_binaries, write_changed, APISERVER_UNIT,
+    CONTROL_PLANE_BINARIES, CONTROL_PLANE_UNITS, ETCD_BIN, FIRSTBOOT_BIN, HOST_UPGRADES_SERVICE,
+    HOST_UPGRADES_TIMER, JOIN_CHECK, MANIFESTS_APPLIED_DIR, NODE_BINARIES, NODE_UNITS, NOT_LIVE,
 };
 pub use wait::{wait_until, Progress, WaitOptions};
 
@@ -65,6 +65,15 @@ pub fn steps<'a>(config: &NodeConfig) -> Vec<Box<dyn Step + 'a>> {
     v.push(Box::new(KUBELET));
     if config.is_bootstrap_master() {
         v.push(Box::new(CLUSTER_OBJECTS));
+    }
+    if config
+        .cluster
+        .addons
+        .host_upgrades
+        .as_ref()
+        .is_some_and(|h| h.enabled)
+    {
+        v.push(Box::new(node::HOST_UPGRADES));
     }
     v
 }

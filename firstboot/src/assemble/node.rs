@@ -141,6 +141,76 @@ pub(super) fn master_secrets(cfg: &NodeConfig) -> Result<pki::MasterSecrets> {
 
 /// All nodes: the join secrets, the internal address, the binaries and (bootstrap
 /// master) the manifests' images, before anything is changed.
+/// The host-upgrades addon on a node: a timer that runs `firstboot update <url>` every
+/// `interval` (a systemd time span: `7d`, `12h`, `1h30m`), 15 minutes after boot first,
+/// spread over up to an hour so a cluster's nodes do not all fetch at once.
+pub fn host_upgrade_units(url: &str, interval: &str) -> Vec<GeneratedFile> {
+    vec![
+        GeneratedFile::new(
+            &format!("/etc/systemd/system/{HOST_UPGRADES_SERVICE}"),
+            0o644,
+            format!(
+                "# Written by firstboot (addons.host-upgrades).\n[Unit]\nDescription=Install this node's image update, if there is one\n\
+                 After=network-online.target\nWants=network-online.target\n\n[Service]\nType=oneshot\n\
+                 ExecStart=/usr/bin/firstboot update {url}\n"
+            ),
+        ),
+        GeneratedFile::new(
+            &format!("/etc/systemd/system/{HOST_UPGRADES_TIMER}"),
+            0o644,
+            format!(
+                "# Written by firstboot (addons.host-upgrades).\n[Unit]\nDescription=Check for an image update every {interval}\n\n\
+                 [Timer]\nOnBootSec=15min\nOnUnitActiveSec={interval}\nRandomizedDelaySec=1h\nPersistent=true\n\n\
+                 [Install]\nWantedBy=timers.target\n"
+            ),
+        ),
+    ]
+}
+
+pub const HOST_UPGRADES_SERVICE: &str = "nodeimage-host-upgrades.service";
+pub const HOST_UPGRADES_TIMER: &str = "nodeimage-host-upgrades.timer";
+
+/// addons.host-upgrades: the update timer ([`host_upgrade_units`]) running
+/// `firstboot update` (`crate::update`).
+pub const HOST_UPGRADES: FnStep =
+    FnStep::new("host-upgrades", host_upgrades_plan, host_upgrades_step);
+
+fn host_upgrades_settings(c: &StepContext) -> Result<(String, String)> {
+    let hu = c
+        .config
+        .cluster
+        .addons
+        .host_upgrades
+        .as_ref()
+        .filter(|h| h.enabled)
+        .context("addons.host-upgrades is not enabled")?;
+    let url = hu
+        .url
+        .clone()
+        .context("addons.host-upgrades.url is missing")?;
+    Ok((url, hu.interval.clone().unwrap_or_else(|| "7d".into())))
+}
+
+fn host_upgrades_plan(c: &StepContext) -> String {
+    match host_upgrades_settings(c) {
+        Ok((url, interval)) => format!("check {url} for an image update every {interval} (timer)"),
+        Err(e) => format!("{e}"),
+    }
+}
+
+fn host_upgrades_step(c: &StepContext) -> Result<String> {
+    let (url, interval) = host_upgrades_settings(c)?;
+    write_changed(&c.opts.root, &host_upgrade_units(&url, &interval))?;
+    if c.opts.live {
+        crate::systemd::enable_now(&[HOST_UPGRADES_TIMER])?;
+        Ok(format!("update timer started: {url} every {interval}"))
+    } else {
+        Ok(format!(
+            "update timer written (not started: not live): {url} every {interval}"
+        ))
+    }
+}
+
 pub const JOIN_CHECK: FnStep = FnStep::new("join-check", join_check_plan, join_check);
 
 fn join_check_plan(c: &StepContext) -> String {

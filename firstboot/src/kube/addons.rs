@@ -8,9 +8,12 @@
 //!   class). cert-manager itself (CRDs, controller, webhook, cainjector) is its release
 //!   manifest, a pinned artifact of the profile applied before this one; generating its
 //!   CRDs here would be a copy of upstream.
-//! * kured: DaemonSet + RBAC. It reboots a node when `/var/run/reboot-required` exists.
+//! * kured: DaemonSet + RBAC. It reboots a node, one at a time, when the node's update
+//!   sentinel `/run/nodeimage/reboot-required` exists (mounted from the host; written by
+//!   `firstboot update` once a new image is in the other slot).
 //! * kubernetes-dashboard: the single-image (v2-style) dashboard with its RBAC.
-//! * host-upgrades: not supported; an immutable image is upgraded by replacing it.
+//! * host-upgrades: no manifest; every node gets a timer that installs the update bundle
+//!   at `url` every `interval` (`crate::assemble::host_upgrade_units`).
 
 use super::manifests::{manifest, Images, Manifest};
 use super::objects::*;
@@ -54,9 +57,11 @@ pub fn addon_manifests(inp: &KubeInputs, images: &Images) -> AddonPlan {
     if a.kubernetes_dashboard.as_ref().is_some_and(|k| k.enabled) {
         plan.manifests.push(dashboard(&images.kubernetes_dashboard));
     }
-    if a.host_upgrades.as_ref().is_some_and(|h| h.enabled) {
+    if a.host_upgrades.as_ref().is_some_and(|h| h.enabled)
+        && !a.kured.as_ref().is_some_and(|k| k.enabled)
+    {
         plan.notes.push(
-            "host-upgrades: not supported; nodes run an immutable image and are upgraded by replacing the image".into(),
+            "host-upgrades: without kured, an installed update runs from the node's next reboot, which nothing schedules".into(),
         );
     }
     plan
@@ -349,15 +354,29 @@ fn kured(image: &str) -> Manifest {
             tolerations: vec![tolerate_control_plane()],
             containers: vec![Container {
                 command: strings(["/usr/bin/kured"]),
-                args: strings([
-                    "--ds-name=kured",
-                    "--ds-namespace=kube-system",
-                    "--reboot-sentinel=/var/run/reboot-required",
-                ]),
+                args: vec![
+                    "--ds-name=kured".into(),
+                    "--ds-namespace=kube-system".into(),
+                    format!(
+                        "--reboot-sentinel={}",
+                        nodeimage_core::layout::REBOOT_SENTINEL
+                    ),
+                ],
                 env: vec![env_field("KURED_NODE_ID", None, "spec.nodeName")],
                 security_context: privileged(),
+                // The same path in the container as on the host, however kured looks.
+                volume_mounts: vec![mount(
+                    "sentinel",
+                    nodeimage_core::layout::REBOOT_SENTINEL_DIR,
+                    true,
+                )],
                 ..container("kured", image)
             }],
+            volumes: vec![host_path(
+                "sentinel",
+                nodeimage_core::layout::REBOOT_SENTINEL_DIR,
+                Some("DirectoryOrCreate"),
+            )],
             ..Default::default()
         },
     );

@@ -242,7 +242,9 @@ pub fn apply_gpt(disk: &Path) -> Result<(StatePlan, Uuid)> {
     Ok((decided, state_guid))
 }
 
-/// The whole-disk device holding the filesystem mounted at `mountpoint`.
+/// The whole-disk device holding the filesystem mounted at `mountpoint`: the disk of its
+/// partition, or, for a device-mapper device (the dm-verity root), the one disk all of
+/// its underlying partitions are on.
 pub fn disk_of_mount(mountpoint: &Path) -> Result<(PathBuf, String)> {
     let dev = fs::metadata(mountpoint)
         .with_context(|| format!("stat {}", mountpoint.display()))?
@@ -250,15 +252,45 @@ pub fn disk_of_mount(mountpoint: &Path) -> Result<(PathBuf, String)> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
     let real = fs::canonicalize(&sys).with_context(|| format!("resolving {}", sys.display()))?;
-    if !real.join("partition").exists() {
+    disk_of_sysfs_device(&real)
+        .with_context(|| format!("{} ({major}:{minor})", mountpoint.display()))
+}
+
+/// The disk of the partition at sysfs path `real`, looking through stacked devices.
+fn disk_of_sysfs_device(real: &Path) -> Result<(PathBuf, String)> {
+    if real.join("partition").exists() {
+        let disk = real.parent().context("partition without parent")?;
+        let name = disk.file_name().unwrap().to_string_lossy().into_owned();
+        return Ok((PathBuf::from("/dev").join(&name), name));
+    }
+    let slaves: Vec<PathBuf> = fs::read_dir(real.join("slaves"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if slaves.is_empty() {
+        bail!("{} is not a partition of a disk", real.display());
+    }
+    let mut disks = Vec::new();
+    for s in slaves {
+        let s = fs::canonicalize(&s).with_context(|| format!("resolving {}", s.display()))?;
+        let d = disk_of_sysfs_device(&s)?;
+        if !disks.contains(&d) {
+            disks.push(d);
+        }
+    }
+    if disks.len() > 1 {
+        let names: Vec<_> = disks.iter().map(|d| d.1.as_str()).collect();
         bail!(
-            "{} ({major}:{minor}) is not a partition of a disk",
-            mountpoint.display()
+            "{} spans several disks ({}): no one disk for the state partition",
+            real.display(),
+            names.join(", ")
         );
     }
-    let disk = real.parent().context("partition without parent")?;
-    let name = disk.file_name().unwrap().to_string_lossy().into_owned();
-    Ok((PathBuf::from("/dev").join(&name), name))
+    Ok(disks.remove(0))
+}
+
+/// The device node of partition `number` of the disk `disk_name` (from sysfs).
+pub fn partition_node(disk_name: &str, number: u32) -> Option<PathBuf> {
+    partition_name(disk_name, number).map(|n| PathBuf::from("/dev").join(n))
 }
 
 /// Name of partition `number` of `disk` (vda4, nvme0n1p4, mmcblk0p4), from sysfs.
@@ -648,6 +680,58 @@ mod tests {
     use super::*;
 
     const GUID: Uuid = uuid::uuid!("aaaaaaaa-bbbb-8ccc-8ddd-eeeeeeeeeeee");
+
+    /// sysfs as the kernel lays it out: partitions under their disk, a dm device's
+    /// underlying devices linked from its `slaves/`.
+    #[test]
+    fn the_disk_of_a_dm_verity_root_is_the_disk_of_its_partitions() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path();
+        for p in [
+            "pci0/block/vda/vda2",
+            "pci0/block/vda/vda3",
+            "pci1/block/vdb/vdb1",
+        ] {
+            fs::create_dir_all(sys.join(p)).unwrap();
+            fs::write(sys.join(p).join("partition"), "2\n").unwrap();
+        }
+        let dm = |name: &str, slaves: &[&str]| {
+            let dir = sys.join("virtual/block").join(name);
+            fs::create_dir_all(dir.join("slaves")).unwrap();
+            for s in slaves {
+                let target = sys.join(s);
+                std::os::unix::fs::symlink(
+                    &target,
+                    dir.join("slaves").join(target.file_name().unwrap()),
+                )
+                .unwrap();
+            }
+            dir
+        };
+        let root = dm("dm-0", &["pci0/block/vda/vda2", "pci0/block/vda/vda3"]);
+        assert_eq!(
+            disk_of_sysfs_device(&root).unwrap(),
+            (PathBuf::from("/dev/vda"), "vda".to_string())
+        );
+        assert_eq!(
+            disk_of_sysfs_device(&sys.join("pci0/block/vda/vda2"))
+                .unwrap()
+                .1,
+            "vda"
+        );
+        let stacked = dm("dm-1", &["virtual/block/dm-0"]);
+        assert_eq!(disk_of_sysfs_device(&stacked).unwrap().1, "vda");
+        let split = dm("dm-2", &["pci0/block/vda/vda2", "pci1/block/vdb/vdb1"]);
+        let e = format!("{:#}", disk_of_sysfs_device(&split).unwrap_err());
+        assert!(
+            e.contains("spans several disks (vda, vdb)")
+                || e.contains("spans several disks (vdb, vda)"),
+            "{e}"
+        );
+        let whole = sys.join("pci0/block/vda");
+        let e = format!("{:#}", disk_of_sysfs_device(&whole).unwrap_err());
+        assert!(e.contains("is not a partition of a disk"), "{e}");
+    }
 
     fn part(number: u32, name: &str, first: u64, last: u64) -> Entry {
         Entry {

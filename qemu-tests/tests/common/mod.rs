@@ -120,11 +120,29 @@ pub fn profile_text(v: &Variant) -> String {
             packages,
             &format!("packages = [\"containerd\", \"runc\"{extra}]"),
         );
+    let (_, public) = update_key();
     format!(
-        "{text}\n[[image]]\nname = \"pause\"\nreference = \"{TEST_REGISTRY}/pause:3.10\"\npurpose = \"sandbox\"\n\n\
+        "{text}\n[update]\npublic_key = \"{}\"\n\n[[image]]\nname = \"pause\"\nreference = \"{TEST_REGISTRY}/pause:3.10\"\npurpose = \"sandbox\"\n\n\
          [[image]]\nname = \"tools\"\nreference = \"{TEST_REGISTRY}/tools:1.0\"\nrole = \"worker\"\n\n\
-         [[image]]\nname = \"cp\"\nreference = \"{TEST_REGISTRY}/cp:1.0\"\nrole = \"master\"\n"
+         [[image]]\nname = \"cp\"\nreference = \"{TEST_REGISTRY}/cp:1.0\"\nrole = \"master\"\n",
+        public.display()
     )
+}
+
+/// The test images' update key pair (TEST ONLY: made from a fixed seed, so every run
+/// and every clone signs with the same key): `base/keys/update.pem` (0600) and
+/// `update.pub.pem`.
+pub fn update_key() -> (PathBuf, PathBuf) {
+    use sha2::Digest;
+    let dir = base().join("keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed: [u8; 32] = sha2::Sha256::digest(b"nodeimage qemu-tests: TEST ONLY update key").into();
+    let pem = nodeimage_core::bundle::SigningKey::pem_from_seed(&seed);
+    let key = nodeimage_core::bundle::SigningKey::from_pem(&pem, "test key").unwrap();
+    let (secret, public) = (dir.join("update.pem"), dir.join("update.pub.pem"));
+    nodeimage_core::files::atomic_write(&secret, pem.as_bytes(), 0o600).unwrap();
+    nodeimage_core::files::atomic_write(&public, key.public().to_pem().as_bytes(), 0o644).unwrap();
+    (secret, public)
 }
 
 /// Build `profile` into `out`; returns (raw image, seconds).
@@ -139,6 +157,8 @@ pub fn build(profile: &Path, mirror: &str, out: &Path, extra: &[&str]) -> (PathB
         .arg(out)
         .arg("--firstboot-bin")
         .arg(workspace_bin("firstboot").unwrap())
+        .arg("--sign-key")
+        .arg(update_key().0)
         .args(extra)
         .env("SOURCE_DATE_EPOCH", EPOCH))
     .expect("nodeimage build");
@@ -175,6 +195,12 @@ pub struct Variant {
 /// The image of x86_64_boot and power_cut.
 pub const IMAGES_VARIANT: Variant = Variant {
     name: "test-images-x86_64",
+    packages: &[],
+};
+
+/// Another image for the A/B update test to move to (same packages, other inputs).
+pub const UPDATE_B_VARIANT: Variant = Variant {
+    name: "test-update-b-x86_64",
     packages: &[],
 };
 
