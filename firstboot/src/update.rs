@@ -406,6 +406,10 @@ pub fn bless_boot(root: &Path) -> Result<Option<String>> {
         );
     }
     let cmdline = fs::read_to_string("/proc/cmdline")?;
+    if crate::source::cmdline_param(&cmdline, layout::verity::ROOT_HASH_PARAM).is_none() {
+        // Not booted from a slot (a network boot): no entry to keep.
+        return Ok(None);
+    }
     let r = other_slot(&cmdline)?;
     let esp = crate::boot_entries::EspMount::mount(&r.disk, &r.disk_name)?;
     crate::boot_entries::bless(&esp.dir, &r.slot)
