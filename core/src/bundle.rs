@@ -475,17 +475,12 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(d.path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
+            test_support::cmd::stdout_ok(
+                &format!("openssl {args:?}"),
+                std::process::Command::new("openssl")
+                    .args(args)
+                    .current_dir(d.path()),
+            )
         };
         let (pem_text, key) = SigningKey::generate().unwrap();
         std::fs::write(d.path().join("k.pem"), &pem_text).unwrap();

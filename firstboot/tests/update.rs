@@ -233,14 +233,9 @@ fn host_upgrades_run_the_update_on_a_timer() {
     // systemd reads the interval as a time span (Pharos' `7d` included).
     if test_support::needs_tool("systemd time spans", "systemd-analyze", "systemd") {
         for span in ["12h", "7d", "1h30m"] {
-            let out = std::process::Command::new("systemd-analyze")
-                .args(["timespan", span])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{span}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            test_support::cmd::stdout_ok(
+                span,
+                std::process::Command::new("systemd-analyze").args(["timespan", span]),
             );
         }
     }

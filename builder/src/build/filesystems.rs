@@ -336,17 +336,13 @@ pub(crate) mod tests {
             .tool("veritysetup", "cryptsetup-bin")
             .met()
         {
-            let out = std::process::Command::new("veritysetup")
-                .arg("verify")
-                .arg(&root.erofs)
-                .arg(&root.verity)
-                .arg(&v.root_hash)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            test_support::cmd::stdout_ok(
+                "veritysetup verify",
+                std::process::Command::new("veritysetup")
+                    .arg("verify")
+                    .arg(&root.erofs)
+                    .arg(&root.verity)
+                    .arg(&v.root_hash),
             );
         }
     }
