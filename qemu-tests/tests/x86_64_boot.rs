@@ -171,7 +171,8 @@ fn first_boot_then_reboot() {
             "NODECONFIG",
             "test-node-1",
             "dm-verity root hash",
-            "root-x86-64-verity",
+            "verity-a",
+            "root-b",
         ],
     );
 
