@@ -103,12 +103,17 @@ pub fn bless(esp_dir: &Path, slot: &str) -> Result<Option<String>> {
     }
 }
 
+/// Sync the ESP: a FAT file system syncs as a whole (`syncfs`).
 fn sync(dir: &Path) -> Result<()> {
-    nodeimage_core::files::sync_dir(&dir.join("loader/entries")).ok();
-    // A FAT file system syncs as a whole.
     let f = fs::File::open(dir)?;
     // SAFETY: syncfs on an open descriptor.
-    unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        anyhow::bail!(
+            "syncing {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }
 
@@ -124,7 +129,7 @@ impl EspMount {
         let e = table
             .entries()
             .into_iter()
-            .find(|e| e.type_guid == ESP_TYPE)
+            .find(|e| e.type_guid == crate::state::gpt::ESP)
             .with_context(|| format!("{} has no EFI system partition", disk.display()))?;
         let node = crate::state::partition_node(disk_name, e.number)
             .with_context(|| format!("the ESP (partition {}) has no device node", e.number))?;
@@ -143,9 +148,6 @@ impl Drop for EspMount {
         let _ = crate::state::umount(&self.dir, 0);
     }
 }
-
-/// The ESP's type GUID.
-pub const ESP_TYPE: uuid::Uuid = uuid::uuid!("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@
 //! The node is not rebooted here: the new image runs from the next boot, whoever reboots.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -66,7 +66,7 @@ pub struct SlotRecord {
 /// Size of a block device or file.
 fn size_of(path: &Path) -> Result<u64> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(f.seek(SeekFrom::End(0))?)
+    Ok(crate::state::gpt::size(&mut f)?)
 }
 
 /// The update's checks before anything is written: architecture and sizes.

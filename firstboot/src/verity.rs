@@ -213,13 +213,6 @@ fn rdev(node: &Path) -> Result<libc::dev_t> {
     Ok(m.rdev() as libc::dev_t)
 }
 
-/// Size in bytes of a block device (or a file).
-fn size_of(f: &File) -> Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = f;
-    Ok(f.seek(SeekFrom::End(0))?)
-}
-
 /// Something to read whole blocks from at an offset (a block device; a test's stand-in).
 pub trait ReadAt {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
@@ -310,8 +303,8 @@ pub fn open(v: &VerityRoot) -> Result<Opened> {
         );
     }
     let bytes = v.data_blocks * u64::from(sb.params.data_block_size);
-    let data_file = File::open(&data).with_context(|| format!("opening {}", data.display()))?;
-    let have = size_of(&data_file)?;
+    let mut data_file = File::open(&data).with_context(|| format!("opening {}", data.display()))?;
+    let have = crate::state::gpt::size(&mut data_file)?;
     if have < bytes {
         bail!(
             "{}: {have} bytes, fewer than the {bytes} the root's hash tree covers",

@@ -407,7 +407,12 @@ fn tail(s: &str, n: usize) -> String {
 
 /// The workspace root (qemu-tests/..).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // At run time first: `cargo test` sets it for the tests it runs, and a build
+    // directory shared by two clones (CI's cache) may hold this library compiled in the
+    // other one, whose path `env!` would give.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .unwrap()
         .to_path_buf()

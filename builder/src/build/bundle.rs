@@ -50,14 +50,9 @@ pub fn manifest_of(i: &NetbootInputs, m: &Manifest) -> Result<BundleManifest> {
     })
 }
 
-/// An image's version: when it was built and from what (`<SOURCE_DATE_EPOCH>-<inputs[..12]>`,
-/// as `Identity::version`).
+/// An image's version, from its manifest (as `Identity::version`).
 pub fn version(m: &Manifest) -> String {
-    format!(
-        "{}-{}",
-        m.source_date_epoch,
-        &m.inputs_sha256[..12.min(m.inputs_sha256.len())]
-    )
+    super::identity::version_of(m.source_date_epoch, &m.inputs_sha256)
 }
 
 /// Write `<dir>/<name>.bundle` (temporary file, fsync, rename); returns its path.

@@ -80,7 +80,7 @@ impl Identity {
 
     /// The image's version: when it was built and from what.
     pub fn version(&self, b: &Build) -> String {
-        format!("{}-{}", b.epoch, &self.inputs[..12.min(self.inputs.len())])
+        version_of(b.epoch, &self.inputs)
     }
 
     /// The verity partition's GUID (the initramfs finds the hash tree by it).
@@ -117,6 +117,11 @@ impl Identity {
         .trim()
         .to_string()
     }
+}
+
+/// An image's version: `<SOURCE_DATE_EPOCH>-<inputs sha256[..12]>`.
+pub fn version_of(epoch: i64, inputs_sha256: &str) -> String {
+    format!("{epoch}-{}", &inputs_sha256[..12.min(inputs_sha256.len())])
 }
 
 /// The GPT type of the root partition for `arch`.

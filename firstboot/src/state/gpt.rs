@@ -28,6 +28,8 @@ const REVISION: u32 = 0x0001_0000;
 const MAX_ENTRIES_BYTES: u64 = 1 << 20;
 
 /// The Linux filesystem data partition type (the state partition's).
+/// The EFI system partition's type.
+pub const ESP: Uuid = uuid::uuid!("C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
 pub const LINUX_FS: Uuid = uuid::uuid!("0FC63DAF-8483-4772-8E79-3D69D8477DE4");
 
 /// One used entry of the partition array.
@@ -104,9 +106,14 @@ fn write_at(f: &mut File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
+/// The size of `f` in bytes (a block device or an image file).
+pub fn size(f: &mut File) -> std::io::Result<u64> {
+    f.seek(SeekFrom::End(0))
+}
+
 /// The size of `f` in sectors (a block device or an image file).
 pub fn sectors(f: &mut File) -> std::io::Result<u64> {
-    Ok(f.seek(SeekFrom::End(0))? / SECTOR)
+    Ok(size(f)? / SECTOR)
 }
 
 /// The header at `lba` and its array, when both are valid; else why not.
